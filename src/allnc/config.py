@@ -1,0 +1,407 @@
+"""The one default config tree, YAML experiment files and ``key=value`` overrides.
+
+An experiment YAML overrides part of the default tree and may name a parent with
+``_base_: other_config`` (a built-in name or a path relative to the file). Unknown keys are
+errors that name the key and suggest the closest known one.
+"""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+from .errors import ConfigError
+
+
+# ----------------------------------------------------------------------------- data
+@dataclass
+class DataConfig:
+    # fmnist | cifar10 | cifar100 | imagefolder | listfile
+    name: str = "fmnist"
+    # where the data lives; null = the dataset's default place (see docs/data.md)
+    root: Optional[str] = None
+    # download with torchvision when nothing is found at root (needs internet)
+    download: bool = False
+    # imbalance factor n_max / n_min; 1 = keep the balanced training set
+    imbalance_factor: float = 100.0
+    # exp | step
+    imbalance_type: str = "exp"
+    # seed of the long-tail subset (the NumPy stream of reference.md)
+    lt_seed: int = 0
+    # listfile sources: "relative/path label" files, relative to root
+    train_list: Optional[str] = None
+    test_list: Optional[str] = None
+    # standard | strong | none  (strong = AutoAugment CIFAR policy + Cutout)
+    augment: str = "standard"
+    cutout: int = 16
+    # training image size for large-image datasets (random resized crop); small data keeps its size
+    image_size: int = 224
+    # per-channel normalization; null = dataset default
+    mean: Optional[list[float]] = None
+    std: Optional[list[float]] = None
+    # auto | fast | conventional: fast = device-resident tensors + batched augmentation
+    pipeline: str = "auto"
+    num_workers: int = 2
+    # decoded small image folders are cached as .npz here (null = no cache)
+    cache_dir: Optional[str] = None
+
+
+# ---------------------------------------------------------------------------- model
+@dataclass
+class ModelConfig:
+    # resnet32 | resnet_small | resnet50 | resnext50
+    name: str = "resnet32"
+    # base width of the CIFAR/small ResNets (16 = the standard ResNet-32)
+    width: int = 16
+    # linear | normed (cosine, LDAM) | etf (fixed simplex ETF buffer)
+    classifier: str = "linear"
+    bias: bool = True
+    # seed of a fixed ETF classifier
+    etf_seed: int = 0
+    # torchvision weights are never downloaded; a local state_dict path may be given
+    pretrained: Optional[str] = None
+
+
+# --------------------------------------------------------------------------- method
+@dataclass
+class LAConfig:
+    tau: float = 1.0
+
+
+@dataclass
+class LDAMConfig:
+    max_margin: float = 0.5
+    scale: float = 30.0
+    # deferred re-weighting: epoch fraction at which it starts (0.8 = epoch 160 of 200)
+    drw_start: float = 0.8
+    drw_beta: float = 0.9999
+
+
+@dataclass
+class ETFConfig:
+    # dr (dot regression, Yang et al. 2022) | ce
+    loss: str = "dr"
+    # normalize features before the fixed ETF classifier (as the paper)
+    normalize_features: bool = True
+
+
+@dataclass
+class BCLConfig:
+    tau: float = 0.1
+    lambda_ce: float = 2.0
+    lambda_scl: float = 0.6
+    proj_dim: int = 128
+    proj_hidden: int = 512
+    la_tau: float = 1.0
+
+
+@dataclass
+class HyConConfig:
+    enabled: bool = False
+    weight: float = 1.0
+    tau: float = 0.1
+    sample_pairs: bool = True
+    class_average: bool = True
+    # projection head dim; 0 = none (the loss acts on the classifier's features)
+    proj_dim: int = 0
+
+
+@dataclass
+class P2PConfig:
+    enabled: bool = False
+    weight: float = 1.0
+    tau: float = 0.1
+    # contrast | regression
+    form: str = "contrast"
+
+
+@dataclass
+class MemoryConfig:
+    momentum: float = 0.9
+
+
+@dataclass
+class GBBNConfig:
+    # re-balancing sampler of branch r: reversed | balanced | sqrt
+    sampler: str = "reversed"
+    # parabolic | linear | cosine | step
+    schedule: str = "parabolic"
+    gamma: float = 2.0
+    # epoch fraction where the step schedule switches from branch c to branch r
+    step_at: float = 0.8
+    # last_block | last_stage: what the two branches own (the rest is the shared trunk)
+    branch: str = "last_block"
+    # share the branch weights too (a single-branch GBBN)
+    share_branch: bool = False
+    # ce | la | bsce: the classification loss on the mixed logits
+    cls_loss: str = "ce"
+
+
+@dataclass
+class CRTConfig:
+    # the finished run whose backbone is frozen
+    sampler: str = "balanced"
+    reset_classifier: bool = True
+
+
+@dataclass
+class MethodConfig:
+    # ce | la | bsce | ldam_drw | etf | bcl | gbbn | crt  (bbn and allnc are gbbn configs)
+    name: str = "ce"
+    # sampler of the main loader: instance | balanced | sqrt | reversed
+    sampler: str = "instance"
+    la: LAConfig = field(default_factory=LAConfig)
+    ldam: LDAMConfig = field(default_factory=LDAMConfig)
+    etf: ETFConfig = field(default_factory=ETFConfig)
+    bcl: BCLConfig = field(default_factory=BCLConfig)
+    hycon: HyConConfig = field(default_factory=HyConConfig)
+    p2p: P2PConfig = field(default_factory=P2PConfig)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
+    gbbn: GBBNConfig = field(default_factory=GBBNConfig)
+    crt: CRTConfig = field(default_factory=CRTConfig)
+
+
+# ---------------------------------------------------------------------------- train
+@dataclass
+class TrainConfig:
+    epochs: int = 200
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 2e-4
+    warmup_epochs: int = 5
+    # step | cosine | constant
+    schedule: str = "step"
+    milestones: list[int] = field(default_factory=lambda: [160, 180])
+    lr_decay: float = 0.01
+    # mixup alpha; 0 = off
+    mixup: float = 0.0
+    drop_last: bool = True
+    # auto (bf16 on GPU, off on CPU) | bf16 | off
+    amp: str = "auto"
+    # auto (on GPU) | on | off
+    channels_last: str = "auto"
+    # off | on | auto: torch.compile of the training step (auto: on with the fast path on GPU)
+    compile: str = "off"
+    sync_bn: bool = False
+    ckpt_every: int = 10
+    # evaluate on the test set every N epochs (the last epoch always)
+    eval_every: int = 10
+    log_every_steps: int = 50
+    progress: bool = True
+
+
+@dataclass
+class NCConfig:
+    # compute neural-collapse metrics every N epochs during training (0 = off)
+    every: int = 0
+    # at most this many training samples for tracking (0 = all)
+    max_samples: int = 0
+    batch_size: int = 512
+
+
+@dataclass
+class Config:
+    seed: int = 0
+    # auto | cpu | cuda | cuda:N
+    device: str = "auto"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    nc: NCConfig = field(default_factory=NCConfig)
+    # cRT: the run directory whose checkpoint initialises the model
+    init_from: Optional[str] = None
+    # free-form label written into metrics.json
+    name: str = ""
+
+
+# ------------------------------------------------------------------------ machinery
+def default_config() -> DictConfig:
+    cfg = OmegaConf.structured(Config)
+    OmegaConf.set_struct(cfg, True)
+    return cfg
+
+
+def builtin_names() -> list[str]:
+    d = resources.files("allnc") / "configs"
+    return sorted(p.name[:-5] for p in d.iterdir() if p.name.endswith(".yaml"))
+
+
+def _builtin_path(name: str) -> Optional[Path]:
+    p = resources.files("allnc") / "configs" / f"{name}.yaml"
+    return Path(str(p)) if p.is_file() else None
+
+
+def _all_keys(node: Any, prefix: str = "") -> list[str]:
+    out = []
+    if isinstance(node, DictConfig):
+        for k in node.keys():
+            full = f"{prefix}{k}"
+            out.append(full)
+            out.extend(_all_keys(node[k], full + "."))
+    return out
+
+
+def _unknown_key_error(key: str, where: str) -> ConfigError:
+    keys = _all_keys(default_config())
+    close = difflib.get_close_matches(key, keys, n=1, cutoff=0.5)
+    hint = f"; did you mean '{close[0]}'?" if close else "; `allnc config --show` lists every key"
+    return ConfigError(f"unknown config key '{key}' in {where}{hint}")
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        full = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, full + "."))
+        else:
+            out[full] = v
+    return out
+
+
+def _resolve_file(name_or_path: str, relative_to: Optional[Path] = None) -> Path:
+    p = Path(name_or_path)
+    if relative_to is not None and not p.is_absolute():
+        cand = relative_to / p
+        if cand.is_file():
+            return cand
+        if not cand.suffix and cand.with_suffix(".yaml").is_file():
+            return cand.with_suffix(".yaml")
+    if p.is_file():
+        return p
+    b = _builtin_path(name_or_path)
+    if b is not None:
+        return b
+    close = difflib.get_close_matches(name_or_path, builtin_names(), n=1)
+    hint = f"; did you mean '{close[0]}'?" if close else "; `allnc config --list` lists the built-in configs"
+    raise ConfigError(f"config '{name_or_path}' is neither a YAML file nor a built-in config{hint}")
+
+
+def _load_chain(name_or_path: str, relative_to: Optional[Path] = None, depth: int = 0) -> list[tuple[Path, dict]]:
+    if depth > 20:
+        raise ConfigError(f"config '{name_or_path}': _base_ chain is deeper than 20 (a cycle?)")
+    path = _resolve_file(name_or_path, relative_to)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        line = getattr(getattr(e, "problem_mark", None), "line", None)
+        at = f" at line {line + 1}" if line is not None else ""
+        raise ConfigError(f"config file {path} is not valid YAML{at}: fix its syntax") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of keys, not {type(data).__name__}")
+    base = data.pop("_base_", None)
+    chain: list[tuple[Path, dict]] = []
+    if base is not None:
+        bdir = path.parent
+        chain = _load_chain(str(base), bdir, depth + 1)
+    chain.append((path, data))
+    return chain
+
+
+def _apply(cfg: DictConfig, key: str, value: Any, where: str) -> None:
+    try:
+        OmegaConf.update(cfg, key, value, merge=True)
+    except (ConfigKeyError, AttributeError, KeyError):
+        raise _unknown_key_error(key, where) from None
+    except ValidationError as e:
+        raise ConfigError(f"bad value {value!r} for '{key}' in {where}: {e.msg.splitlines()[0]}") from None
+    except OmegaConfBaseException as e:
+        msg = str(e).splitlines()[0]
+        if "Key" in msg and ("not in struct" in msg or "not found" in msg):
+            raise _unknown_key_error(key, where) from None
+        raise ConfigError(f"bad value {value!r} for '{key}' in {where}: {msg}") from None
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' is not of the form key=value (for example train.epochs=5)")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override '{text}' has no key (write key=value)")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def load_config(name_or_path: Optional[str] = None, overrides: Optional[list[str]] = None) -> DictConfig:
+    """Default tree <- YAML chain (base first) <- command-line overrides; then validated."""
+    cfg = default_config()
+    if name_or_path:
+        for path, data in _load_chain(name_or_path):
+            for k, v in _flatten(data).items():
+                _apply(cfg, k, v, str(path))
+    for text in overrides or []:
+        k, v = parse_override(text)
+        _apply(cfg, k, v, "the command line")
+    validate(cfg)
+    return cfg
+
+
+_CHOICES = {
+    "data.name": ("fmnist", "cifar10", "cifar100", "imagefolder", "listfile"),
+    "data.imbalance_type": ("exp", "step"),
+    "data.augment": ("standard", "strong", "none"),
+    "data.pipeline": ("auto", "fast", "conventional"),
+    "model.classifier": ("linear", "normed", "etf"),
+    "method.sampler": ("instance", "balanced", "sqrt", "reversed"),
+    "method.p2p.form": ("contrast", "regression"),
+    "method.gbbn.sampler": ("instance", "balanced", "sqrt", "reversed"),
+    "method.gbbn.schedule": ("parabolic", "linear", "cosine", "step"),
+    "method.gbbn.branch": ("last_block", "last_stage"),
+    "method.gbbn.cls_loss": ("ce", "la", "bsce"),
+    "method.etf.loss": ("dr", "ce"),
+    "train.schedule": ("step", "cosine", "constant"),
+    "train.amp": ("auto", "bf16", "off"),
+    "train.channels_last": ("auto", "on", "off"),
+    "train.compile": ("auto", "on", "off"),
+}
+
+
+def validate(cfg: DictConfig) -> None:
+    for key, choices in _CHOICES.items():
+        v = OmegaConf.select(cfg, key)
+        if v not in choices:
+            raise ConfigError(f"{key}={v!r} is not one of: {', '.join(choices)}")
+    if cfg.data.imbalance_factor < 1:
+        raise ConfigError(
+            f"data.imbalance_factor={cfg.data.imbalance_factor} is below 1; it is n_max/n_min, "
+            "so use 1 for balanced data or a value such as 100"
+        )
+    for key in ("train.epochs", "train.batch_size"):
+        if OmegaConf.select(cfg, key) < 1:
+            raise ConfigError(f"{key} must be at least 1")
+    if cfg.train.lr <= 0:
+        raise ConfigError("train.lr must be positive")
+    if cfg.train.ckpt_every < 1 or cfg.train.eval_every < 1:
+        raise ConfigError("train.ckpt_every and train.eval_every must be at least 1")
+    if not (cfg.device in ("auto", "cpu", "cuda") or str(cfg.device).startswith("cuda:")):
+        raise ConfigError(f"device={cfg.device!r} is not auto, cpu, cuda or cuda:N")
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    return OmegaConf.to_yaml(cfg)
+
+
+def to_dict(cfg: DictConfig) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+
+
+def from_dict(d: dict) -> DictConfig:
+    """Rebuild a config saved in a run directory (validated against the current tree)."""
+    cfg = default_config()
+    for k, v in _flatten(d).items():
+        _apply(cfg, k, v, "the saved run config")
+    validate(cfg)
+    return cfg
