@@ -1,0 +1,200 @@
+"""The ``allnc`` command line."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import AllncError
+
+EPILOG = "Bad input ends with a one-line message and exit status 2."
+
+
+def _fmt(v) -> str:
+    return "-" if v is None else f"{v:.2f}"
+
+
+def _print_result(m: dict) -> None:
+    g = m["groups"]
+    print(f"top-1 {m['top1']:.2f}  many {_fmt(g['many'])}  medium {_fmt(g['medium'])}  few {_fmt(g['few'])}"
+          "  (percent; '-' = empty group)")
+
+
+def cmd_train(a) -> int:
+    from .config import load_config
+    from .engine import dist
+    from .engine.trainer import Trainer
+
+    if a.resume and not a.config:
+        t = Trainer(None, a.out, resume=True, overrides=a.overrides)
+    else:
+        if not a.config:
+            raise AllncError("allnc train needs --config NAME_OR_YAML (or --resume to continue a run)")
+        cfg = load_config(a.config, a.overrides)
+        t = Trainer(cfg, a.out, resume=a.resume, overwrite=a.overwrite)
+    try:
+        m = t.fit()
+        if dist.is_main():
+            _print_result(m)
+            print(f"run directory: {t.out}")
+    finally:
+        dist.shutdown()
+    return 0
+
+
+def cmd_eval(a) -> int:
+    from .engine.evaluate import evaluate_accuracy
+    from .engine.trainer import load_run
+
+    t = load_run(a.run_dir, device=a.device)
+    res = evaluate_accuracy(t.method, t.cfg, t.bundle, t.choice, t.device, t.amp)
+    print(f"{t.bundle.label}, checkpoint of epoch {t.ckpt_epoch}:")
+    _print_result(res)
+    if a.json:
+        print(json.dumps(res))
+    return 0
+
+
+def cmd_data(a) -> int:
+    import numpy as np
+
+    from .config import load_config
+    from .data import build_data, groups
+
+    cfg = load_config(a.config, a.overrides)
+    b = build_data(cfg)
+    counts = np.asarray(b.class_counts)
+    g = groups(counts)
+    print(f"{b.label}")
+    print(f"train {len(b.train.targets)} images, test {len(b.test.targets)} images, {b.num_classes} classes")
+    print("counts " + " ".join(str(int(c)) for c in counts))
+    for name in ("many", "medium", "few"):
+        ids = g[name]
+        print(f"{name:<6} {len(ids):>4} classes" + (f": {' '.join(map(str, ids))}" if 0 < len(ids) <= 30 else ""))
+    return 0
+
+
+def cmd_nc(a) -> int:
+    import numpy as np
+
+    from .engine.checkpoint import atomic_write_json
+    from .engine.evaluate import neural_collapse
+    from .engine.trainer import load_run
+
+    t = load_run(a.run_dir, device=a.device)
+    nc, mats = neural_collapse(t.method, t.cfg, t.bundle, t.choice, t.device, amp=t.amp,
+                               max_samples=a.max_samples)
+    nc["epoch"] = t.ckpt_epoch
+    atomic_write_json(Path(a.run_dir) / "nc.json", nc)
+    np.savez_compressed(Path(a.run_dir) / "nc.npz", **{k: np.asarray(v) for k, v in mats.items()})
+    from .metrics.nc import summary_scalars
+
+    for split in ("train", "test"):
+        s = summary_scalars(nc[split])
+        print(f"{split:<5} " + "  ".join(f"{k} {v:.4g}" for k, v in s.items() if v is not None))
+    print(f"wrote {Path(a.run_dir) / 'nc.json'} and nc.npz")
+    return 0
+
+
+def cmd_report(a) -> int:
+    from .report import write_report
+
+    path = write_report(a.run_dir)
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_compare(a) -> int:
+    from .report import compare_runs
+
+    path = compare_runs(a.run_dirs, a.out)
+    print(Path(path).read_text() if Path(path).suffix == ".md" else f"wrote {path}")
+    return 0
+
+
+def cmd_grid(a) -> int:
+    from .grid import run_grid
+
+    res = run_grid(a.grid, dry_run=a.dry_run)
+    failed = getattr(res, "failed", [])
+    return 1 if failed else 0
+
+
+def cmd_config(a) -> int:
+    from .config import builtin_names, load_config, to_yaml
+
+    if a.list or not a.name:
+        print("\n".join(builtin_names()))
+        return 0
+    print(to_yaml(load_config(a.name, a.overrides)), end="")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="allnc", description="Long-tailed image classification with All-around Neural "
+                                "Collapse, strong baselines and neural-collapse diagnostics.", epilog=EPILOG)
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    t = sub.add_parser("train", help="train a method", epilog="example: allnc train --config fmnist_lt_allnc "
+                       "--out runs/a train.epochs=5")
+    t.add_argument("--config", help="built-in config name (see `allnc config --list`) or a YAML file")
+    t.add_argument("--out", required=True, help="run directory")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    t.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    t.add_argument("overrides", nargs="*", help="key=value config overrides")
+    t.set_defaults(fn=cmd_train)
+
+    e = sub.add_parser("eval", help="re-evaluate a run's last checkpoint on the test set")
+    e.add_argument("run_dir")
+    e.add_argument("--device", default="auto")
+    e.add_argument("--json", action="store_true", help="also print the full result as JSON")
+    e.set_defaults(fn=cmd_eval)
+
+    d = sub.add_parser("data", help="print class counts and many/medium/few groups without training")
+    d.add_argument("--config", required=True)
+    d.add_argument("overrides", nargs="*")
+    d.set_defaults(fn=cmd_data)
+
+    n = sub.add_parser("nc", help="neural-collapse metrics of a run's last checkpoint -> RUN_DIR/nc.json")
+    n.add_argument("run_dir")
+    n.add_argument("--device", default="auto")
+    n.add_argument("--max-samples", type=int, default=0, help="at most this many samples per split (0 = all)")
+    n.set_defaults(fn=cmd_nc)
+
+    r = sub.add_parser("report", help="pictures and report.md of a run -> RUN_DIR/report/")
+    r.add_argument("run_dir")
+    r.set_defaults(fn=cmd_report)
+
+    c = sub.add_parser("compare", help="several runs side by side (table and overlaid curves)")
+    c.add_argument("run_dirs", nargs="+")
+    c.add_argument("--out", default="compare", help="output folder")
+    c.set_defaults(fn=cmd_compare)
+
+    g = sub.add_parser("grid", help="run a grid of configs x overrides x seeds as concurrent processes")
+    g.add_argument("grid", help="grid YAML")
+    g.add_argument("--dry-run", action="store_true", help="list the runs without starting them")
+    g.set_defaults(fn=cmd_grid)
+
+    s = sub.add_parser("config", help="list built-in configs, or print a resolved config")
+    s.add_argument("name", nargs="?")
+    s.add_argument("--list", action="store_true")
+    s.add_argument("overrides", nargs="*")
+    s.set_defaults(fn=cmd_config)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except AllncError as e:
+        print(f"allnc: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("allnc: interrupted; the last checkpoint is kept (continue with --resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

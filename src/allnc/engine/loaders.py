@@ -1,0 +1,123 @@
+"""Training and evaluation batches for the engine, from either data path.
+
+fast: the split lives on the device as uint8, samplers give index tensors, augmentation
+      runs batched on the device (allnc.data.fast).
+conventional: torchvision transforms in DataLoader workers (any dataset, large images).
+Both give, per step, dicts {"x": tensor or list of views, "y": labels, "index": indices}.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Subset
+
+from ..data import ClassAwareSampler, build_transform, make_dataset
+from ..data.fast import BatchAugment, DeviceImages, FastLoader, eval_batches, fast_path_applicable
+from ..errors import ConfigError
+from . import dist
+
+
+@dataclass
+class PipelineChoice:
+    fast: bool
+    reason: str
+
+    @property
+    def name(self) -> str:
+        return "fast (device-resident data, batched augmentation)" if self.fast else "conventional (DataLoader workers)"
+
+
+def choose_pipeline(cfg, bundle) -> PipelineChoice:
+    ok, why = fast_path_applicable(bundle, cfg.data)
+    want = cfg.data.pipeline
+    if want == "fast" and not ok:
+        raise ConfigError(f"data.pipeline=fast does not apply here: {why}; use data.pipeline=auto or conventional")
+    if want == "conventional":
+        return PipelineChoice(False, "data.pipeline=conventional")
+    if ok:
+        return PipelineChoice(True, "small images held in memory" if want == "auto" else "data.pipeline=fast")
+    return PipelineChoice(False, why)
+
+
+class EpochSeededDataLoader:
+    """A DataLoader whose worker seeds and main-process randomness are fixed per epoch,
+    so that a resumed run draws exactly the batches of an uninterrupted one."""
+
+    def __init__(self, dataset, sampler: ClassAwareSampler, batch_size: int, num_workers: int, seed: int, pin: bool):
+        self.sampler = sampler
+        self.seed = seed
+        self.gen = torch.Generator()
+        self.loader = DataLoader(
+            dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, drop_last=False,
+            generator=self.gen, pin_memory=pin, persistent_workers=False,
+        )
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+        self.gen.manual_seed(self.seed * 1_000_003 + epoch)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[dict]:
+        for x, y, idx in self.loader:
+            yield {"x": x, "y": y, "index": idx}
+
+
+def build_train_loaders(cfg, bundle, specs, choice: PipelineChoice, device: torch.device):
+    """One loader per LoaderSpec; every sampler draws as many samples as the training set,
+    so all loaders have the same number of steps per epoch."""
+    world, rank = dist.world_size(), dist.rank()
+    B = int(cfg.train.batch_size)
+    if B % world:
+        raise ConfigError(f"train.batch_size={B} is not divisible by the {world} processes; choose a multiple of {world}")
+    targets = bundle.train.targets
+    loaders = []
+    images = None
+    for i, spec in enumerate(specs):
+        sampler = ClassAwareSampler(
+            targets, mode=spec.sampler, batch_size=B, seed=int(cfg.seed) * 7919 + i, rank=rank, world_size=world,
+            drop_last=bool(cfg.train.drop_last) or choice.fast,
+        )
+        if len(sampler) == 0:
+            raise ConfigError(
+                f"train.batch_size={B} is larger than the training set ({len(targets)} images); lower train.batch_size"
+            )
+        if choice.fast:
+            if images is None:
+                images = DeviceImages(bundle.train.images, targets, device)
+            aug = BatchAugment(
+                preset=cfg.data.augment, mean=bundle.mean, std=bundle.std, cutout=int(cfg.data.cutout),
+            )
+            loaders.append(FastLoader(images, sampler, B // world, aug, views=spec.views, seed=int(cfg.seed) * 31 + i))
+        else:
+            tf = build_transform(cfg.data, bundle, train=True)
+            ds = make_dataset(bundle.train, tf, views=spec.views)
+            loaders.append(
+                EpochSeededDataLoader(ds, sampler, B // world, int(cfg.data.num_workers), int(cfg.seed) * 31 + i,
+                                      pin=device.type == "cuda")
+            )
+    return loaders
+
+
+def iter_eval(cfg, bundle, split_name: str, choice: PipelineChoice, device: torch.device,
+              batch_size: int = 512, shard: bool = True) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(x, y) batches of a split without augmentation; under data parallel each rank gets
+    every world_size-th sample, and the callers all-reduce what they accumulate."""
+    split = getattr(bundle, split_name)
+    world, rank = (dist.world_size(), dist.rank()) if shard else (1, 0)
+    idx = np.arange(rank, len(split.targets), world)
+    if choice.fast:
+        imgs = DeviceImages(split.images[idx], split.targets[idx], device)
+        for x, y in eval_batches(imgs, batch_size, bundle.mean, bundle.std):
+            yield x, y
+        return
+    tf = build_transform(cfg.data, bundle, train=False)
+    ds = Subset(make_dataset(split, tf, views=1), idx.tolist())
+    dl = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=int(cfg.data.num_workers),
+                    pin_memory=device.type == "cuda")
+    for x, y, _ in dl:
+        yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)

@@ -1,0 +1,453 @@
+"""The one training loop of the package, for every method."""
+from __future__ import annotations
+
+import json
+import math
+import platform
+import random
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from torch import nn
+
+from .. import __version__
+from ..config import from_dict, to_dict, to_yaml
+from ..data import build_data, groups as class_groups
+from ..errors import ConfigError, RunDirError, TrainingDiverged
+from ..methods.base import DataInfo, Method, StepState, build_method
+from ..models import count_parameters
+from . import dist
+from .checkpoint import CHECKPOINT, atomic_write_json, atomic_write_text, load_checkpoint, save_checkpoint
+from .evaluate import autocast_ctx, evaluate_accuracy, neural_collapse
+from .loaders import build_train_loaders, choose_pipeline
+from .schedule import lr_at
+
+NC_LOG_KEYS = ("nc1", "nc1_cb", "nc2_equinorm_means", "nc2_equinorm_w", "nc2_maxangle_means", "nc2_maxangle_w",
+               "nc3", "nc4")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={name} but no CUDA GPU is visible; use device=cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and dist.is_dist():
+        dev = torch.device("cuda", dist.rank() % torch.cuda.device_count())
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    return dev
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def versions() -> dict:
+    import torchvision
+
+    return {"allnc": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "python": platform.python_version()}
+
+
+def git_commit() -> str | None:
+    try:
+        here = Path(__file__).resolve().parent
+        r = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        return r.stdout.strip() or None if r.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+class _TrainStep(nn.Module):
+    """What DistributedDataParallel wraps: its forward is the method's training loss."""
+
+    def __init__(self, method: Method):
+        super().__init__()
+        self.method = method
+
+    def forward(self, batches, state):
+        return self.method.training_loss(batches, state)
+
+
+def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to write into an existing run unless asked: never an interactive prompt."""
+    if resume:
+        if not (out / CHECKPOINT).is_file():
+            raise RunDirError(f"--resume: no {CHECKPOINT} in {out}; drop --resume to start a new run there")
+        return
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise RunDirError(
+                f"run directory {out} already exists and is not empty; pass --resume to continue it, "
+                "--overwrite to replace it, or choose another --out"
+            )
+        if dist.is_main():
+            shutil.rmtree(out)
+    dist.barrier()
+
+
+class Trainer:
+    def __init__(self, cfg: DictConfig | None, out: str | Path, resume: bool = False, overwrite: bool = False,
+                 log=print, overrides: list[str] | tuple = ()):
+        """``cfg`` may be None with ``resume``: the run's saved config is used, with
+        ``overrides`` limited to runtime keys (device, data.root, ...)."""
+        self.out = Path(out)
+        self.log = log if dist.is_main() else (lambda *a, **k: None)
+        self.resume = resume
+        ckpt = None
+        if resume:
+            prepare_run_dir(self.out, True, False)
+            ckpt = load_checkpoint(self.out / CHECKPOINT)
+            saved = from_dict(ckpt["config"])
+            self._check_resume_config(saved, cfg)
+            cfg = saved_with_runtime(saved, cfg, overrides)
+        else:
+            prepare_run_dir(self.out, False, overwrite)
+        self.cfg = cfg
+        self.device = resolve_device(cfg.device)
+        dist.init_from_env(self.device.type)
+        on_gpu = self.device.type == "cuda"
+        self.amp = cfg.train.amp == "bf16" or (cfg.train.amp == "auto" and on_gpu)
+        self.channels_last = cfg.train.channels_last == "on" or (cfg.train.channels_last == "auto" and on_gpu)
+        if self.device.type == "cpu":
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        seed_everything(int(cfg.seed))
+
+        self.bundle = build_data(cfg)
+        self.info = DataInfo(np.asarray(self.bundle.class_counts), self.bundle.in_channels,
+                             tuple(self.bundle.image_hw))
+        self.method = build_method(cfg, self.info)
+        if cfg.init_from and ckpt is None:
+            src = Path(cfg.init_from) / CHECKPOINT
+            if not src.is_file():
+                raise ConfigError(f"init_from={cfg.init_from}: no {CHECKPOINT} there; point it at a finished run directory")
+            self.method.load_backbone_from(load_checkpoint(src)["method"])
+        self.method.to(self.device)
+        if self.channels_last:
+            self.method.to(memory_format=torch.channels_last)
+        if cfg.train.sync_bn and dist.is_dist():
+            self.method = nn.SyncBatchNorm.convert_sync_batchnorm(self.method)
+        self.n_params = count_parameters(self.method)
+
+        self.choice = choose_pipeline(cfg, self.bundle)
+        self.loaders = build_train_loaders(cfg, self.bundle, self.method.loaders, self.choice, self.device)
+        self.steps = len(self.loaders[0])
+
+        groups = self.method.parameter_groups(float(cfg.train.weight_decay))
+        self.opt = torch.optim.SGD(groups, lr=float(cfg.train.lr), momentum=float(cfg.train.momentum),
+                                   nesterov=bool(cfg.train.nesterov))
+        self.step_module: nn.Module = _TrainStep(self.method)
+        if dist.is_dist():
+            dev_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.step_module = nn.parallel.DistributedDataParallel(self.step_module, device_ids=dev_ids)
+        self.step_fn = self.step_module
+        if cfg.train.compile == "on" or (cfg.train.compile == "auto" and on_gpu and self.choice.fast):
+            self.step_fn = torch.compile(self.step_module)
+
+        self.start_epoch = 0
+        self.history: list[dict] = []
+        if ckpt is not None:
+            self.method.load_state_dict(ckpt["method"])
+            self.opt.load_state_dict(ckpt["optimizer"])
+            self.start_epoch = int(ckpt["epoch"])
+            self.history = list(ckpt.get("history", []))
+        self.wall_before = float(ckpt.get("wall_time", 0.0)) if ckpt else 0.0
+
+    @staticmethod
+    def _check_resume_config(saved: DictConfig, given: DictConfig | None) -> None:
+        if given is None:
+            return
+        a, b = _flat(to_dict(saved)), _flat(to_dict(given))
+        diff = [k for k in a if k.split(".")[0] not in RUNTIME_TOP and k not in RUNTIME_KEYS and a[k] != b.get(k)]
+        if diff:
+            k = diff[0]
+            raise ConfigError(
+                f"--resume: '{k}' is {b.get(k)!r} here but {a[k]!r} in the saved run; resume with the run's own "
+                "config (omit --config and overrides) or start a new run"
+            )
+
+    # ------------------------------------------------------------------------------
+    def describe(self) -> None:
+        c, b = self.cfg, self.bundle
+        counts = np.asarray(b.class_counts)
+        g = class_groups(counts)
+        self.log(f"data     {b.label}: {len(b.train.targets)} train / {len(b.test.targets)} test images, "
+                 f"{b.num_classes} classes, n_max {counts.max()} n_min {counts.min()}, "
+                 f"groups many/medium/few {len(g['many'])}/{len(g['medium'])}/{len(g['few'])}")
+        self.log(f"model    {c.model.name} (width {c.model.width}) + {c.method.name}: {self.n_params:,} parameters")
+        self.log(f"device   {device_name(self.device)}; pipeline {self.choice.name} [{self.choice.reason}]; "
+                 f"{'bf16 autocast' if self.amp else 'fp32'}"
+                 f"{', channels_last' if self.channels_last else ''}"
+                 f"{', compiled step' if self.step_fn is not self.step_module else ''}"
+                 f"{f', {dist.world_size()} processes' if dist.is_dist() else ''}")
+        self.log(f"schedule {c.train.epochs} epochs x {self.steps} steps, batch {c.train.batch_size}, "
+                 f"lr {c.train.lr} ({c.train.schedule}), out {self.out}")
+        if c.train.schedule == "step" and any(m >= c.train.epochs for m in c.train.milestones):
+            self.log(f"warning  train.milestones {list(c.train.milestones)} reach beyond train.epochs="
+                     f"{c.train.epochs}: those decays never happen")
+
+    def _save(self, epoch_done: int, wall: float) -> None:
+        if not dist.is_main():
+            return
+        save_checkpoint(self.out / CHECKPOINT, {
+            "method": self.method.state_dict(), "optimizer": self.opt.state_dict(), "epoch": epoch_done,
+            "config": to_dict(self.cfg), "history": self.history, "wall_time": wall, "versions": versions(),
+        })
+
+    def _log_epoch(self, rec: dict, tb) -> None:
+        self.history.append(rec)
+        if not dist.is_main():
+            return
+        with open(self.out / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        if tb is not None:
+            for k, v in _flat(rec).items():
+                if isinstance(v, (int, float)) and v is not None and k != "epoch":
+                    tb.add_scalar(k.replace(".", "/"), v, rec["epoch"])
+            tb.flush()
+
+    def fit(self) -> dict:
+        cfg = self.cfg
+        if dist.is_main():
+            self.out.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.out / "config.yaml", to_yaml(cfg))
+            if self.resume and (self.out / "metrics.jsonl").exists():
+                # keep exactly the epochs the checkpoint knows about
+                atomic_write_text(self.out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.history))
+        self.describe()
+        tb = _tensorboard(self.out / "tb") if dist.is_main() else None
+        epochs, steps = int(cfg.train.epochs), self.steps
+        if self.start_epoch >= epochs:
+            self.log(f"resume   the run already finished its {epochs} epochs; evaluating it again")
+        elif self.start_epoch:
+            self.log(f"resume   from epoch {self.start_epoch} of {epochs}")
+        bar = _progress(total=(epochs - self.start_epoch) * steps, enabled=bool(cfg.train.progress) and dist.is_main())
+        t_start = time.time()
+        last_ckpt_epoch = self.start_epoch
+        for epoch in range(self.start_epoch, epochs):
+            t0 = time.time()
+            # every random stream is a function of (seed, epoch): resume draws what a full run draws
+            torch.manual_seed(int(cfg.seed) * 1_000_003 + epoch)
+            np.random.seed((int(cfg.seed) * 1_000_003 + epoch) % 2**32)
+            self.method.on_epoch_start(epoch, epochs)
+            for ld in self.loaders:
+                ld.set_epoch(epoch)
+            self.method.train()
+            sums: dict[str, torch.Tensor] = {}
+            state = StepState(epoch, epochs, 0, steps)
+            for step, batches in enumerate(zip(*self.loaders)):
+                state.step = step
+                lr = lr_at(float(cfg.train.lr), epoch, step, steps, epochs, int(cfg.train.warmup_epochs),
+                           cfg.train.schedule, tuple(cfg.train.milestones), float(cfg.train.lr_decay))
+                for g in self.opt.param_groups:
+                    g["lr"] = lr
+                batches = [self._to_device(b) for b in batches]
+                with autocast_ctx(self.device, self.amp):
+                    loss, logs = self.step_fn(batches, state)
+                self.opt.zero_grad(set_to_none=True)
+                loss.backward()
+                self.opt.step()
+                logs = {"loss": loss.detach(), **logs}
+                for k, v in logs.items():
+                    v = v.detach().float().cpu() if torch.is_tensor(v) else torch.tensor(float(v))
+                    sums[k] = sums.get(k, 0) + v
+                check = self.device.type == "cpu" or (step + 1) % int(cfg.train.log_every_steps) == 0 or step == steps - 1
+                if check and not math.isfinite(float(sums["loss"])):
+                    bar.close()
+                    raise TrainingDiverged(
+                        f"the training loss became {float(loss)} at epoch {epoch + 1} step {step + 1}; "
+                        f"the last good checkpoint (epoch {last_ckpt_epoch}) is kept in {self.out}; "
+                        "lower train.lr or the loss weights and start again, or --resume from it"
+                    )
+                bar.update(1)
+                if step % 10 == 0 or step == steps - 1:
+                    bar.set_postfix_str(f"epoch {epoch + 1}/{epochs} loss {float(loss):.3f} lr {lr:.4f}")
+            rec = {"epoch": epoch + 1, "lr": lr, "time_s": round(time.time() - t0, 3)}
+            rec.update({k: float(v) / steps for k, v in sums.items()})
+            last = epoch + 1 == epochs
+            if (epoch + 1) % int(cfg.train.eval_every) == 0 or last:
+                res = evaluate_accuracy(self.method, cfg, self.bundle, self.choice, self.device, self.amp,
+                                        self.channels_last)
+                rec["test_top1"] = res["top1"]
+                rec["test_groups"] = res["groups"]
+            if int(cfg.nc.every) and ((epoch + 1) % int(cfg.nc.every) == 0 or last):
+                nc, _ = neural_collapse(self.method, cfg, self.bundle, self.choice, self.device, splits=("train",),
+                                        amp=self.amp, channels_last=self.channels_last,
+                                        max_samples=int(cfg.nc.max_samples))
+                rec["nc"] = summarize_nc(nc["train"])
+            self._log_epoch(rec, tb)
+            if not bar.enabled and dist.is_main():
+                self.log(_epoch_line(rec, epochs))
+            if (epoch + 1) % int(cfg.train.ckpt_every) == 0 or last:
+                self._save(epoch + 1, self.wall_before + time.time() - t_start)
+                last_ckpt_epoch = epoch + 1
+        bar.close()
+        wall = self.wall_before + time.time() - t_start
+        result = self.final_metrics(wall)
+        if tb is not None:
+            tb.close()
+        return result
+
+    def _to_device(self, b: dict) -> dict:
+        def mv(x):
+            x = x.to(self.device, non_blocking=True)
+            if self.channels_last and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            return x
+
+        x = b["x"]
+        return {"x": [mv(v) for v in x] if isinstance(x, (list, tuple)) else mv(x),
+                "y": b["y"].to(self.device, non_blocking=True), "index": b["index"]}
+
+    def final_metrics(self, wall: float) -> dict:
+        res = evaluate_accuracy(self.method, self.cfg, self.bundle, self.choice, self.device, self.amp,
+                                self.channels_last)
+        out = {
+            **res,
+            "class_counts": [int(c) for c in self.bundle.class_counts],
+            "epoch": int(self.cfg.train.epochs),
+            "data": self.bundle.label,
+            "pipeline": "fast" if self.choice.fast else "conventional",
+            "device": device_name(self.device),
+            "world_size": dist.world_size(),
+            "parameters": self.n_params,
+            "wall_time_s": round(wall, 2),
+            "git_commit": git_commit(),
+            "versions": versions(),
+            "config": to_dict(self.cfg),
+        }
+        if dist.is_main():
+            atomic_write_json(self.out / "metrics.json", out)
+        return out
+
+
+# runtime settings that may differ when a run is resumed or re-evaluated elsewhere
+RUNTIME_TOP = {"device"}
+RUNTIME_KEYS = {"data.root", "data.num_workers", "data.download", "data.cache_dir", "train.progress", "name"}
+
+
+def _is_runtime(key: str) -> bool:
+    return key in RUNTIME_KEYS or key.split(".")[0] in RUNTIME_TOP
+
+
+def saved_with_runtime(saved: DictConfig, given: DictConfig | None, overrides=()) -> DictConfig:
+    """The saved config with the runtime keys of ``given`` and of ``overrides`` applied."""
+    from ..config import _apply, parse_override
+
+    if given is not None:
+        d = _flat(to_dict(given))
+        for k in d:
+            if _is_runtime(k):
+                _apply(saved, k, d[k], "the command line")
+    for text in overrides:
+        k, v = parse_override(text)
+        if not _is_runtime(k):
+            raise ConfigError(
+                f"--resume: '{k}' cannot change in a resumed run (only {', '.join(sorted(RUNTIME_KEYS | RUNTIME_TOP))}); "
+                "start a new run to change it"
+            )
+        _apply(saved, k, v, "the command line")
+    return saved
+
+
+def summarize_nc(nc: dict) -> dict:
+    """The few scalars of a compute_nc result that go into the per-epoch log."""
+    from ..metrics.nc import summary_scalars
+
+    return summary_scalars(nc)
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _epoch_line(rec: dict, epochs: int) -> str:
+    s = f"epoch {rec['epoch']:>3}/{epochs} loss {rec['loss']:.4f} lr {rec['lr']:.4f} {rec['time_s']:.1f}s"
+    if "test_top1" in rec:
+        g = rec["test_groups"]
+        s += f" | test top1 {rec['test_top1']:.2f}" + "".join(
+            f" {k} {'-' if g[k] is None else f'{g[k]:.1f}'}" for k in ("many", "medium", "few"))
+    return s
+
+
+class _NullBar:
+    enabled = False
+
+    def update(self, n):
+        pass
+
+    def set_postfix_str(self, s):
+        pass
+
+    def close(self):
+        pass
+
+
+def _progress(total: int, enabled: bool):
+    if not enabled or total <= 0:
+        return _NullBar()
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, unit="step", dynamic_ncols=True, mininterval=0.5, file=sys.stderr)
+    bar.enabled = True
+    return bar
+
+
+def _tensorboard(path: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is a dependency, but keep training if it is broken
+        return None
+    return SummaryWriter(str(path))
+
+
+def load_run(run_dir: str | Path, device: str = "auto", **runtime) -> "Trainer":
+    """A Trainer restored from a run directory's checkpoint (for eval, nc and report)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / CHECKPOINT).is_file():
+        raise RunDirError(f"{run_dir} holds no {CHECKPOINT}: is it a run directory made by `allnc train`?")
+    ckpt = load_checkpoint(run_dir / CHECKPOINT)
+    cfg = from_dict(ckpt["config"])
+    cfg.device = device
+    for k, v in runtime.items():
+        if v is not None:
+            from ..config import _apply
+
+            _apply(cfg, k, v, "the command line")
+    t = Trainer.__new__(Trainer)
+    t.out, t.cfg, t.resume = run_dir, cfg, False
+    t.log = print
+    t.device = resolve_device(cfg.device)
+    on_gpu = t.device.type == "cuda"
+    t.amp = cfg.train.amp == "bf16" or (cfg.train.amp == "auto" and on_gpu)
+    t.channels_last = False
+    t.bundle = build_data(cfg)
+    t.info = DataInfo(np.asarray(t.bundle.class_counts), t.bundle.in_channels, tuple(t.bundle.image_hw))
+    t.method = build_method(cfg, t.info)
+    t.method.load_state_dict(ckpt["method"])
+    t.method.to(t.device)
+    t.choice = choose_pipeline(cfg, t.bundle)
+    t.n_params = count_parameters(t.method)
+    t.ckpt_epoch = int(ckpt["epoch"])
+    return t

@@ -1,0 +1,112 @@
+"""The method interface: one strategy object per method.
+
+A method is an ``nn.Module`` that owns the model, the loss modules and any state the
+method keeps (class-mean memories, fixed ETF buffers), so that its ``state_dict`` is a
+complete checkpoint. The engine asks it which loaders a training step needs, hands it
+one batch from each, and gets back a scalar loss.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from torch import nn
+
+from ..registry import Registry
+
+METHODS: Registry[type["Method"]] = Registry("method")
+
+
+@dataclass(frozen=True)
+class LoaderSpec:
+    """One loader of a training step: its sampler and how many augmented views per image."""
+
+    sampler: str = "instance"
+    views: int = 1
+
+
+@dataclass
+class DataInfo:
+    """What a method may know about the training data."""
+
+    class_counts: np.ndarray
+    in_channels: int
+    image_hw: tuple[int, int] = (32, 32)
+
+    @property
+    def num_classes(self) -> int:
+        return int(len(self.class_counts))
+
+
+@dataclass
+class StepState:
+    epoch: int  # 0-based epoch index
+    epochs: int
+    step: int = 0  # step within the epoch
+    steps_per_epoch: int = 1
+    extras: dict = field(default_factory=dict)
+
+    @property
+    def progress(self) -> float:
+        """Fraction of training done at this step, in [0, 1)."""
+        return (self.epoch + self.step / max(self.steps_per_epoch, 1)) / self.epochs
+
+
+class Method(nn.Module):
+    """Base class. Subclasses set ``self.loaders`` and implement the abstract parts."""
+
+    loaders: tuple[LoaderSpec, ...] = (LoaderSpec(),)
+
+    def __init__(self, cfg: DictConfig, info: DataInfo):
+        super().__init__()
+        self.cfg = cfg
+        self.info = info
+        self.num_classes = info.num_classes
+        self.register_buffer(
+            "class_counts", torch.as_tensor(np.asarray(info.class_counts), dtype=torch.float32), persistent=False
+        )
+
+    # -- training -------------------------------------------------------------------
+    def training_loss(self, batches: list[dict], state: StepState) -> tuple[torch.Tensor, dict]:
+        raise NotImplementedError
+
+    def on_epoch_start(self, epoch: int, epochs: int) -> None:
+        """Hook for epoch-level schedules (deferred re-weighting, adaptors)."""
+
+    def parameter_groups(self, weight_decay: float) -> list[dict]:
+        params = [p for p in self.parameters() if p.requires_grad]
+        return [{"params": params, "weight_decay": weight_decay}]
+
+    # -- inference ------------------------------------------------------------------
+    def features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inference features (what the classifier reads) and logits."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)[1]
+
+    def classifier_weight(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(W, b) of the classifier that makes the predictions, W of shape K x d."""
+        raise NotImplementedError
+
+    # -- initialisation from another run (cRT) ---------------------------------------
+    def load_backbone_from(self, state_dict: dict) -> None:
+        raise NotImplementedError(f"method '{type(self).__name__}' cannot start from another run")
+
+
+def build_method(cfg: DictConfig, info: DataInfo) -> Method:
+    # Import the modules that register methods (kept here, so importing base stays light).
+    from . import allnc as _a  # noqa: F401
+    from . import baselines as _b  # noqa: F401
+
+    cls = METHODS.get(cfg.method.name)
+    return cls(cfg, info)
+
+
+def mixup(x: torch.Tensor, y: torch.Tensor, alpha: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+    """Mixup (Zhang et al. 2018): returns mixed x, the two label vectors and lambda."""
+    lam = float(np.random.default_rng(int(torch.randint(0, 2**31 - 1, (1,)).item())).beta(alpha, alpha))
+    perm = torch.randperm(x.shape[0], device=x.device)
+    return lam * x + (1 - lam) * x[perm], y, y[perm], lam
