@@ -1,0 +1,77 @@
+"""Backbones, classifier heads and the two-branch (GBBN) network.
+
+- ``build_backbone(model_cfg, in_channels) -> Backbone``: ``forward(x) -> (B, out_dim)``
+  pooled features, ``out_dim``, ``split(mode) -> (trunk, branch)``.
+- ``build_classifier(kind, in_dim, num_classes, bias=True, etf_seed=0)``: a head with
+  ``weight`` (K x d) and ``bias`` (tensor or None).
+- ``BranchedNet(backbone, mode, share_branch)``: trunk + branches c and r.
+- ``BACKBONES`` / ``CLASSIFIERS``: the registries (resnet32, resnet_small, resnet50,
+  resnext50; linear, normed, etf).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from torch import nn
+
+from .branched import BranchedNet
+from .heads import CLASSIFIERS, ETFClassifier, NormedLinear, build_classifier, simplex_etf
+from .resnet_cifar import BACKBONES, SPLIT_MODES, Backbone, CifarResNet, ShortcutA, resnet32, resnet_small
+from .torchvision_nets import TorchvisionResNet, load_backbone_state, resnet50, resnext50
+
+log = logging.getLogger(__name__)
+
+# Backbones whose size is set by model.width.
+_WIDTH_BACKBONES = ("resnet32", "resnet_small")
+
+__all__ = [
+    "BACKBONES",
+    "CLASSIFIERS",
+    "SPLIT_MODES",
+    "Backbone",
+    "BranchedNet",
+    "CifarResNet",
+    "ETFClassifier",
+    "NormedLinear",
+    "ShortcutA",
+    "TorchvisionResNet",
+    "build_backbone",
+    "build_classifier",
+    "count_parameters",
+    "load_backbone_state",
+    "resnet32",
+    "resnet50",
+    "resnet_small",
+    "resnext50",
+    "simplex_etf",
+]
+
+
+def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameters (each shared tensor once; buffers such as a fixed ETF excluded)."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+
+def _get(cfg: Any, key: str, default: Any) -> Any:
+    if isinstance(cfg, dict):
+        return cfg.get(key, default)
+    return getattr(cfg, key, default)
+
+
+def build_backbone(model_cfg: Any, in_channels: int) -> Backbone:
+    """The backbone named by ``model_cfg.name``; ``model_cfg.width`` sizes the CIFAR/small
+    ResNets (ignored by the torchvision nets); ``model_cfg.pretrained`` is an optional local
+    state_dict file (never a download), loaded with a strict key check."""
+    name = str(_get(model_cfg, "name", "resnet32"))
+    factory = BACKBONES.get(name)
+    kwargs: dict[str, Any] = {"in_channels": int(in_channels)}
+    if name in _WIDTH_BACKBONES:
+        kwargs["width"] = int(_get(model_cfg, "width", 16))
+    backbone = factory(**kwargs)
+    pretrained = _get(model_cfg, "pretrained", None)
+    if pretrained:
+        load_backbone_state(backbone, str(pretrained))
+    n = count_parameters(backbone)
+    log.info("backbone %s: %d-d features, %d parameters (%.3fM)", name, backbone.out_dim, n, n / 1e6)
+    return backbone
