@@ -139,6 +139,8 @@ class GBBNConfig:
     branch: str = "last_block"
     # share the branch weights too (a single-branch GBBN)
     share_branch: bool = False
+    # run the trunk once on both batches (BN sees their union) instead of once per batch (BBN)
+    joint_trunk: bool = False
     # ce | la | bsce: the classification loss on the mixed logits
     cls_loss: str = "ce"
 

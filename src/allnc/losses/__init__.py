@@ -1,0 +1,38 @@
+"""Pure loss modules: LA / Balanced Softmax cross-entropy, LDAM and DRW weights, dot
+regression for a fixed ETF, BCL, and AllNC's HyCon, P2P and class-mean memory.
+
+HyCon, P2P and the memory are this project's reconstruction of AllNC (Zhang et al. 2024);
+the paper's exact equations are not available, and every free choice is an option.
+"""
+from .bcl import BalancedSupConLoss, class_averaged_contrast
+from .ce import (
+    balanced_softmax_ce,
+    class_weight,
+    class_weighted_ce,
+    log_prior,
+    logit_adjusted_ce,
+)
+from .etf import dot_regression_loss
+from .hycon import HyConLoss
+from .ldam import LDAMLoss, drw_weights, ldam_margins
+from .memory import ClassMeanMemory, centred_normalized
+from .p2p import P2PLoss, etf_cosines
+
+__all__ = [
+    "BalancedSupConLoss",
+    "ClassMeanMemory",
+    "HyConLoss",
+    "LDAMLoss",
+    "P2PLoss",
+    "balanced_softmax_ce",
+    "centred_normalized",
+    "class_averaged_contrast",
+    "class_weight",
+    "class_weighted_ce",
+    "dot_regression_loss",
+    "drw_weights",
+    "etf_cosines",
+    "ldam_margins",
+    "log_prior",
+    "logit_adjusted_ce",
+]

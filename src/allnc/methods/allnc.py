@@ -68,7 +68,8 @@ class GBBN(Method):
         super().__init__(cfg, info)
         g = cfg.method.gbbn
         self.loaders = (LoaderSpec("instance", 1), LoaderSpec(g.sampler, 1))
-        self.net = BranchedNet(build_backbone(cfg.model, info.in_channels), mode=g.branch, share_branch=g.share_branch)
+        self.net = BranchedNet(build_backbone(cfg.model, info.in_channels), mode=g.branch, share_branch=g.share_branch,
+                               joint_trunk=g.joint_trunk)
         d = self.net.out_dim
         self.classifier = build_classifier(
             cfg.model.classifier, 2 * d, info.num_classes, bias=cfg.model.bias, etf_seed=cfg.model.etf_seed
