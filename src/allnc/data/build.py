@@ -1,0 +1,160 @@
+"""``build_data(cfg)``: the source named by ``cfg.data``, its long-tailed training subset,
+and everything the model and the transforms need to know about it."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ..errors import ConfigError
+from . import augment as A
+from .augment import MultiView
+from .longtail import lt_counts, lt_indices
+from .sources import Source, Split, load_cifar, load_fmnist, load_imagefolder, load_listfile
+
+NAMES = ("fmnist", "cifar10", "cifar100", "imagefolder", "listfile")
+
+
+@dataclass
+class DataBundle:
+    """The data of one experiment; ``train`` is already the long-tailed subset."""
+
+    train: Split
+    test: Split
+    class_counts: np.ndarray  # np.int64, K: training images per class
+    num_classes: int
+    classes: list[str]
+    in_channels: int
+    image_hw: tuple[int, int]  # size of the tensors the transforms produce
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    small: bool  # images held in memory as uint8 (small-image transforms)
+    label: str  # e.g. "Fashion-MNIST-LT (IF 100, exp)"
+    name: str = ""  # cfg.data.name
+    imbalance_factor: float = 1.0  # n_max / n_min of the training counts
+    source: str = ""  # where the files came from
+
+
+def _data_cfg(cfg: Any) -> Any:
+    try:
+        return cfg.data
+    except AttributeError:
+        return cfg
+
+
+def _load(d: Any) -> Source:
+    name = d.name
+    if name == "fmnist":
+        return load_fmnist(d.root, bool(d.download))
+    if name in ("cifar10", "cifar100"):
+        return load_cifar(10 if name == "cifar10" else 100, d.root, bool(d.download), d.cache_dir)
+    if name == "imagefolder":
+        return load_imagefolder(d.root, d.cache_dir)
+    if name == "listfile":
+        return load_listfile(d.root, d.train_list, d.test_list, d.cache_dir)
+    raise ConfigError(f"data.name={name!r} is not one of: {', '.join(NAMES)}")
+
+
+def _default_stats(name: str, small: bool, channels: int) -> tuple[tuple, tuple]:
+    if name == "fmnist":
+        return A.FMNIST_MEAN, A.FMNIST_STD
+    if small:
+        return (A.CIFAR_MEAN, A.CIFAR_STD) if channels == 3 else (A.FMNIST_MEAN, A.FMNIST_STD)
+    return (A.IMAGENET_MEAN, A.IMAGENET_STD) if channels == 3 else (A.IMAGENET_GREY_MEAN, A.IMAGENET_GREY_STD)
+
+
+def build_data(cfg: Any) -> DataBundle:
+    """Load ``cfg.data`` (the whole config or just its ``data`` section) and draw the
+    long-tailed training subset: counts ``lt_counts(n_max, K, IF, kind)`` with n_max the
+    largest class of the source's training set, images ``lt_indices(..., data.lt_seed)``.
+    ``imbalance_factor`` 1 keeps the whole training set; list files are kept as given."""
+    d = _data_cfg(cfg)
+    src = _load(d)
+    train = src.train
+    k = train.num_classes
+    factor = float(d.imbalance_factor)
+    kind = str(d.imbalance_type)
+    base = {"fmnist": "Fashion-MNIST", "cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}.get(d.name)
+    if base is None:
+        base = src.name if d.name == "listfile" else f"'{Path(src.root).name}'"
+    if src.long_tailed:
+        label = f"{base} {src.where} (as given; data.imbalance_factor ignored)"
+    elif factor == 1:
+        label = f"{base} (full training set, IF 1)"
+    else:
+        if factor < 1:
+            raise ConfigError(f"data.imbalance_factor={factor} is below 1; use 1 for the balanced set or e.g. 100")
+        n_max = int(train.counts().max())
+        counts = lt_counts(n_max, k, factor, kind)
+        train = train.subset(lt_indices(train.targets, counts, int(d.lt_seed), train.classes))
+        label = f"{base}-LT (IF {factor:g}, {kind})"
+    if src.fmt == "folder":
+        label += f" {src.where}"
+    class_counts = train.counts()
+    nz = class_counts[class_counts > 0]
+    small = train.in_memory
+    hw = tuple(int(v) for v in train.images.shape[1:3]) if small else (int(d.image_size),) * 2  # type: ignore[union-attr]
+    mean, std = _default_stats(d.name, small, train.in_channels)
+    if d.mean is not None:
+        mean = tuple(float(v) for v in d.mean)
+    if d.std is not None:
+        std = tuple(float(v) for v in d.std)
+    if len(mean) != train.in_channels or len(std) != train.in_channels:
+        raise ConfigError(
+            f"data.mean/data.std have {len(mean)}/{len(std)} values but the images have "
+            f"{train.in_channels} channel(s); give that many values or null for the default"
+        )
+    return DataBundle(
+        train=train,
+        test=src.test,
+        class_counts=class_counts,
+        num_classes=k,
+        classes=list(train.classes),
+        in_channels=train.in_channels,
+        image_hw=hw,  # type: ignore[arg-type]
+        mean=tuple(mean),
+        std=tuple(std),
+        small=small,
+        label=label,
+        name=str(d.name),
+        imbalance_factor=float(nz.max() / nz.min()) if len(nz) else 1.0,
+        source=f"{src.name} {src.where}",
+    )
+
+
+class SplitDataset(Dataset):
+    """``(x, y, index)`` of a Split; ``x`` is a tensor, or a list of ``views`` tensors."""
+
+    def __init__(self, split: Split, transform: Optional[Callable], views: int = 1):
+        if views < 1:
+            raise ValueError(f"views must be at least 1, got {views}")
+        self.split = split
+        self.views = int(views)
+        if views > 1 and not isinstance(transform, MultiView):
+            transform = MultiView(transform, views)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, i: int):
+        img = self.split.load(i)
+        x = self.transform(img) if self.transform is not None else img
+        return x, int(self.split.targets[i]), int(i)
+
+
+def make_dataset(split: Split, transform: Optional[Callable], views: int = 1) -> SplitDataset:
+    """A torch Dataset of ``split`` returning ``(x, y, index)``; with ``views`` > 1, ``x``
+    is the list of ``views`` independently augmented tensors of the image."""
+    return SplitDataset(split, transform, views)
+
+
+def as_tensor_images(split: Split) -> torch.Tensor:
+    """The in-memory images as a uint8 N x C x H x W tensor (shares memory when possible)."""
+    if split.images is None:
+        raise ValueError("the split keeps its images on disk; only small, in-memory splits have a tensor form")
+    return torch.from_numpy(split.images).permute(0, 3, 1, 2)

@@ -1,0 +1,108 @@
+"""The long-tailed training subset: per-class counts, the seeded selection, the groups.
+
+This follows the convention of LDAM-DRW, BBN, MiSLAS and PaCo bit for bit
+(``shared/docs/reference.md``):
+
+* ``n_i = int(n_max * (1 / IF) ** (i / (C - 1)))`` for class ``i = 0 .. C-1`` ("exp"), or
+  ``n_max`` for the first half of the classes and ``int(n_max / IF)`` for the rest ("step");
+* one NumPy stream seeded once (``np.random.seed(seed)``), then for each class in order
+  ``idx = np.where(targets == c)[0]; np.random.shuffle(idx); keep idx[:n_c]``.
+
+We use a private ``np.random.RandomState(seed)``, whose stream is the one
+``np.random.seed(seed)`` gives the global generator, so the global NumPy state is untouched.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+
+from ..errors import DataError
+
+KINDS = ("exp", "step")
+
+#: group thresholds: many = more than 100 training images, few = fewer than 20
+MANY_ABOVE = 100
+FEW_BELOW = 20
+
+
+def lt_counts(n_max: int, num_classes: int, imbalance_factor: float, kind: str = "exp") -> list[int]:
+    """Training images per class of the long-tailed profile (class 0 is the largest).
+
+    ``imbalance_factor`` is n_max / n_min; 1 gives ``n_max`` for every class.
+    """
+    n_max = int(n_max)
+    num_classes = int(num_classes)
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be at least 1, got {num_classes}")
+    if n_max < 1:
+        raise ValueError(f"n_max must be at least 1, got {n_max}")
+    if imbalance_factor < 1:
+        raise ValueError(
+            f"imbalance_factor={imbalance_factor} is below 1; it is n_max/n_min (1 = balanced)"
+        )
+    if kind == "exp":
+        if num_classes == 1:
+            return [n_max]
+        return [int(n_max * (1.0 / imbalance_factor) ** (i / (num_classes - 1))) for i in range(num_classes)]
+    if kind == "step":
+        head = num_classes // 2
+        return [n_max] * head + [int(n_max / imbalance_factor)] * (num_classes - head)
+    raise ValueError(f"imbalance kind '{kind}' is not one of: {', '.join(KINDS)}")
+
+
+def lt_indices(
+    targets: Sequence[int] | np.ndarray,
+    counts: Sequence[int],
+    seed: int = 0,
+    class_names: Optional[Sequence[str]] = None,
+) -> np.ndarray:
+    """Indices (into ``targets``) of the long-tailed subset, concatenated in class order.
+
+    Class ``c`` keeps the first ``counts[c]`` of its indices after a shuffle drawn from one
+    NumPy stream seeded once with ``seed``, shuffling the classes in order 0, 1, ...
+    Within a class the indices are taken in their order in ``targets`` before the shuffle,
+    so the same within-class order gives the same chosen images, whatever the interleaving
+    of the classes. A class with fewer images than asked is a :class:`DataError`.
+    """
+    targets = np.asarray(targets)
+    if targets.ndim != 1:
+        raise ValueError(f"targets must be 1-D, got shape {targets.shape}")
+    counts = [int(c) for c in counts]
+    if targets.size and (targets.min() < 0 or targets.max() >= len(counts)):
+        raise ValueError(
+            f"targets hold labels outside 0..{len(counts) - 1} (min {targets.min()}, max {targets.max()})"
+        )
+    rng = np.random.RandomState(seed)
+    kept = []
+    for c, n_c in enumerate(counts):
+        idx = np.where(targets == c)[0]
+        if n_c > len(idx):
+            name = f"'{class_names[c]}' (class {c})" if class_names is not None else f"class {c}"
+            raise DataError(
+                f"{name} has {len(idx)} training images but the long-tailed profile asks for {n_c}; "
+                "lower data.imbalance_factor, order the classes by decreasing size, "
+                "or keep the data as it is with data.imbalance_factor=1"
+            )
+        rng.shuffle(idx)
+        kept.append(idx[:n_c])
+    if not kept:
+        return np.zeros(0, dtype=np.int64)
+    return np.concatenate(kept).astype(np.int64)
+
+
+def groups(counts: Sequence[int]) -> dict[str, list[int]]:
+    """Class ids per group: many (> 100 training images), medium (20 .. 100), few (< 20).
+
+    Groups come from the counts, never from class index ranges; a group may be empty.
+    """
+    out: dict[str, list[int]] = {"many": [], "medium": [], "few": []}
+    for c, n in enumerate(counts):
+        n = int(n)
+        if n > MANY_ABOVE:
+            out["many"].append(c)
+        elif n < FEW_BELOW:
+            out["few"].append(c)
+        else:
+            out["medium"].append(c)
+    return out

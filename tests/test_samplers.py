@@ -1,0 +1,138 @@
+"""ClassAwareSampler: promised class frequencies, permutations, ranks, epochs, seeds."""
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from allnc.data import ClassAwareSampler
+from allnc.errors import ConfigError
+
+COUNTS = [400, 100, 25, 5]
+# chi-square critical values at p = 0.001 (df = 3 and df = 4): with fixed seeds the tests
+# are deterministic, and a correct sampler fails them with probability 0.001 per seed
+CHI2_DF3 = 16.27
+CHI2_DF4 = 18.47
+
+
+def _targets(counts=COUNTS, seed=0):
+    return np.random.RandomState(seed).permutation(np.repeat(np.arange(len(counts)), counts))
+
+
+def _chi2(observed, expected):
+    observed, expected = np.asarray(observed, float), np.asarray(expected, float)
+    return float(((observed - expected) ** 2 / expected).sum())
+
+
+@pytest.mark.parametrize(
+    "mode,weights",
+    [
+        ("balanced", [1, 1, 1, 1]),
+        ("sqrt", np.sqrt(COUNTS)),
+        ("reversed", [400 / n for n in COUNTS]),
+    ],
+)
+def test_modes_draw_their_promised_class_frequencies(mode, weights):
+    t = _targets()
+    n_draws = 20000
+    s = ClassAwareSampler(t, mode, batch_size=100, seed=3, num_samples=n_draws)
+    promised = np.asarray(weights, float) / np.sum(weights)
+    assert np.allclose(s.class_probabilities(), promised)
+    idx = s.global_indices(0).numpy()
+    assert len(idx) == n_draws
+    observed = np.bincount(t[idx], minlength=4)
+    assert _chi2(observed, promised * n_draws) < CHI2_DF3
+    # within the rarest class, each of its 5 images is drawn uniformly
+    rare = idx[t[idx] == 3]
+    members = np.flatnonzero(t == 3)
+    per_image = np.array([(rare == m).sum() for m in members])
+    assert per_image.sum() == len(rare)
+    assert _chi2(per_image, np.full(5, len(rare) / 5)) < CHI2_DF4
+
+
+def test_instance_mode_is_a_permutation():
+    t = _targets()
+    s = ClassAwareSampler(t, "instance", batch_size=64, drop_last=False)
+    idx = s.global_indices(0).numpy()
+    assert sorted(idx.tolist()) == list(range(len(t)))
+    assert np.allclose(s.class_probabilities(), np.array(COUNTS) / sum(COUNTS))
+    d = ClassAwareSampler(t, "instance", batch_size=64, drop_last=True)
+    kept = d.global_indices(0).numpy()
+    assert len(kept) == (len(t) // 64) * 64 and len(set(kept.tolist())) == len(kept)
+    assert np.array_equal(kept, idx[: len(kept)])
+
+
+@pytest.mark.parametrize("mode", ["instance", "balanced", "sqrt", "reversed"])
+@pytest.mark.parametrize("world_size", [2, 4])
+def test_ranks_together_see_the_one_process_batches(mode, world_size):
+    t = _targets()
+    b = 32
+    one = ClassAwareSampler(t, mode, batch_size=b, seed=5)
+    one.set_epoch(2)
+    glob = torch.tensor(list(one))
+    assert len(glob) == len(one) == (len(t) // b) * b
+    ranks = []
+    for r in range(world_size):
+        s = ClassAwareSampler(t, mode, batch_size=b, seed=5, rank=r, world_size=world_size)
+        s.set_epoch(2)
+        mine = torch.tensor(list(s))
+        assert len(mine) == len(s) == len(glob) // world_size
+        ranks.append(mine.view(-1, b // world_size))
+    # global batch k = rank 0's chunk k, then rank 1's chunk k, ...
+    assert torch.equal(torch.cat(ranks, 1).reshape(-1), glob)
+    # as DataLoaders with the per-rank batch size
+    ds = TensorDataset(torch.arange(len(t)))
+    loaders = [DataLoader(ds, batch_size=b // world_size,
+                          sampler=ClassAwareSampler(t, mode, b, 5, r, world_size)) for r in range(world_size)]
+    first = torch.cat([next(iter(ld))[0] for ld in loaders])
+    assert torch.equal(first, ClassAwareSampler(t, mode, b, 5).global_indices(0)[:b])
+
+
+def test_no_drop_last_tail_is_split_contiguously():
+    t = _targets()  # 530 samples, batch 64: 8 full batches and 18 left
+    one = ClassAwareSampler(t, "instance", batch_size=64, drop_last=False)
+    glob = one.global_indices(0)
+    parts = [ClassAwareSampler(t, "instance", 64, rank=r, world_size=4, drop_last=False) for r in range(4)]
+    lens = [len(p) for p in parts]
+    assert lens == [8 * 16 + 16, 8 * 16 + 2, 8 * 16, 8 * 16] and sum(lens) == len(t)
+    assert [len(list(p)) for p in parts] == lens
+    tail = torch.cat([torch.tensor(list(p))[8 * 16:] for p in parts])
+    assert torch.equal(tail, glob[8 * 64:])
+    assert one.num_batches() == 9
+
+
+def test_epochs_and_seeds_are_deterministic():
+    t = _targets()
+    for mode in ("instance", "reversed"):
+        a = ClassAwareSampler(t, mode, batch_size=16, seed=1)
+        b = ClassAwareSampler(t, mode, batch_size=16, seed=1)
+        a.set_epoch(4)
+        b.set_epoch(4)
+        assert list(a) == list(b)
+        assert list(a) == list(a)  # iterating again gives the same epoch
+        a.set_epoch(5)
+        e5 = list(a)
+        assert e5 != list(b)
+        assert torch.equal(torch.tensor(e5), b.global_indices(5))
+        c = ClassAwareSampler(t, mode, batch_size=16, seed=2)
+        c.set_epoch(4)
+        assert list(c) != list(b)
+
+
+def test_argument_errors():
+    t = _targets()
+    with pytest.raises(ConfigError, match="not divisible by the 3 processes"):
+        ClassAwareSampler(t, "instance", batch_size=32, world_size=3)
+    with pytest.raises(ConfigError, match="not one of"):
+        ClassAwareSampler(t, "uniform")
+    with pytest.raises(ConfigError, match="larger than the 530 samples"):
+        ClassAwareSampler(t, "instance", batch_size=1024)
+    with pytest.raises(ValueError, match="rank 2"):
+        ClassAwareSampler(t, "instance", batch_size=32, rank=2, world_size=2)
+
+
+def test_empty_class_is_never_drawn():
+    t = np.array([0] * 10 + [2] * 5)  # class 1 has no image
+    s = ClassAwareSampler(t, "reversed", batch_size=5, num_classes=3)
+    p = s.class_probabilities()
+    assert p[1] == 0 and np.allclose(p[[0, 2]], [1 / 3, 2 / 3])
+    assert set(t[s.global_indices(0).numpy()].tolist()) <= {0, 2}
