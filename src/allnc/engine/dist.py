@@ -79,3 +79,59 @@ def broadcast_object(obj):
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+class DistBatchNorm(torch.nn.modules.batchnorm._BatchNorm):
+    """Batch norm whose training statistics are those of the global batch, on any backend.
+
+    torch's SyncBatchNorm needs a GPU; this one all-reduces per-channel sums, sums of
+    squares and counts with an autograd-aware all-reduce, so it also runs under gloo on
+    CPUs. Gradients flow through the global statistics: after DistributedDataParallel
+    averages the gradients, N processes train exactly like one process with the global batch.
+    """
+
+    def _check_input_dim(self, x):
+        if x.dim() < 2:
+            raise ValueError(f"expected at least 2-D input, got {x.dim()}-D")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and is_dist()):
+            return super().forward(x)
+        from torch.distributed.nn.functional import all_reduce as ar_grad
+
+        c = x.shape[1]
+        dims = [0] + list(range(2, x.dim()))
+        xf = x.float()
+        n_local = torch.tensor([x.numel() / c], dtype=torch.float32, device=x.device)
+        packed = ar_grad(torch.cat([xf.sum(dims), (xf * xf).sum(dims), n_local]))
+        n = packed[-1]
+        mean = packed[:c] / n
+        var = (packed[c:2 * c] / n - mean * mean).clamp_min(0)
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                self.running_mean.mul_(1 - m).add_(mean.detach() * m)
+                self.running_var.mul_(1 - m).add_(var.detach() * (n / (n - 1)).detach() * m)
+        shape = [1, c] + [1] * (x.dim() - 2)
+        y = (xf - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        if self.affine:
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        return y.to(x.dtype)
+
+
+def convert_sync_batchnorm(module: torch.nn.Module, device_type: str) -> torch.nn.Module:
+    """Global-batch statistics for every batch norm: torch's SyncBatchNorm on GPUs,
+    DistBatchNorm elsewhere."""
+    if device_type == "cuda":
+        return torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and not isinstance(module, DistBatchNorm):
+        new = DistBatchNorm(module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats)
+        new.load_state_dict(module.state_dict())
+        new.train(module.training)
+        return new
+    for name, child in module.named_children():
+        new_child = convert_sync_batchnorm(child, device_type)
+        if new_child is not child:
+            setattr(module, name, new_child)
+    return module

@@ -137,11 +137,11 @@ class Trainer:
             if not src.is_file():
                 raise ConfigError(f"init_from={cfg.init_from}: no {CHECKPOINT} there; point it at a finished run directory")
             self.method.load_backbone_from(load_checkpoint(src)["method"])
+        if cfg.train.sync_bn and dist.is_dist():
+            self.method = dist.convert_sync_batchnorm(self.method, self.device.type)
         self.method.to(self.device)
         if self.channels_last:
             self.method.to(memory_format=torch.channels_last)
-        if cfg.train.sync_bn and dist.is_dist():
-            self.method = nn.SyncBatchNorm.convert_sync_batchnorm(self.method)
         self.n_params = count_parameters(self.method)
 
         self.choice = choose_pipeline(cfg, self.bundle)
@@ -270,15 +270,18 @@ class Trainer:
                 if check and not math.isfinite(float(sums["loss"])):
                     bar.close()
                     raise TrainingDiverged(
-                        f"the training loss became {float(loss)} at epoch {epoch + 1} step {step + 1}; "
+                        f"the training loss became {float(loss.detach())} at epoch {epoch + 1} step {step + 1}; "
                         f"the last good checkpoint (epoch {last_ckpt_epoch}) is kept in {self.out}; "
                         "lower train.lr or the loss weights and start again, or --resume from it"
                     )
                 bar.update(1)
                 if step % 10 == 0 or step == steps - 1:
-                    bar.set_postfix_str(f"epoch {epoch + 1}/{epochs} loss {float(loss):.3f} lr {lr:.4f}")
+                    bar.set_postfix_str(f"epoch {epoch + 1}/{epochs} loss {float(loss.detach()):.3f} lr {lr:.4f}")
             rec = {"epoch": epoch + 1, "lr": lr, "time_s": round(time.time() - t0, 3)}
-            rec.update({k: float(v) / steps for k, v in sums.items()})
+            keys = sorted(sums)
+            packed = torch.stack([sums[k].reshape(()) for k in keys]).double()
+            dist.all_reduce_sum(packed)  # every rank logs the mean over all ranks
+            rec.update({k: float(v) / (steps * dist.world_size()) for k, v in zip(keys, packed)})
             last = epoch + 1 == epochs
             if (epoch + 1) % int(cfg.train.eval_every) == 0 or last:
                 res = evaluate_accuracy(self.method, cfg, self.bundle, self.choice, self.device, self.amp,

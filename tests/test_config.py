@@ -1,0 +1,75 @@
+import pytest
+
+from allnc.config import builtin_names, load_config, parse_override
+from allnc.errors import ConfigError
+
+
+def test_override_changes_only_that_key():
+    base = load_config("cifar10_lt_ce")
+    cfg = load_config("cifar10_lt_ce", ["train.epochs=7", "data.root=/x/y", "train.milestones=[3,5]"])
+    assert cfg.train.epochs == 7 and cfg.data.root == "/x/y" and list(cfg.train.milestones) == [3, 5]
+    assert cfg.train.lr == base.train.lr and cfg.model.name == "resnet32"
+
+
+def test_unknown_key_names_it_and_suggests_closest():
+    with pytest.raises(ConfigError, match=r"unknown config key 'train.epoch'.*did you mean 'train.epochs'"):
+        load_config("fmnist_lt_ce", ["train.epoch=3"])
+    with pytest.raises(ConfigError, match=r"'data.imbalance_factr'.*'data.imbalance_factor'"):
+        load_config(None, ["data.imbalance_factr=10"])
+
+
+def test_unknown_key_in_yaml_names_the_file(tmp_path):
+    p = tmp_path / "exp.yaml"
+    p.write_text("_base_: fmnist_lt_ce\nmodel:\n  widht: 32\n")
+    with pytest.raises(ConfigError, match=r"model.widht.*exp.yaml.*model.width"):
+        load_config(str(p))
+
+
+def test_imbalance_factor_below_one_is_refused():
+    with pytest.raises(ConfigError, match="imbalance_factor=0.5 is below 1"):
+        load_config("fmnist_lt_ce", ["data.imbalance_factor=0.5"])
+
+
+def test_bad_choice_and_bad_type():
+    with pytest.raises(ConfigError, match="method.gbbn.schedule='parabola' is not one of"):
+        load_config("fmnist_lt_bbn", ["method.gbbn.schedule=parabola"])
+    with pytest.raises(ConfigError, match="bad value 'abc' for 'train.epochs'"):
+        load_config("fmnist_lt_ce", ["train.epochs=abc"])
+    with pytest.raises(ConfigError, match="not of the form key=value"):
+        parse_override("train.epochs")
+
+
+def test_base_chain_applies_parent_then_child(tmp_path):
+    (tmp_path / "parent.yaml").write_text("_base_: cifar10_lt\ntrain:\n  epochs: 11\n  lr: 0.05\n")
+    (tmp_path / "child.yaml").write_text("_base_: parent\ntrain:\n  epochs: 3\n")
+    cfg = load_config(str(tmp_path / "child.yaml"))
+    assert (cfg.train.epochs, cfg.train.lr, cfg.data.name) == (3, 0.05, "cifar10")
+
+
+def test_missing_config_suggests_builtin():
+    with pytest.raises(ConfigError, match="did you mean 'cifar10_lt_ce'"):
+        load_config("cifar10_lt_cee")
+
+
+def test_every_builtin_config_loads_and_follows_its_protocol():
+    names = builtin_names()
+    datasets = ["fmnist_lt", "cifar10_lt", "cifar100_lt", "imagenet_lt", "inat2018", "places_lt"]
+    methods = ["ce", "la", "bsce", "ldam_drw", "etf_dr", "etf_ce", "bcl", "bbn", "allnc", "ce_hycon", "ce_p2p",
+               "gbbn_only", "allnc_no_hycon", "allnc_no_p2p", "crt"]
+    for ds in datasets:
+        for m in methods:
+            assert f"{ds}_{m}" in names
+    for n in names:
+        cfg = load_config(n)
+        if n.startswith("cifar") and not n.endswith("_crt"):
+            # the standard CIFAR-LT protocol of reference.md
+            assert (cfg.model.name, cfg.train.epochs, cfg.train.batch_size) == ("resnet32", 200, 128), n
+            assert list(cfg.train.milestones) == [160, 180] and cfg.train.lr_decay == 0.01, n
+            assert cfg.data.augment == ("strong" if n.endswith("_strong") else "standard"), n
+    allnc = load_config("cifar10_lt_allnc")
+    assert allnc.method.hycon.enabled and allnc.method.p2p.enabled and allnc.method.name == "gbbn"
+    bbn = load_config("cifar10_lt_bbn")
+    assert not bbn.method.hycon.enabled and not bbn.method.p2p.enabled
+    assert (bbn.method.gbbn.sampler, bbn.method.gbbn.gamma, bbn.method.gbbn.cls_loss) == ("reversed", 2.0, "ce")
+    assert not load_config("cifar10_lt_allnc_no_hycon").method.hycon.enabled
+    assert not load_config("cifar10_lt_allnc_no_p2p").method.p2p.enabled
