@@ -107,13 +107,13 @@ class GBBN(Method):
     def training_loss(self, batches, state: StepState):
         xu, yu = batches[0]["x"], batches[0]["y"]
         xr, yr = batches[1]["x"], batches[1]["y"]
-        a = float(self.alpha)
+        a = self.alpha  # a 0-d tensor: no host sync, nothing for a compiled step to specialise on
         h_c, h_r = self.net.forward_both(xu, xr)
         logits = self.classifier(torch.cat([a * h_c, (1 - a) * h_r], dim=1))
         l_u = self.cls_loss(logits, yu)
         l_r = self.cls_loss(logits, yr)
         loss = a * l_u + (1 - a) * l_r
-        logs = {"loss_cls": (a * l_u + (1 - a) * l_r).detach(), "alpha": torch.tensor(a)}
+        logs = {"loss_cls": loss.detach(), "alpha": a.detach()}
 
         if self.use_hycon or self.use_p2p:
             hc32 = h_c.float()

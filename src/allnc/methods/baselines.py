@@ -45,6 +45,8 @@ class SingleBranch(Method):
         h, p = cfg.method.hycon, cfg.method.p2p
         self.use_hycon = bool(h.enabled) and float(h.weight) > 0
         self.use_p2p = bool(p.enabled) and float(p.weight) > 0
+        if (self.use_hycon or self.use_p2p) and float(cfg.train.mixup) > 0:
+            raise ConfigError("train.mixup mixes labels, which HyCon and P2P need whole; turn one of them off")
         if self.use_hycon or self.use_p2p:
             self.mem = ClassMeanMemory(self.num_classes, self.backbone.out_dim, momentum=float(cfg.method.memory.momentum))
         if self.use_hycon:
@@ -95,8 +97,7 @@ class SingleBranch(Method):
             h, logits = self.features(x)
             loss = self.loss_fn(logits, y, h)
         logs = {"loss_cls": loss.detach()}
-        if alpha <= 0:
-            loss = loss + self.nc_terms(h, y, logs)
+        loss = loss + self.nc_terms(h, y, logs)
         return loss, logs
 
     def load_backbone_from(self, state_dict: dict) -> None:
@@ -163,6 +164,7 @@ class LDAMDRW(SingleBranch):
         c = cfg.method.ldam
         self.ldam = LDAMLoss(self.class_counts, max_margin=float(c.max_margin), scale=float(c.scale))
         self.register_buffer("drw", drw_weights(self.class_counts, beta=float(c.drw_beta)))
+        # whether deferred re-weighting is on; a buffer, so a checkpoint records it
         self.register_buffer("drw_on", torch.zeros((), dtype=torch.bool))
 
     def drw_start_epoch(self, epochs: int) -> int:
@@ -172,7 +174,8 @@ class LDAMDRW(SingleBranch):
         self.drw_on.fill_(epoch >= self.drw_start_epoch(epochs))
 
     def loss_fn(self, logits, y, feats):
-        weight = self.drw if bool(self.drw_on) else None
+        # all-ones weights before the switch (equal to unweighted CE), without a host sync
+        weight = torch.where(self.drw_on, self.drw, torch.ones_like(self.drw))
         return self.ldam(logits, y, weight=weight)
 
 
