@@ -76,24 +76,20 @@ def cmd_data(a) -> int:
 
 
 def cmd_nc(a) -> int:
-    import numpy as np
-
-    from .engine.checkpoint import atomic_write_json
     from .engine.evaluate import neural_collapse
     from .engine.trainer import load_run
+    from .metrics import nc_summary, save_nc
 
     t = load_run(a.run_dir, device=a.device)
     nc, mats = neural_collapse(t.method, t.cfg, t.bundle, t.choice, t.device, amp=t.amp,
                                max_samples=a.max_samples)
-    nc["epoch"] = t.ckpt_epoch
-    atomic_write_json(Path(a.run_dir) / "nc.json", nc)
-    np.savez_compressed(Path(a.run_dir) / "nc.npz", **{k: np.asarray(v) for k, v in mats.items()})
-    from .metrics.nc import summary_scalars
-
+    for split in nc:
+        nc[split]["info"]["checkpoint_epoch"] = t.ckpt_epoch
+    path = save_nc(a.run_dir, nc, mats)
     for split in ("train", "test"):
-        s = summary_scalars(nc[split])
+        s = nc_summary(nc[split])
         print(f"{split:<5} " + "  ".join(f"{k} {v:.4g}" for k, v in s.items() if v is not None))
-    print(f"wrote {Path(a.run_dir) / 'nc.json'} and nc.npz")
+    print(f"wrote {path} and nc.npz")
     return 0
 
 

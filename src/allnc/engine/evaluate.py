@@ -37,16 +37,18 @@ def evaluate_accuracy(method, cfg, bundle, choice, device, amp=False, channels_l
 @torch.no_grad()
 def neural_collapse(method, cfg, bundle, choice, device, splits=("train", "test"), amp=False,
                     channels_last=False, max_samples: int = 0) -> tuple[dict, dict]:
-    """Two passes per split (class statistics, then the nearest-class-mean check) over the
-    inference features, without augmentation. Returns (nc dict, cosine matrices)."""
+    """Neural-collapse metrics of the inference features (no augmentation) and the
+    classifier that makes the predictions: one pass for class statistics, one for the
+    nearest-class-mean check. Returns ({split: compute_nc}, {split: cosine matrices})."""
     was = method.training
     method.eval()
     W, b = method.classifier_weight()
     W = W.detach().float()
     b = None if b is None else b.detach().float()
+    train_counts = np.asarray(bundle.class_counts)
     out, mats = {}, {}
     for split in splits:
-        stats = None
+        split_counts = np.bincount(getattr(bundle, split).targets, minlength=bundle.num_classes)
 
         def batches():
             seen = 0
@@ -58,17 +60,17 @@ def neural_collapse(method, cfg, bundle, choice, device, splits=("train", "test"
                 seen += len(y)
                 yield h.float(), y
 
+        acc = ClassStatsAccumulator(bundle.num_classes, W.shape[1], device=device,
+                                    class_counts=None if max_samples else split_counts, train_counts=train_counts)
         for h, y in batches():
-            if stats is None:
-                stats = ClassStatsAccumulator(bundle.num_classes, h.shape[1], device=h.device)
-            stats.update(h, y)
-        stats.all_reduce()
-        ncm = NCMAccumulator(stats.means(), W, b)
+            acc.update(h, y)
+        acc.all_reduce()
+        stats = acc.result()
+        ncm = NCMAccumulator(stats, W, b)
         for h, y in batches():
             ncm.update(h, y)
         ncm.all_reduce()
-        out[split] = compute_nc(stats, W, b, np.asarray(bundle.class_counts), ncm=ncm)
-        for k, v in cosine_matrices(stats, W).items():
-            mats[f"{split}_{k}"] = v
+        out[split] = compute_nc(stats, W, b, train_counts, ncm=ncm)
+        mats[split] = cosine_matrices(stats, W)
     method.train(was)
     return out, mats

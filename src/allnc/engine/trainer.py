@@ -21,15 +21,13 @@ from ..config import from_dict, to_dict, to_yaml
 from ..data import build_data, groups as class_groups
 from ..errors import ConfigError, RunDirError, TrainingDiverged
 from ..methods.base import DataInfo, Method, StepState, build_method
+from ..metrics import nc_summary
 from ..models import count_parameters
 from . import dist
 from .checkpoint import CHECKPOINT, atomic_write_json, atomic_write_text, load_checkpoint, save_checkpoint
 from .evaluate import autocast_ctx, evaluate_accuracy, neural_collapse
 from .loaders import build_train_loaders, choose_pipeline
 from .schedule import lr_at
-
-NC_LOG_KEYS = ("nc1", "nc1_cb", "nc2_equinorm_means", "nc2_equinorm_w", "nc2_maxangle_means", "nc2_maxangle_w",
-               "nc3", "nc4")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -292,7 +290,7 @@ class Trainer:
                 nc, _ = neural_collapse(self.method, cfg, self.bundle, self.choice, self.device, splits=("train",),
                                         amp=self.amp, channels_last=self.channels_last,
                                         max_samples=int(cfg.nc.max_samples))
-                rec["nc"] = summarize_nc(nc["train"])
+                rec["nc"] = nc_summary(nc["train"])
             self._log_epoch(rec, tb)
             if not bar.enabled and dist.is_main():
                 self.log(_epoch_line(rec, epochs))
@@ -366,13 +364,6 @@ def saved_with_runtime(saved: DictConfig, given: DictConfig | None, overrides=()
             )
         _apply(saved, k, v, "the command line")
     return saved
-
-
-def summarize_nc(nc: dict) -> dict:
-    """The few scalars of a compute_nc result that go into the per-epoch log."""
-    from ..metrics.nc import summary_scalars
-
-    return summary_scalars(nc)
 
 
 def _flat(d: dict, prefix: str = "") -> dict:

@@ -1,0 +1,35 @@
+"""Metrics: accuracy (top-1, many/medium/few groups, per class, confusion) and
+neural-collapse diagnostics (see docs/metrics.md)."""
+from .accuracy import GROUP_NAMES, AccuracyAccumulator, group_classes, group_of
+from .nc import (
+    SUMMARY_KEYS,
+    ClassStats,
+    ClassStatsAccumulator,
+    NCMAccumulator,
+    between_class_cov,
+    compute_nc,
+    cosine_matrices,
+    cosine_matrix,
+    equiangularity,
+    equinorm,
+    gram_etf_distance,
+    max_angle,
+    mean_cross_cosine,
+    mean_pairwise_cosine,
+    nc1,
+    nc4,
+    nc_summary,
+    norm_ratio,
+    per_class_self_duality,
+    save_nc,
+    self_duality,
+)
+
+__all__ = [
+    "GROUP_NAMES", "AccuracyAccumulator", "group_classes", "group_of",
+    "SUMMARY_KEYS", "ClassStats", "ClassStatsAccumulator", "NCMAccumulator",
+    "between_class_cov", "compute_nc", "cosine_matrices", "cosine_matrix", "equiangularity",
+    "equinorm", "gram_etf_distance", "max_angle", "mean_cross_cosine", "mean_pairwise_cosine",
+    "nc1", "nc4", "nc_summary", "norm_ratio", "per_class_self_duality", "save_nc",
+    "self_duality",
+]

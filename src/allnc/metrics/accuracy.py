@@ -1,0 +1,173 @@
+"""Top-1 accuracy, per-class accuracy, many/medium/few groups and the confusion matrix.
+
+Groups follow the long-tailed convention (docs/reference.md): a class is *many* with more
+than 100 TRAINING images, *few* with fewer than 20, *medium* otherwise (20..100). Groups
+are always derived from the training counts, never from class-index ranges. A group's
+accuracy is the mean of the per-class accuracies of its classes (classes with no test
+sample are left out of that mean); an empty group is reported as ``None``, never as 0.
+
+Streaming: ``AccuracyAccumulator`` keeps only per-class counters (and, optionally, the
+K x K confusion matrix), so it can be fed batch after batch on CPU or GPU and summed
+across data-parallel ranks with :func:`allnc.engine.dist.all_reduce_sum`.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from ..engine.dist import all_reduce_sum
+
+GROUP_NAMES = ("many", "medium", "few")
+MANY_ABOVE = 100  # many: n > 100
+FEW_BELOW = 20  # few: n < 20
+
+# Above this many classes the confusion matrix is off unless asked for (K*K int64 and a
+# K*K JSON list: 8 MB / a few MB at K = 1000, 530 MB at iNaturalist's 8142 classes).
+CONFUSION_AUTO_MAX_CLASSES = 1000
+
+
+def group_of(count: int) -> str:
+    """The group name of one class from its TRAINING count."""
+    if count > MANY_ABOVE:
+        return "many"
+    if count < FEW_BELOW:
+        return "few"
+    return "medium"
+
+
+def group_classes(counts: Sequence[int]) -> dict[str, list[int]]:
+    """Split class indices into many/medium/few by their TRAINING counts.
+
+    many: n_c > 100, few: n_c < 20, medium: 20 <= n_c <= 100. Every key is always present;
+    a group with no class is an empty list. Indices are in increasing class order.
+    """
+    counts = np.asarray(counts).reshape(-1)
+    out: dict[str, list[int]] = {g: [] for g in GROUP_NAMES}
+    for c, n in enumerate(counts.tolist()):
+        out[group_of(int(n))].append(c)
+    return out
+
+
+def _mean_or_none(values: list) -> Optional[float]:
+    vals = [v for v in values if v is not None]
+    return float(np.mean(vals)) if vals else None
+
+
+class AccuracyAccumulator:
+    """Streaming classification accuracy.
+
+    ``update(logits_or_preds, targets)`` takes logits (B x K, argmax is taken) or
+    predicted labels (B); any device, any dtype. ``all_reduce()`` sums the counters over
+    data-parallel ranks (call it once, after the last update, on every rank).
+    ``result(train_counts)`` gives a JSON-ready dict.
+
+    ``confusion``: keep the K x K confusion matrix (rows = true class, columns =
+    prediction). ``None`` = on for K <= 1000.
+    ``device``: where the counters live; ``None`` = the device of the first update
+    (give it explicitly when a rank may see no batch before ``all_reduce``).
+    """
+
+    def __init__(self, num_classes: int, confusion: Optional[bool] = None,
+                 device: Optional[torch.device | str] = None):
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        self.num_classes = int(num_classes)
+        self.keep_confusion = (num_classes <= CONFUSION_AUTO_MAX_CLASSES
+                               if confusion is None else bool(confusion))
+        self._reduced = False
+        self.correct: Optional[torch.Tensor] = None
+        self.total: Optional[torch.Tensor] = None
+        self.confusion: Optional[torch.Tensor] = None
+        if device is not None:
+            self._alloc(torch.device(device))
+
+    def _alloc(self, device: torch.device) -> None:
+        K = self.num_classes
+        self.correct = torch.zeros(K, dtype=torch.int64, device=device)
+        self.total = torch.zeros(K, dtype=torch.int64, device=device)
+        if self.keep_confusion:
+            self.confusion = torch.zeros(K * K, dtype=torch.int64, device=device)
+
+    @torch.no_grad()
+    def update(self, logits_or_preds: torch.Tensor, targets: torch.Tensor) -> None:
+        if self._reduced:
+            raise RuntimeError("AccuracyAccumulator.update after all_reduce(): counts would be "
+                               "summed twice; use a new accumulator")
+        x = torch.as_tensor(logits_or_preds).detach()
+        if x.dim() == 2:
+            if x.shape[1] != self.num_classes:
+                raise ValueError(f"logits have {x.shape[1]} columns, expected {self.num_classes}")
+            preds = x.argmax(dim=1)
+        elif x.dim() == 1:
+            preds = x
+        else:
+            raise ValueError(f"expected logits (B x K) or predictions (B), got shape {tuple(x.shape)}")
+        if self.correct is None:
+            self._alloc(preds.device)
+        dev = self.correct.device
+        preds = preds.to(dev, torch.int64).reshape(-1)
+        t = torch.as_tensor(targets).detach().to(dev, torch.int64).reshape(-1)
+        if preds.numel() != t.numel():
+            raise ValueError(f"{preds.numel()} predictions for {t.numel()} targets")
+        if t.numel() == 0:
+            return
+        K = self.num_classes
+        lo, hi = int(torch.minimum(t.min(), preds.min())), int(torch.maximum(t.max(), preds.max()))
+        if lo < 0 or hi >= K:
+            raise ValueError(f"labels/predictions must lie in [0, {K}), got range [{lo}, {hi}]")
+        self.total += torch.bincount(t, minlength=K)
+        self.correct += torch.bincount(t[preds == t], minlength=K)
+        if self.confusion is not None:
+            self.confusion += torch.bincount(t * K + preds, minlength=K * K)
+
+    def all_reduce(self) -> None:
+        """Sum the counters over ranks (identity in one process). Idempotent."""
+        if self._reduced:
+            return
+        if self.correct is None:
+            self._alloc(torch.device("cpu"))
+        tensors = [self.correct, self.total] + ([self.confusion] if self.confusion is not None else [])
+        all_reduce_sum(*tensors)
+        self._reduced = True
+
+    def result(self, train_counts: Optional[Sequence[int]] = None) -> dict:
+        """JSON-ready accuracies, all in percent.
+
+        Keys: ``top1`` (sample-weighted, over all test samples), ``num_samples``,
+        ``per_class`` (K values; ``None`` for a class without test samples),
+        ``per_class_counts`` (test samples per class), ``class_mean`` (mean of the
+        per-class accuracies), ``groups`` {many, medium, few} and ``group_sizes`` (number of
+        classes per group) when ``train_counts`` is given (else both ``None``), and
+        ``confusion`` (K x K list of ints, rows = true class) or ``None``.
+        """
+        K = self.num_classes
+        if self.correct is None:
+            correct = np.zeros(K, dtype=np.int64)
+            total = np.zeros(K, dtype=np.int64)
+            conf = np.zeros((K, K), dtype=np.int64) if self.keep_confusion else None
+        else:
+            correct = self.correct.cpu().numpy()
+            total = self.total.cpu().numpy()
+            conf = self.confusion.cpu().numpy().reshape(K, K) if self.confusion is not None else None
+        n = int(total.sum())
+        per_class = [100.0 * int(c) / int(t) if t > 0 else None for c, t in zip(correct, total)]
+        out = {
+            "top1": 100.0 * int(correct.sum()) / n if n > 0 else None,
+            "num_samples": n,
+            "per_class": per_class,
+            "per_class_counts": [int(t) for t in total],
+            "class_mean": _mean_or_none(per_class),
+            "groups": None,
+            "group_sizes": None,
+            "confusion": conf.tolist() if conf is not None else None,
+        }
+        if train_counts is not None:
+            tc = np.asarray(train_counts).reshape(-1)
+            if tc.shape[0] != K:
+                raise ValueError(f"train_counts has {tc.shape[0]} entries, expected {K}")
+            groups = group_classes(tc)
+            out["groups"] = {g: _mean_or_none([per_class[c] for c in cls]) for g, cls in groups.items()}
+            out["group_sizes"] = {g: len(cls) for g, cls in groups.items()}
+        return out
