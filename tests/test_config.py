@@ -73,3 +73,8 @@ def test_every_builtin_config_loads_and_follows_its_protocol():
     assert (bbn.method.gbbn.sampler, bbn.method.gbbn.gamma, bbn.method.gbbn.cls_loss) == ("reversed", 2.0, "ce")
     assert not load_config("cifar10_lt_allnc_no_hycon").method.hycon.enabled
     assert not load_config("cifar10_lt_allnc_no_p2p").method.p2p.enabled
+
+
+def test_on_off_stay_strings_and_true_false_are_booleans():
+    cfg = load_config("fmnist_lt_ce", ["train.compile=on", "train.amp=off", "train.sync_bn=true"])
+    assert (cfg.train.compile, cfg.train.amp, cfg.train.sync_bn) == ("on", "off", True)

@@ -7,6 +7,7 @@ errors that name the key and suggest the closest known one.
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -191,7 +192,11 @@ class TrainConfig:
     # auto (on GPU) | on | off
     channels_last: str = "auto"
     # off | on | auto: torch.compile of the training step (auto: on with the fast path on GPU)
-    compile: str = "off"
+    compile: str = "auto"
+    # torch.compile mode: default | reduce-overhead (CUDA graphs) | max-autotune | max-autotune-no-cudagraphs
+    compile_mode: str = "default"
+    # torch.compile backend: inductor (generated kernels) | aot_eager (capture only, for checks)
+    compile_backend: str = "inductor"
     sync_bn: bool = False
     ckpt_every: int = 10
     # evaluate on the test set every N epochs (the last epoch always)
@@ -226,6 +231,24 @@ class Config:
 
 
 # ------------------------------------------------------------------------ machinery
+class _YAMLLoader(yaml.SafeLoader):
+    """YAML 1.2 booleans: only true/false, so `on`, `off`, `yes`, `no` stay strings
+    (train.compile=on, train.amp=off)."""
+
+
+_YAMLLoader.yaml_implicit_resolvers = {
+    k: [(tag, rx) for tag, rx in v if tag != "tag:yaml.org,2002:bool"]
+    for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_YAMLLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+def _yaml(text: str):
+    return yaml.load(text, Loader=_YAMLLoader)
+
+
 def default_config() -> DictConfig:
     cfg = OmegaConf.structured(Config)
     OmegaConf.set_struct(cfg, True)
@@ -293,7 +316,7 @@ def _load_chain(name_or_path: str, relative_to: Optional[Path] = None, depth: in
         raise ConfigError(f"config '{name_or_path}': _base_ chain is deeper than 20 (a cycle?)")
     path = _resolve_file(name_or_path, relative_to)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = _yaml(path.read_text()) or {}
     except yaml.YAMLError as e:
         line = getattr(getattr(e, "problem_mark", None), "line", None)
         at = f" at line {line + 1}" if line is not None else ""
@@ -331,7 +354,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not key:
         raise ConfigError(f"override '{text}' has no key (write key=value)")
     try:
-        value = yaml.safe_load(raw) if raw.strip() != "" else ""
+        value = _yaml(raw) if raw.strip() != "" else ""
     except yaml.YAMLError:
         value = raw
     return key, value
@@ -368,6 +391,8 @@ _CHOICES = {
     "train.amp": ("auto", "bf16", "off"),
     "train.channels_last": ("auto", "on", "off"),
     "train.compile": ("auto", "on", "off"),
+    "train.compile_mode": ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
+    "train.compile_backend": ("inductor", "aot_eager", "eager"),
 }
 
 

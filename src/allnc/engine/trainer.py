@@ -148,14 +148,17 @@ class Trainer:
 
         groups = self.method.parameter_groups(float(cfg.train.weight_decay))
         self.opt = torch.optim.SGD(groups, lr=float(cfg.train.lr), momentum=float(cfg.train.momentum),
-                                   nesterov=bool(cfg.train.nesterov))
+                                   nesterov=bool(cfg.train.nesterov), **({"fused": True} if on_gpu else {}))
         self.step_module: nn.Module = _TrainStep(self.method)
         if dist.is_dist():
             dev_ids = [self.device.index] if self.device.type == "cuda" else None
             self.step_module = nn.parallel.DistributedDataParallel(self.step_module, device_ids=dev_ids)
         self.step_fn = self.step_module
         if cfg.train.compile == "on" or (cfg.train.compile == "auto" and on_gpu and self.choice.fast):
-            self.step_fn = torch.compile(self.step_module)
+            kw = {}
+            if cfg.train.compile_backend == "inductor" and cfg.train.compile_mode != "default":
+                kw["mode"] = cfg.train.compile_mode
+            self.step_fn = torch.compile(self.step_module, backend=cfg.train.compile_backend, **kw)
 
         self.start_epoch = 0
         self.history: list[dict] = []

@@ -83,8 +83,9 @@ class P2PLoss(nn.Module):
             else valid.to(device=means.device, dtype=torch.bool)
         )
         S = self.similarities(means, W, v)
-        if not bool(v.any()):
-            return S.sum() * 0.0
+        # no data-dependent branch (a compiled step stays one graph): with no valid class every
+        # per-class term is masked to 0 and the count is clamped to 1. A batch always holds a
+        # class, so in training at least one mean is valid.
         if self.form == "regression":
             T = etf_cosines(K, S.dtype, S.device)
             per_k = (S - T).pow(2).mean(dim=1)
@@ -97,7 +98,7 @@ class P2PLoss(nn.Module):
             col = -F.log_softmax(col_logits, dim=1)[idx, idx]
             per_k = 0.5 * (row + torch.where(v, col, torch.zeros_like(col)))
         per_k = torch.where(v, per_k, torch.zeros_like(per_k))
-        return per_k.sum() / v.sum().to(per_k.dtype)
+        return per_k.sum() / v.sum().clamp_min(1).to(per_k.dtype)
 
     def extra_repr(self) -> str:
         return f"tau={self.tau}, form={self.form!r}, centre={self.centre}"
