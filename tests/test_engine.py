@@ -160,3 +160,12 @@ def test_two_processes_match_one_process(tiny_learnable_fmnist, tmp_path):
     for a, b in zip(h1, h2):
         assert abs(a["loss"] - b["loss"]) <= 0.01 * a["loss"], (a["loss"], b["loss"])
     assert abs(one["top1"] - two["top1"]) <= 1.0
+
+
+def test_cli_overrides_may_follow_the_options(tiny_learnable_fmnist, tmp_path, capsys):
+    out = tmp_path / "r"
+    assert cli_main(["train", "train.epochs=1", "--config", "fmnist_lt_ce", f"data.root={tiny_learnable_fmnist}",
+                     "--out", str(out), *FAST, "data.imbalance_factor=10", "seed=3"]) == 0
+    saved = json.loads((out / "metrics.json").read_text())["config"]
+    assert (saved["train"]["epochs"], saved["seed"], saved["model"]["width"]) == (1, 3, 8)
+    assert "top-1" in capsys.readouterr().out

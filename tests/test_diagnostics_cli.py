@@ -1,0 +1,66 @@
+"""`allnc nc`, `allnc report`, `allnc compare` and per-epoch tracking on tiny CPU runs."""
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from allnc.cli import main as cli_main
+from allnc.config import load_config
+from allnc.engine.trainer import Trainer
+
+FAST = ["device=cpu", "train.progress=false", "model.width=8", "train.batch_size=32", "train.warmup_epochs=0",
+        "train.schedule=constant", "train.lr=0.05", "data.num_workers=0", "data.imbalance_factor=10"]
+
+
+@pytest.fixture(scope="module")
+def two_runs(tiny_learnable_fmnist, tmp_path_factory):
+    root = tmp_path_factory.mktemp("diag")
+    runs = {}
+    for name in ("ce", "allnc"):
+        cfg = load_config(f"fmnist_lt_{name}", [f"data.root={tiny_learnable_fmnist}", *FAST, "train.epochs=4",
+                                                 "nc.every=2", "train.eval_every=2"])
+        Trainer(cfg, root / name).fit()
+        runs[name] = root / name
+    return runs
+
+
+def test_tracking_writes_nc_every_n_epochs(two_runs):
+    hist = [json.loads(x) for x in (two_runs["allnc"] / "metrics.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in hist if "nc" in h] == [2, 4]
+    assert all(np.isfinite(h["nc"]["nc1"]) and 0 <= h["nc"]["nc4"] <= 1 for h in hist if "nc" in h)
+
+
+def test_nc_command_measures_the_inference_features_and_classifier(two_runs, capsys):
+    run = two_runs["allnc"]
+    assert cli_main(["nc", str(run), "--device", "cpu"]) == 0
+    nc = json.loads((run / "nc.json").read_text())
+    assert set(nc) == {"train", "test"}
+    # GBBN predicts with W on [0.5 h_c ; 0.5 h_r]: the metrics see the 2d-dimensional inference feature
+    assert nc["train"]["info"]["dim"] == 2 * 32 and nc["train"]["info"]["num_samples"] == 240
+    # NC4's classifier accuracy on the test split is the test accuracy the run reported
+    m = json.loads((run / "metrics.json").read_text())
+    assert nc["test"]["nc4"]["classifier_acc"] == pytest.approx(m["top1"], abs=1e-6)  # percent
+    mats = np.load(run / "nc.npz")
+    assert mats["train_w_cos"].shape == (10, 10) and np.allclose(np.diag(mats["train_w_cos"]), 1)
+
+
+def test_report_and_compare_write_every_picture(two_runs, tmp_path):
+    for run in two_runs.values():
+        assert cli_main(["nc", str(run), "--device", "cpu"]) == 0
+        assert cli_main(["report", str(run)]) == 0
+        rep = run / "report"
+        md = (rep / "report.md").read_text()
+        pngs = sorted(rep.glob("*.png"))
+        names = {p.name for p in pngs}
+        assert {"per_class_acc.png", "curves.png", "nc_epochs.png", "cos_train.png", "cos_test.png"} <= names
+        for p in pngs:
+            assert p.name in md
+            with Image.open(p) as im:
+                assert im.format == "PNG" and min(im.size) > 100
+    assert cli_main(["compare", str(two_runs["ce"]), str(two_runs["allnc"]), "--out", str(tmp_path / "cmp")]) == 0
+    table = (tmp_path / "cmp" / "compare.md").read_text()
+    for run in two_runs.values():
+        top1 = json.loads((run / "metrics.json").read_text())["top1"]
+        assert f"{top1:.2f}" in table
+    assert (tmp_path / "cmp" / "compare_curves.png").stat().st_size > 1000
