@@ -79,7 +79,7 @@ def main(argv=None) -> int:
         "git_commit": commit or None,
         "overrides": spec["extra_overrides"],
         "wall_time_s": round(wall, 1),
-        "failed": [str(f) for f in getattr(res, "failed", [])],
+        "failed": [getattr(f, "name", str(f)) for f in getattr(res, "failed", [])],
         "summary": table,
         "runs": runs,
     }
