@@ -70,3 +70,21 @@ def test_compiled_step_equals_eager_step(config, tiny_learnable_fmnist, tmp_path
             assert torch.allclose(s_eager[k], s_comp[k], rtol=1e-5, atol=1e-6), k
         else:
             assert torch.equal(s_eager[k], s_comp[k]), k
+
+
+def test_per_view_augmentation_presets(tiny_learnable_fmnist, tmp_path):
+    """BCL's three views: view 0 with data.augment, the two contrastive views with their own
+    preset. With data.augment=none view 0 is the plain normalized image on both paths."""
+    for pipeline in ("fast", "conventional"):
+        cfg = load_config("fmnist_lt_bcl", [f"data.root={tiny_learnable_fmnist}", *FAST,
+                                            f"data.pipeline={pipeline}", "method.bcl.view_augment=standard"])
+        t = Trainer(cfg, tmp_path / pipeline)
+        assert t.method.loaders[0].view_augments == ("none", "standard", "standard")
+        ld = t.loaders[0]
+        ld.set_epoch(0)
+        b = next(iter(ld))
+        x0, x1, x2 = (v.cpu() for v in b["x"])
+        imgs = torch.as_tensor(t.bundle.train.images[b["index"].cpu().numpy()]).float().div(255)
+        plain = (imgs.reshape(x0.shape) - t.bundle.mean[0]) / t.bundle.std[0]
+        assert torch.allclose(x0, plain, atol=1e-5), pipeline
+        assert not torch.allclose(x1, plain, atol=1e-3) and not torch.equal(x1, x2), pipeline

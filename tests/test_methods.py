@@ -122,3 +122,20 @@ def test_every_fmnist_method_trains_through_the_engine(config, tiny_learnable_fm
     hist = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert all(math.isfinite(h["loss"]) for h in hist)
     assert m["top1"] >= 60, (config, m["top1"])  # 10% is chance
+
+
+SMALL = {"fmnist_lt": (10, 1), "cifar10_lt": (10, 3), "cifar100_lt": (100, 3)}
+
+
+@pytest.mark.parametrize("prefix", sorted(SMALL))
+def test_every_small_builtin_config_builds_for_its_class_count(prefix):
+    """E.g. a 100-class fixed ETF needs d >= 99: the CIFAR-100 ETF configs must ask for it."""
+    K, C = SMALL[prefix]
+    counts = np.array([int(500 * 0.01 ** (i / (K - 1))) for i in range(K)])
+    names = [n for n in builtin_names() if n.startswith(prefix + "_")]
+    assert len(names) >= 15
+    for n in names:
+        cfg = load_config(n, ["init_from=/nonexistent"] if n.endswith("_crt") else [])
+        m = build_method(cfg, DataInfo(counts, in_channels=C))
+        W, _ = m.classifier_weight()
+        assert W.shape[0] == K, n

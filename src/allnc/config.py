@@ -100,6 +100,8 @@ class BCLConfig:
     proj_dim: int = 128
     proj_hidden: int = 512
     la_tau: float = 1.0
+    # augmentation preset of the two contrastive views (view 0, for the CE term, uses data.augment)
+    view_augment: str = "strong"
 
 
 @dataclass
@@ -378,6 +380,7 @@ _CHOICES = {
     "data.name": ("fmnist", "cifar10", "cifar100", "imagefolder", "listfile"),
     "data.imbalance_type": ("exp", "step"),
     "data.augment": ("standard", "strong", "none"),
+    "method.bcl.view_augment": ("standard", "strong", "none"),
     "data.pipeline": ("auto", "fast", "conventional"),
     "model.classifier": ("linear", "normed", "etf"),
     "method.sampler": ("instance", "balanced", "sqrt", "reversed"),

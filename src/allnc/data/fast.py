@@ -597,7 +597,7 @@ class FastLoader:
         images: DeviceImages,
         sampler: Any,
         batch_size: int,
-        augment: Optional[BatchAugment] = None,
+        augment: Optional[BatchAugment] | Sequence[Optional[BatchAugment]] = None,
         views: int = 1,
         seed: int = 0,
     ):
@@ -622,6 +622,11 @@ class FastLoader:
                 f"sampler's global batch size {gbs}"
             )
         self._gen = torch.Generator(device=images.device)
+        # one augmentation for every view, or a list with one per view
+        per_view = list(augment) if isinstance(augment, (list, tuple)) else [augment] * self.views
+        if len(per_view) != self.views:
+            raise ValueError(f"{len(per_view)} augmentations given for {self.views} views")
+        self._per_view = per_view
 
     def set_epoch(self, epoch: int, start_step: int = 0) -> None:
         """Select the epoch to iterate; ``start_step`` skips the first steps (mid-epoch resume)."""
@@ -650,12 +655,12 @@ class FastLoader:
             xb, yb = self.images.gather(index)
             g = self.generator(epoch, step)
             outs = []
-            for _ in range(self.views):
-                if self.augment is None:
+            for aug in self._per_view:
+                if aug is None:
                     outs.append(xb)
                     continue
-                params = self.augment.sample_params(gbs, h, w, g)
-                outs.append(self.augment.apply(xb, slice_params(params, lo, hi)))
+                params = aug.sample_params(gbs, h, w, g)
+                outs.append(aug.apply(xb, slice_params(params, lo, hi)))
             yield {"x": outs[0] if self.views == 1 else outs, "y": yb, "index": index}
         self.start_step = 0
 

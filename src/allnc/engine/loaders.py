@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from ..data import ClassAwareSampler, build_transform, make_dataset
+from ..data.augment import MultiView
 from ..data.fast import BatchAugment, DeviceImages, FastLoader, eval_batches, fast_path_applicable
 from ..errors import ConfigError
 from . import dist
@@ -67,6 +68,13 @@ class EpochSeededDataLoader:
             yield {"x": x, "y": y, "index": idx}
 
 
+def _with_augment(data_cfg, preset: str):
+    """A copy of the data config with another augmentation preset."""
+    d = data_cfg.copy()
+    d.augment = preset
+    return d
+
+
 def build_train_loaders(cfg, bundle, specs, choice: PipelineChoice, device: torch.device):
     """One loader per LoaderSpec; every sampler draws as many samples as the training set,
     so all loaders have the same number of steps per epoch."""
@@ -86,16 +94,16 @@ def build_train_loaders(cfg, bundle, specs, choice: PipelineChoice, device: torc
             raise ConfigError(
                 f"train.batch_size={B} is larger than the training set ({len(targets)} images); lower train.batch_size"
             )
+        presets = list(spec.view_augments or [cfg.data.augment] * spec.views)
         if choice.fast:
             if images is None:
                 images = DeviceImages(bundle.train.images, targets, device)
-            aug = BatchAugment(
-                preset=cfg.data.augment, mean=bundle.mean, std=bundle.std, cutout=int(cfg.data.cutout),
-            )
-            loaders.append(FastLoader(images, sampler, B // world, aug, views=spec.views, seed=int(cfg.seed) * 31 + i))
+            augs = [BatchAugment(preset=p, mean=bundle.mean, std=bundle.std, cutout=int(cfg.data.cutout))
+                    for p in presets]
+            loaders.append(FastLoader(images, sampler, B // world, augs, views=spec.views, seed=int(cfg.seed) * 31 + i))
         else:
-            tf = build_transform(cfg.data, bundle, train=True)
-            ds = make_dataset(bundle.train, tf, views=spec.views)
+            tfs = [build_transform(_with_augment(cfg.data, p), bundle, train=True) for p in presets]
+            ds = make_dataset(bundle.train, MultiView(tfs, spec.views) if spec.views > 1 else tfs[0], views=spec.views)
             loaders.append(
                 EpochSeededDataLoader(ds, sampler, B // world, int(cfg.data.num_workers), int(cfg.seed) * 31 + i,
                                       pin=device.type == "cuda")

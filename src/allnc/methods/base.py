@@ -21,10 +21,12 @@ METHODS: Registry[type["Method"]] = Registry("method")
 
 @dataclass(frozen=True)
 class LoaderSpec:
-    """One loader of a training step: its sampler and how many augmented views per image."""
+    """One loader of a training step: its sampler, how many augmented views per image, and
+    optionally an augmentation preset per view (None: data.augment for every view)."""
 
     sampler: str = "instance"
     views: int = 1
+    view_augments: tuple[str, ...] | None = None
 
 
 @dataclass

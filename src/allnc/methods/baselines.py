@@ -213,7 +213,8 @@ class BCL(SingleBranch):
     def __init__(self, cfg, info):
         super().__init__(cfg, info)
         c = cfg.method.bcl
-        self.loaders = (LoaderSpec(cfg.method.sampler, 3),)
+        va = str(c.view_augment)
+        self.loaders = (LoaderSpec(cfg.method.sampler, 3, (str(cfg.data.augment), va, va)),)
         d = self.backbone.out_dim
         self.proj = ProjectionMLP(d, int(c.proj_hidden), int(c.proj_dim))
         self.proto_head = ProjectionMLP(d, int(c.proj_hidden), int(c.proj_dim))
