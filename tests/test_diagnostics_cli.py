@@ -64,3 +64,11 @@ def test_report_and_compare_write_every_picture(two_runs, tmp_path):
         top1 = json.loads((run / "metrics.json").read_text())["top1"]
         assert f"{top1:.2f}" in table
     assert (tmp_path / "cmp" / "compare_curves.png").stat().st_size > 1000
+
+
+def test_eval_reproduces_the_run_metrics(two_runs, capsys):
+    for run in two_runs.values():
+        assert cli_main(["eval", str(run), "--device", "cpu", "--json"]) == 0
+        res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        m = json.loads((run / "metrics.json").read_text())
+        assert res["top1"] == m["top1"] and res["per_class"] == m["per_class"] and res["groups"] == m["groups"]

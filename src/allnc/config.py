@@ -262,6 +262,19 @@ def builtin_names() -> list[str]:
     return sorted(p.name[:-5] for p in d.iterdir() if p.name.endswith(".yaml"))
 
 
+def read_yaml_mapping(path: Path, what: str = "config file", expected: str = "keys") -> dict:
+    """A YAML file that must hold a mapping; one-line errors name the file (and line)."""
+    try:
+        data = _yaml(Path(path).read_text()) or {}
+    except yaml.YAMLError as e:
+        line = getattr(getattr(e, "problem_mark", None), "line", None)
+        at = f" at line {line + 1}" if line is not None else ""
+        raise ConfigError(f"{what} {path} is not valid YAML{at}: fix its syntax") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what} {path} must hold a mapping of {expected}, not {type(data).__name__}")
+    return data
+
+
 def _builtin_path(name: str) -> Optional[Path]:
     p = resources.files("allnc") / "configs" / f"{name}.yaml"
     return Path(str(p)) if p.is_file() else None
@@ -317,14 +330,7 @@ def _load_chain(name_or_path: str, relative_to: Optional[Path] = None, depth: in
     if depth > 20:
         raise ConfigError(f"config '{name_or_path}': _base_ chain is deeper than 20 (a cycle?)")
     path = _resolve_file(name_or_path, relative_to)
-    try:
-        data = _yaml(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        line = getattr(getattr(e, "problem_mark", None), "line", None)
-        at = f" at line {line + 1}" if line is not None else ""
-        raise ConfigError(f"config file {path} is not valid YAML{at}: fix its syntax") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping of keys, not {type(data).__name__}")
+    data = read_yaml_mapping(path, "config file", "keys")
     base = data.pop("_base_", None)
     chain: list[tuple[Path, dict]] = []
     if base is not None:

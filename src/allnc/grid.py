@@ -44,6 +44,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 import yaml
 
 from .errors import ConfigError
+from .config import read_yaml_mapping
 
 __all__ = ["RunSpec", "GridResult", "expand_grid", "load_grid", "run_grid", "summarize", "default_command"]
 
@@ -258,14 +259,7 @@ def load_grid(spec_or_path: Union[str, Path, dict]) -> tuple[dict, Optional[Path
     path = Path(spec_or_path)
     if not path.is_file():
         raise ConfigError(f"grid file {path} does not exist")
-    try:
-        spec = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        line = getattr(getattr(e, "problem_mark", None), "line", None)
-        at = f" at line {line + 1}" if line is not None else ""
-        raise ConfigError(f"grid file {path} is not valid YAML{at}: fix its syntax") from None
-    if not isinstance(spec, dict):
-        raise ConfigError(f"grid file {path} must hold a mapping (runs:, configs:, seeds:, out:, ...)")
+    spec = read_yaml_mapping(path, "grid file", "runs:, configs:, seeds:, out:, ...")
     return spec, path.parent, f"runs/{_safe(path.stem)}"
 
 

@@ -71,6 +71,19 @@ def _float(x) -> Optional[float]:
     return v if math.isfinite(v) else None
 
 
+def _batch(features, labels, dim: int, device, dtype=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(features B x dim, labels B) on ``device``, checked; ``dtype`` converts the features."""
+    h = torch.as_tensor(features).detach()
+    if dtype is not None:
+        h = h.to(device, dtype)
+    if h.dim() != 2 or h.shape[1] != dim:
+        raise ValueError(f"features must be B x {dim}, got {tuple(h.shape)}")
+    y = torch.as_tensor(labels).detach().to(device, torch.int64).reshape(-1)
+    if y.numel() != h.shape[0]:
+        raise ValueError(f"{h.shape[0]} feature rows for {y.numel()} labels")
+    return h, y
+
+
 def _offdiag(C: torch.Tensor) -> torch.Tensor:
     K = C.shape[0]
     return C[~torch.eye(K, dtype=torch.bool, device=C.device)]
@@ -352,12 +365,7 @@ class ClassStatsAccumulator:
     def update(self, features: torch.Tensor, labels: torch.Tensor) -> None:
         if self._reduced:
             raise RuntimeError("update after all_reduce(): sums would be counted twice")
-        h = torch.as_tensor(features).detach()
-        if h.dim() != 2 or h.shape[1] != self.dim:
-            raise ValueError(f"features must be B x {self.dim}, got {tuple(h.shape)}")
-        y = torch.as_tensor(labels).detach().to(self.device, torch.int64).reshape(-1)
-        if y.numel() != h.shape[0]:
-            raise ValueError(f"{h.shape[0]} feature rows for {y.numel()} labels")
+        h, y = _batch(features, labels, self.dim, self.device)
         if y.numel() == 0:
             return
         lo, hi = int(y.min()), int(y.max())
@@ -543,12 +551,7 @@ class NCMAccumulator:
     def update(self, features: torch.Tensor, labels: torch.Tensor) -> None:
         if self._reduced:
             raise RuntimeError("update after all_reduce(): counts would be summed twice")
-        h = torch.as_tensor(features).detach().to(self.device, F64)
-        if h.dim() != 2 or h.shape[1] != self.dim:
-            raise ValueError(f"features must be B x {self.dim}, got {tuple(h.shape)}")
-        y = torch.as_tensor(labels).detach().to(self.device, torch.int64).reshape(-1)
-        if y.numel() != h.shape[0]:
-            raise ValueError(f"{h.shape[0]} feature rows for {y.numel()} labels")
+        h, y = _batch(features, labels, self.dim, self.device, F64)
         if y.numel() == 0:
             return
         K = self.num_classes
