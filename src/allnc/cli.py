@@ -47,7 +47,7 @@ def cmd_eval(a) -> int:
     from .engine.evaluate import evaluate_accuracy
     from .engine.trainer import load_run
 
-    t = load_run(a.run_dir, device=a.device)
+    t = load_run(a.run_dir, device=a.device, overrides=a.overrides)
     res = evaluate_accuracy(t.method, t.cfg, t.bundle, t.choice, t.device, t.amp)
     print(f"{t.bundle.label}, checkpoint of epoch {t.ckpt_epoch}:")
     _print_result(res)
@@ -80,7 +80,7 @@ def cmd_nc(a) -> int:
     from .engine.trainer import load_run
     from .metrics import nc_summary, save_nc
 
-    t = load_run(a.run_dir, device=a.device)
+    t = load_run(a.run_dir, device=a.device, overrides=a.overrides)
     nc, mats = neural_collapse(t.method, t.cfg, t.bundle, t.choice, t.device, amp=t.amp,
                                max_samples=a.max_samples)
     for split in nc:
@@ -145,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("run_dir")
     e.add_argument("--device", default="auto")
     e.add_argument("--json", action="store_true", help="also print the full result as JSON")
+    e.add_argument("overrides", nargs="*", help="runtime key=value, e.g. data.root=DIR where the data moved")
     e.set_defaults(fn=cmd_eval)
 
     d = sub.add_parser("data", help="print class counts and many/medium/few groups without training")
@@ -156,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("run_dir")
     n.add_argument("--device", default="auto")
     n.add_argument("--max-samples", type=int, default=0, help="at most this many samples per split (0 = all)")
+    n.add_argument("overrides", nargs="*", help="runtime key=value, e.g. data.root=DIR where the data moved")
     n.set_defaults(fn=cmd_nc)
 
     r = sub.add_parser("report", help="pictures and report.md of a run -> RUN_DIR/report/")

@@ -340,7 +340,8 @@ def _load_chain(name_or_path: str, relative_to: Optional[Path] = None, depth: in
     return chain
 
 
-def _apply(cfg: DictConfig, key: str, value: Any, where: str) -> None:
+def set_key(cfg: DictConfig, key: str, value: Any, where: str = "the command line") -> None:
+    """Set one dotted key; unknown keys and bad values are one-line ConfigErrors."""
     try:
         OmegaConf.update(cfg, key, value, merge=True)
     except (ConfigKeyError, AttributeError, KeyError):
@@ -374,10 +375,10 @@ def load_config(name_or_path: Optional[str] = None, overrides: Optional[list[str
     if name_or_path:
         for path, data in _load_chain(name_or_path):
             for k, v in _flatten(data).items():
-                _apply(cfg, k, v, str(path))
+                set_key(cfg, k, v, str(path))
     for text in overrides or []:
         k, v = parse_override(text)
-        _apply(cfg, k, v, "the command line")
+        set_key(cfg, k, v, "the command line")
     validate(cfg)
     return cfg
 
@@ -438,6 +439,6 @@ def from_dict(d: dict) -> DictConfig:
     """Rebuild a config saved in a run directory (validated against the current tree)."""
     cfg = default_config()
     for k, v in _flatten(d).items():
-        _apply(cfg, k, v, "the saved run config")
+        set_key(cfg, k, v, "the saved run config")
     validate(cfg)
     return cfg

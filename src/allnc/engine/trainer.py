@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from .. import __version__
-from ..config import from_dict, to_dict, to_yaml
+from ..config import from_dict, parse_override, set_key, to_dict, to_yaml
 from ..data import build_data, groups as class_groups
 from ..errors import ConfigError, RunDirError, TrainingDiverged
 from ..methods.base import DataInfo, Method, StepState, build_method
@@ -116,33 +116,8 @@ class Trainer:
             cfg = saved_with_runtime(saved, cfg, overrides)
         else:
             prepare_run_dir(self.out, False, overwrite)
-        self.cfg = cfg
-        self.device = resolve_device(cfg.device)
-        dist.init_from_env(self.device.type)
+        self._build(cfg, init_from=cfg.init_from if ckpt is None else None)
         on_gpu = self.device.type == "cuda"
-        self.amp = cfg.train.amp == "bf16" or (cfg.train.amp == "auto" and on_gpu)
-        self.channels_last = cfg.train.channels_last == "on" or (cfg.train.channels_last == "auto" and on_gpu)
-        if self.device.type == "cpu":
-            torch.use_deterministic_algorithms(True, warn_only=True)
-        seed_everything(int(cfg.seed))
-
-        self.bundle = build_data(cfg)
-        self.info = DataInfo(np.asarray(self.bundle.class_counts), self.bundle.in_channels,
-                             tuple(self.bundle.image_hw))
-        self.method = build_method(cfg, self.info)
-        if cfg.init_from and ckpt is None:
-            src = Path(cfg.init_from) / CHECKPOINT
-            if not src.is_file():
-                raise ConfigError(f"init_from={cfg.init_from}: no {CHECKPOINT} there; point it at a finished run directory")
-            self.method.load_backbone_from(load_checkpoint(src)["method"])
-        if cfg.train.sync_bn and dist.is_dist():
-            self.method = dist.convert_sync_batchnorm(self.method, self.device.type)
-        self.method.to(self.device)
-        if self.channels_last:
-            self.method.to(memory_format=torch.channels_last)
-        self.n_params = count_parameters(self.method)
-
-        self.choice = choose_pipeline(cfg, self.bundle)
         self.loaders = build_train_loaders(cfg, self.bundle, self.method.loaders, self.choice, self.device)
         self.steps = len(self.loaders[0])
 
@@ -168,6 +143,34 @@ class Trainer:
             self.start_epoch = int(ckpt["epoch"])
             self.history = list(ckpt.get("history", []))
         self.wall_before = float(ckpt.get("wall_time", 0.0)) if ckpt else 0.0
+
+    def _build(self, cfg: DictConfig, init_from: str | None = None) -> None:
+        """Device, precision, data, method (on the device) and data path of a config."""
+        self.cfg = cfg
+        self.device = resolve_device(cfg.device)
+        dist.init_from_env(self.device.type)
+        on_gpu = self.device.type == "cuda"
+        self.amp = cfg.train.amp == "bf16" or (cfg.train.amp == "auto" and on_gpu)
+        self.channels_last = cfg.train.channels_last == "on" or (cfg.train.channels_last == "auto" and on_gpu)
+        if self.device.type == "cpu":
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        seed_everything(int(cfg.seed))
+        self.bundle = build_data(cfg)
+        self.info = DataInfo(np.asarray(self.bundle.class_counts), self.bundle.in_channels,
+                             tuple(self.bundle.image_hw))
+        self.method = build_method(cfg, self.info)
+        if init_from:
+            src = Path(init_from) / CHECKPOINT
+            if not src.is_file():
+                raise ConfigError(f"init_from={init_from}: no {CHECKPOINT} there; point it at a finished run directory")
+            self.method.load_backbone_from(load_checkpoint(src)["method"])
+        if cfg.train.sync_bn and dist.is_dist():
+            self.method = dist.convert_sync_batchnorm(self.method, self.device.type)
+        self.method.to(self.device)
+        if self.channels_last:
+            self.method.to(memory_format=torch.channels_last)
+        self.n_params = count_parameters(self.method)
+        self.choice = choose_pipeline(cfg, self.bundle)
 
     @staticmethod
     def _check_resume_config(saved: DictConfig, given: DictConfig | None) -> None:
@@ -351,13 +354,12 @@ def _is_runtime(key: str) -> bool:
 
 def saved_with_runtime(saved: DictConfig, given: DictConfig | None, overrides=()) -> DictConfig:
     """The saved config with the runtime keys of ``given`` and of ``overrides`` applied."""
-    from ..config import _apply, parse_override
 
     if given is not None:
         d = _flat(to_dict(given))
         for k in d:
             if _is_runtime(k):
-                _apply(saved, k, d[k], "the command line")
+                set_key(saved, k, d[k], "the command line")
     for text in overrides:
         k, v = parse_override(text)
         if not _is_runtime(k):
@@ -365,7 +367,7 @@ def saved_with_runtime(saved: DictConfig, given: DictConfig | None, overrides=()
                 f"--resume: '{k}' cannot change in a resumed run (only {', '.join(sorted(RUNTIME_KEYS | RUNTIME_TOP))}); "
                 "start a new run to change it"
             )
-        _apply(saved, k, v, "the command line")
+        set_key(saved, k, v, "the command line")
     return saved
 
 
@@ -419,32 +421,17 @@ def _tensorboard(path: Path):
     return SummaryWriter(str(path))
 
 
-def load_run(run_dir: str | Path, device: str = "auto", **runtime) -> "Trainer":
-    """A Trainer restored from a run directory's checkpoint (for eval, nc and report)."""
+def load_run(run_dir: str | Path, device: str = "auto", overrides=()) -> "Trainer":
+    """A Trainer restored from a run directory's checkpoint (for eval, nc and report);
+    ``overrides`` may change runtime keys only (data.root where the data moved, ...)."""
     run_dir = Path(run_dir)
     if not (run_dir / CHECKPOINT).is_file():
         raise RunDirError(f"{run_dir} holds no {CHECKPOINT}: is it a run directory made by `allnc train`?")
     ckpt = load_checkpoint(run_dir / CHECKPOINT)
-    cfg = from_dict(ckpt["config"])
-    cfg.device = device
-    for k, v in runtime.items():
-        if v is not None:
-            from ..config import _apply
-
-            _apply(cfg, k, v, "the command line")
+    cfg = saved_with_runtime(from_dict(ckpt["config"]), None, [f"device={device}", *overrides])
     t = Trainer.__new__(Trainer)
-    t.out, t.cfg, t.resume = run_dir, cfg, False
-    t.log = print
-    t.device = resolve_device(cfg.device)
-    on_gpu = t.device.type == "cuda"
-    t.amp = cfg.train.amp == "bf16" or (cfg.train.amp == "auto" and on_gpu)
-    t.channels_last = False
-    t.bundle = build_data(cfg)
-    t.info = DataInfo(np.asarray(t.bundle.class_counts), t.bundle.in_channels, tuple(t.bundle.image_hw))
-    t.method = build_method(cfg, t.info)
+    t.out, t.resume, t.log = run_dir, False, print
+    t._build(cfg)
     t.method.load_state_dict(ckpt["method"])
-    t.method.to(t.device)
-    t.choice = choose_pipeline(cfg, t.bundle)
-    t.n_params = count_parameters(t.method)
     t.ckpt_epoch = int(ckpt["epoch"])
     return t
