@@ -354,7 +354,6 @@ def _is_runtime(key: str) -> bool:
 
 def saved_with_runtime(saved: DictConfig, given: DictConfig | None, overrides=()) -> DictConfig:
     """The saved config with the runtime keys of ``given`` and of ``overrides`` applied."""
-
     if given is not None:
         d = _flat(to_dict(given))
         for k in d:
@@ -364,7 +363,7 @@ def saved_with_runtime(saved: DictConfig, given: DictConfig | None, overrides=()
         k, v = parse_override(text)
         if not _is_runtime(k):
             raise ConfigError(
-                f"--resume: '{k}' cannot change in a resumed run (only {', '.join(sorted(RUNTIME_KEYS | RUNTIME_TOP))}); "
+                f"'{k}' cannot change in a resumed run or a re-evaluation (only {', '.join(sorted(RUNTIME_KEYS | RUNTIME_TOP))}); "
                 "start a new run to change it"
             )
         set_key(saved, k, v, "the command line")
