@@ -33,7 +33,7 @@ case "$mode" in
     "$VENV/bin/allnc" train --config fmnist_lt_allnc --out "$out" device=cpu "${extra[@]}"
     ;;
   test)
-    "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests
+    "$VENV/bin/python" -m pytest -p no:cacheprovider tests
     ;;
   *)
     echo "usage: bash scripts/setup.sh [demo|test]" >&2; exit 2 ;;
