@@ -240,7 +240,9 @@ class Trainer:
             self.log(f"resume   the run already finished its {epochs} epochs; evaluating it again")
         elif self.start_epoch:
             self.log(f"resume   from epoch {self.start_epoch} of {epochs}")
-        bar = _progress(total=(epochs - self.start_epoch) * steps, enabled=bool(cfg.train.progress) and dist.is_main())
+        # a bar on a terminal; one line per epoch in logs and pipes
+        bar = _progress(total=(epochs - self.start_epoch) * steps,
+                        enabled=bool(cfg.train.progress) and dist.is_main() and sys.stderr.isatty())
         t_start = time.time()
         last_ckpt_epoch = self.start_epoch
         for epoch in range(self.start_epoch, epochs):
