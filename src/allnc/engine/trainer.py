@@ -121,19 +121,26 @@ class Trainer:
         self.loaders = build_train_loaders(cfg, self.bundle, self.method.loaders, self.choice, self.device)
         self.steps = len(self.loaders[0])
 
+        compile_ = cfg.train.compile == "on" or (cfg.train.compile == "auto" and on_gpu and self.choice.fast)
         groups = self.method.parameter_groups(float(cfg.train.weight_decay))
-        self.opt = torch.optim.SGD(groups, lr=float(cfg.train.lr), momentum=float(cfg.train.momentum),
-                                   nesterov=bool(cfg.train.nesterov), **({"fused": True} if on_gpu else {}))
+        # a compiled optimizer step reads the learning rate from a tensor (no recompilation when
+        # it changes); otherwise a fused kernel on the GPU
+        lr0 = torch.tensor(float(cfg.train.lr)) if compile_ else float(cfg.train.lr)
+        self.opt = torch.optim.SGD(groups, lr=lr0, momentum=float(cfg.train.momentum),
+                                   nesterov=bool(cfg.train.nesterov),
+                                   **({"fused": True} if on_gpu and not compile_ else {}))
         self.step_module: nn.Module = _TrainStep(self.method)
         if dist.is_dist():
             dev_ids = [self.device.index] if self.device.type == "cuda" else None
             self.step_module = nn.parallel.DistributedDataParallel(self.step_module, device_ids=dev_ids)
         self.step_fn = self.step_module
-        if cfg.train.compile == "on" or (cfg.train.compile == "auto" and on_gpu and self.choice.fast):
+        self.opt_step = self.opt.step
+        if compile_:
             kw = {}
             if cfg.train.compile_backend == "inductor" and cfg.train.compile_mode != "default":
                 kw["mode"] = cfg.train.compile_mode
             self.step_fn = torch.compile(self.step_module, backend=cfg.train.compile_backend, **kw)
+            self.opt_step = torch.compile(self.opt.step, backend=cfg.train.compile_backend, **kw)
 
         self.start_epoch = 0
         self.history: list[dict] = []
@@ -205,6 +212,13 @@ class Trainer:
             self.log(f"warning  train.milestones {list(c.train.milestones)} reach beyond train.epochs="
                      f"{c.train.epochs}: those decays never happen")
 
+    def _set_lr(self, lr: float) -> None:
+        for g in self.opt.param_groups:
+            if torch.is_tensor(g["lr"]):
+                g["lr"].fill_(lr)
+            else:
+                g["lr"] = lr
+
     def _save(self, epoch_done: int, wall: float) -> None:
         if not dist.is_main():
             return
@@ -260,14 +274,13 @@ class Trainer:
                 state.step = step
                 lr = lr_at(float(cfg.train.lr), epoch, step, steps, epochs, int(cfg.train.warmup_epochs),
                            cfg.train.schedule, tuple(cfg.train.milestones), float(cfg.train.lr_decay))
-                for g in self.opt.param_groups:
-                    g["lr"] = lr
+                self._set_lr(lr)
                 batches = [self._to_device(b) for b in batches]
                 with autocast_ctx(self.device, self.amp):
                     loss, logs = self.step_fn(batches, state)
                 self.opt.zero_grad(set_to_none=True)
                 loss.backward()
-                self.opt.step()
+                self.opt_step()
                 logs = {"loss": loss.detach(), **logs}
                 for k, v in logs.items():
                     v = v.detach().float().cpu() if torch.is_tensor(v) else torch.tensor(float(v))
