@@ -102,7 +102,8 @@ def main(argv=None) -> int:
                   f"{a.parallel} runs at once, 1 thread each",
         "git_commit": commit or None,
         "overrides": spec["extra_overrides"],
-        "wall_time_s": round(wall, 1),
+        "wall_time_s": round(wall, 1),  # of this invocation (finished runs are not run again)
+        "train_time_s_total": round(sum(r["wall_time_s"] for r in runs), 1),  # every run's own wall time
         "failed": [getattr(f, "name", str(f)) for f in getattr(res, "failed", [])],
         "summary": table,
         "runs": runs,
