@@ -140,14 +140,8 @@ class LogitAdjusted(SingleBranch):
 
 
 @METHODS.register("bsce")
-class BalancedSoftmax(SingleBranch):
+class BalancedSoftmax(LogitAdjusted):
     """Balanced softmax cross-entropy (Ren et al. NeurIPS 2020)."""
-
-    classifier_kind = ""
-
-    def __init__(self, cfg, info):
-        super().__init__(cfg, info)
-        self.register_buffer("log_prior", log_prior(self.class_counts))
 
     def loss_fn(self, logits, y, feats):
         return balanced_softmax_ce(logits, y, self.log_prior)
