@@ -7,7 +7,7 @@ Both give, per step, dicts {"x": tensor or list of views, "y": labels, "index": 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator
 
 import numpy as np
@@ -25,6 +25,8 @@ from . import dist
 class PipelineChoice:
     fast: bool
     reason: str
+    # device-resident evaluation splits, made once per run
+    eval_images: dict = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -119,8 +121,10 @@ def iter_eval(cfg, bundle, split_name: str, choice: PipelineChoice, device: torc
     world, rank = (dist.world_size(), dist.rank()) if shard else (1, 0)
     idx = np.arange(rank, len(split.targets), world)
     if choice.fast:
-        imgs = DeviceImages(split.images[idx], split.targets[idx], device)
-        for x, y in eval_batches(imgs, batch_size, bundle.mean, bundle.std):
+        key = (split_name, rank, world, str(device))
+        if key not in choice.eval_images:
+            choice.eval_images[key] = DeviceImages(split.images[idx], split.targets[idx], device)
+        for x, y in eval_batches(choice.eval_images[key], batch_size, bundle.mean, bundle.std):
             yield x, y
         return
     tf = build_transform(cfg.data, bundle, train=False)

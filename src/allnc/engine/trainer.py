@@ -282,8 +282,8 @@ class Trainer:
                 loss.backward()
                 self.opt_step()
                 logs = {"loss": loss.detach(), **logs}
-                for k, v in logs.items():
-                    v = v.detach().float().cpu() if torch.is_tensor(v) else torch.tensor(float(v))
+                for k, v in logs.items():  # summed where they live: no host sync per step on a GPU
+                    v = v.detach().float() if torch.is_tensor(v) else torch.tensor(float(v), device=self.device)
                     sums[k] = sums.get(k, 0) + v
                 check = self.device.type == "cpu" or (step + 1) % int(cfg.train.log_every_steps) == 0 or step == steps - 1
                 if check and not math.isfinite(float(sums["loss"])):
@@ -298,7 +298,7 @@ class Trainer:
                     bar.set_postfix_str(f"epoch {epoch + 1}/{epochs} loss {float(loss.detach()):.3f} lr {lr:.4f}")
             rec = {"epoch": epoch + 1, "lr": lr, "time_s": round(time.time() - t0, 3)}
             keys = sorted(sums)
-            packed = torch.stack([sums[k].reshape(()) for k in keys]).double()
+            packed = torch.stack([sums[k].reshape(()).to(self.device) for k in keys]).double()
             dist.all_reduce_sum(packed)  # every rank logs the mean over all ranks
             rec.update({k: float(v) / (steps * dist.world_size()) for k, v in zip(keys, packed)})
             last = epoch + 1 == epochs
