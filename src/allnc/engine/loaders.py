@@ -77,7 +77,7 @@ def _with_augment(data_cfg, preset: str):
     return d
 
 
-def build_train_loaders(cfg, bundle, specs, choice: PipelineChoice, device: torch.device):
+def build_train_loaders(cfg, bundle, specs, choice: PipelineChoice, device: torch.device, channels_last: bool = False):
     """One loader per LoaderSpec; every sampler draws as many samples as the training set,
     so all loaders have the same number of steps per epoch."""
     world, rank = dist.world_size(), dist.rank()
@@ -99,7 +99,7 @@ def build_train_loaders(cfg, bundle, specs, choice: PipelineChoice, device: torc
         presets = list(spec.view_augments or [cfg.data.augment] * spec.views)
         if choice.fast:
             if images is None:
-                images = DeviceImages(bundle.train.images, targets, device)
+                images = DeviceImages(bundle.train.images, targets, device, channels_last=channels_last)
             augs = [BatchAugment(preset=p, mean=bundle.mean, std=bundle.std, cutout=int(cfg.data.cutout))
                     for p in presets]
             loaders.append(FastLoader(images, sampler, B // world, augs, views=spec.views, seed=int(cfg.seed) * 31 + i))

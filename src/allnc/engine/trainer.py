@@ -118,7 +118,8 @@ class Trainer:
             prepare_run_dir(self.out, False, overwrite)
         self._build(cfg, init_from=cfg.init_from if ckpt is None else None)
         on_gpu = self.device.type == "cuda"
-        self.loaders = build_train_loaders(cfg, self.bundle, self.method.loaders, self.choice, self.device)
+        self.loaders = build_train_loaders(cfg, self.bundle, self.method.loaders, self.choice, self.device,
+                                           self.channels_last)
         self.steps = len(self.loaders[0])
 
         compile_ = cfg.train.compile == "on" or (cfg.train.compile == "auto" and on_gpu and self.choice.fast)
