@@ -90,6 +90,9 @@ class ETFConfig:
     loss: str = "dr"
     # normalize features before the fixed ETF classifier (as the paper)
     normalize_features: bool = True
+    # batch norm on the features before the ETF (as the authors' code): post-ReLU features are
+    # non-negative and cannot reach ETF directions with negative entries without it
+    feature_bn: bool = True
 
 
 @dataclass

@@ -179,7 +179,12 @@ class FixedETF(SingleBranch):
 
     classifier_kind = "etf"
 
+    def __init__(self, cfg, info):
+        super().__init__(cfg, info)
+        self.feature_bn = nn.BatchNorm1d(self.backbone.out_dim) if cfg.method.etf.feature_bn else nn.Identity()
+
     def head_input(self, h):
+        h = self.feature_bn(h)
         return F.normalize(h, dim=1) if self.cfg.method.etf.normalize_features else h
 
     def loss_fn(self, logits, y, feats):
