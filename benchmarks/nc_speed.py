@@ -84,45 +84,32 @@ def main() -> None:
             h = (mu[y] + 0.3 * torch.randn(len(y), d, generator=gen, device=dev)).clamp_min(0)
             yield h, y  # float32 B x d
 
-    def sync():
+    def timed(fn):
+        """(fn(), seconds), the device synchronised before the clock stops."""
+        t = time.perf_counter()
+        out = fn()
         if dev.type == "cuda":
             torch.cuda.synchronize()
+        return out, time.perf_counter() - t
 
-    # time of the generation alone (subtracted from the passes)
-    t = time.perf_counter()
-    for h, y in batches():
-        pass
-    sync()
-    t_gen = time.perf_counter() - t
+    def stream(acc):
+        for h, y in batches():
+            acc.update(h, y)
+        acc.all_reduce()
 
+    def generate_only():  # time of the generation alone (subtracted from the passes)
+        for _ in batches():
+            pass
+
+    _, t_gen = timed(generate_only)
     acc = ClassStatsAccumulator(K, d, device=dev, class_counts=counts, train_counts=counts)
-    t = time.perf_counter()
-    for h, y in batches():
-        acc.update(h, y)
-    acc.all_reduce()
-    sync()
-    t_pass1 = time.perf_counter() - t
-    t = time.perf_counter()
-    stats = acc.result()
-    sync()
-    t_result = time.perf_counter() - t
+    _, t_pass1 = timed(lambda: stream(acc))
+    stats, t_result = timed(acc.result)
     rss1 = maxrss_mb()
-
     ncm = NCMAccumulator(stats, W, b)
-    t = time.perf_counter()
-    for h, y in batches():
-        ncm.update(h, y)
-    ncm.all_reduce()
-    sync()
-    t_pass2 = time.perf_counter() - t
-
-    t = time.perf_counter()
-    nc = compute_nc(stats, W, b, counts, ncm=ncm)
-    sync()
-    t_compute = time.perf_counter() - t
-    t = time.perf_counter()
-    mats = cosine_matrices(stats, W)
-    t_cos = time.perf_counter() - t
+    _, t_pass2 = timed(lambda: stream(ncm))
+    nc, t_compute = timed(lambda: compute_nc(stats, W, b, counts, ncm=ncm))
+    mats, t_cos = timed(lambda: cosine_matrices(stats, W))
     rss2 = maxrss_mb()
 
     groups = group_classes(counts)

@@ -300,12 +300,13 @@ def _unknown_key_error(key: str, where: str) -> ConfigError:
     return ConfigError(f"unknown config key '{key}' in {where}{hint}")
 
 
-def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    """Nested dict -> {'a.b.c': value}."""
     out: dict[str, Any] = {}
     for k, v in d.items():
         full = f"{prefix}{k}"
         if isinstance(v, dict) and v:
-            out.update(_flatten(v, full + "."))
+            out.update(flatten(v, full + "."))
         else:
             out[full] = v
     return out
@@ -377,7 +378,7 @@ def load_config(name_or_path: Optional[str] = None, overrides: Optional[list[str
     cfg = default_config()
     if name_or_path:
         for path, data in _load_chain(name_or_path):
-            for k, v in _flatten(data).items():
+            for k, v in flatten(data).items():
                 set_key(cfg, k, v, str(path))
     for text in overrides or []:
         k, v = parse_override(text)
@@ -441,7 +442,7 @@ def to_dict(cfg: DictConfig) -> dict:
 def from_dict(d: dict) -> DictConfig:
     """Rebuild a config saved in a run directory (validated against the current tree)."""
     cfg = default_config()
-    for k, v in _flatten(d).items():
+    for k, v in flatten(d).items():
         set_key(cfg, k, v, "the saved run config")
     validate(cfg)
     return cfg

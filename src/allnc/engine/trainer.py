@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from .. import __version__
-from ..config import from_dict, parse_override, set_key, to_dict, to_yaml
+from ..config import flatten, from_dict, parse_override, set_key, to_dict, to_yaml
 from ..data import build_data, groups as class_groups
 from ..errors import ConfigError, RunDirError, TrainingDiverged
 from ..methods.base import DataInfo, Method, StepState, build_method
@@ -184,7 +184,7 @@ class Trainer:
     def _check_resume_config(saved: DictConfig, given: DictConfig | None) -> None:
         if given is None:
             return
-        a, b = _flat(to_dict(saved)), _flat(to_dict(given))
+        a, b = flatten(to_dict(saved)), flatten(to_dict(given))
         diff = [k for k in a if k.split(".")[0] not in RUNTIME_TOP and k not in RUNTIME_KEYS and a[k] != b.get(k)]
         if diff:
             k = diff[0]
@@ -235,7 +235,7 @@ class Trainer:
         with open(self.out / "metrics.jsonl", "a") as f:
             f.write(json.dumps(rec) + "\n")
         if tb is not None:
-            for k, v in _flat(rec).items():
+            for k, v in flatten(rec).items():
                 if isinstance(v, (int, float)) and v is not None and k != "epoch":
                     tb.add_scalar(k.replace(".", "/"), v, rec["epoch"])
             tb.flush()
@@ -371,7 +371,7 @@ def _is_runtime(key: str) -> bool:
 def saved_with_runtime(saved: DictConfig, given: DictConfig | None, overrides=()) -> DictConfig:
     """The saved config with the runtime keys of ``given`` and of ``overrides`` applied."""
     if given is not None:
-        d = _flat(to_dict(given))
+        d = flatten(to_dict(given))
         for k in d:
             if _is_runtime(k):
                 set_key(saved, k, d[k], "the command line")
@@ -384,16 +384,6 @@ def saved_with_runtime(saved: DictConfig, given: DictConfig | None, overrides=()
             )
         set_key(saved, k, v, "the command line")
     return saved
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def _epoch_line(rec: dict, epochs: int) -> str:

@@ -87,7 +87,11 @@ class ClassMeanMemory(nn.Module):
         """``(means_mixed (K x d, float32), present (K bool))``: the global batch mean (with
         gradient) where class k is present in the global batch, the detached memory elsewhere.
         Rows neither present nor ``seen`` are zeros (mask them with ``present | seen``)."""
-        sums, counts = self.batch_stats(features, y, grad=True)
+        return self.mix(*self.batch_stats(features, y, grad=True))
+
+    def mix(self, sums: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``batch_means`` from statistics already computed by ``batch_stats``, so that a
+        step can form its means and later ``update_from_stats`` from one pass."""
         present = counts > 0
         bm = sums / counts.clamp_min(1.0)[:, None]
         mem = self.means.detach().to(bm.device)

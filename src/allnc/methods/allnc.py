@@ -117,23 +117,24 @@ class GBBN(Method):
 
         if self.use_hycon or self.use_p2p:
             hc32 = h_c.float()
-            means_c, present_c = self.mem_c.batch_means(hc32, yu)
+            stats_c = self.mem_c.batch_stats(hc32, yu)  # one pass: the losses' means and the update
+            means_c, present_c = self.mem_c.mix(*stats_c)
         if self.use_hycon:
             cfg_h = self.cfg.method.hycon
             l_h = self.hycon(hc32, yu, self.mem_c.means.detach(), valid=self.mem_c.seen | present_c)
             loss = loss + a * float(cfg_h.weight) * l_h
             logs["loss_hycon"] = l_h.detach()
         if self.use_p2p:
-            hr32 = h_r.float()
-            means_r, present_r = self.mem_r.batch_means(hr32, yr)
+            stats_r = self.mem_r.batch_stats(h_r.float(), yr)
+            means_r, present_r = self.mem_r.mix(*stats_r)
             valid = (self.mem_c.seen | present_c) & (self.mem_r.seen | present_r)
             mu = torch.cat([means_c, means_r], dim=1)
             l_p = self.p2p(mu, self.classifier.weight.float(), valid=valid)
             loss = loss + (1 - a) * float(self.cfg.method.p2p.weight) * l_p
             logs["loss_p2p"] = l_p.detach()
-            self.mem_r.update(hr32.detach(), yr)
+            self.mem_r.update_from_stats(*stats_r)
         if self.use_hycon or self.use_p2p:
-            self.mem_c.update(hc32.detach(), yu)
+            self.mem_c.update_from_stats(*stats_c)
         return loss, logs
 
     # ---------------------------------------------------------------- inference

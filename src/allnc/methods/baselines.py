@@ -58,7 +58,8 @@ class SingleBranch(Method):
         if not (self.use_hycon or self.use_p2p):
             return h.new_zeros(())
         h = h.float()
-        means, present = self.mem.batch_means(h, y)
+        stats = self.mem.batch_stats(h, y)  # one pass: the losses' means and the update
+        means, present = self.mem.mix(*stats)
         valid = self.mem.seen | present
         extra = h.new_zeros(())
         if self.use_hycon:
@@ -69,7 +70,7 @@ class SingleBranch(Method):
             l_p = self.p2p(means, self.classifier.weight.float(), valid=valid)
             extra = extra + float(self.cfg.method.p2p.weight) * l_p
             logs["loss_p2p"] = l_p.detach()
-        self.mem.update(h.detach(), y)
+        self.mem.update_from_stats(*stats)
         return extra
 
     def head_input(self, h: torch.Tensor) -> torch.Tensor:
