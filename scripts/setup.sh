@@ -12,9 +12,9 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"
 fi
 "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-# torch/torchvision first (pinned), then the package with its test extra
-"$VENV/bin/python" -m pip install -q torch==2.14.1 torchvision==0.29.1
-"$VENV/bin/python" -m pip install -q -e ".[test]"
+# the package with its test extra, every dependency at the version pinned in ci-constraints.txt
+# (the package itself only asks for ranges: torch >= 2.11, torchvision >= 0.26)
+"$VENV/bin/python" -m pip install -q -c ci-constraints.txt -e ".[test]"
 
 case "$mode" in
   demo)
