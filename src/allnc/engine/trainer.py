@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import platform
 import random
 import shutil
@@ -57,6 +58,11 @@ def versions() -> dict:
 
 
 def git_commit() -> str | None:
+    """The checkout's commit; where there is no git repository (a copied working tree on
+    another machine) the ALLNC_COMMIT environment variable says it."""
+    env = os.environ.get("ALLNC_COMMIT")
+    if env:
+        return env
     try:
         here = Path(__file__).resolve().parent
         r = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
@@ -126,7 +132,8 @@ class Trainer:
         groups = self.method.parameter_groups(float(cfg.train.weight_decay))
         # a compiled optimizer step reads the learning rate from a tensor (no recompilation when
         # it changes); otherwise a fused kernel on the GPU
-        lr0 = torch.tensor(float(cfg.train.lr)) if compile_ else float(cfg.train.lr)
+        # (on the device, so that CUDA graphs can hold it)
+        lr0 = torch.tensor(float(cfg.train.lr), device=self.device) if compile_ else float(cfg.train.lr)
         self.opt = torch.optim.SGD(groups, lr=lr0, momentum=float(cfg.train.momentum),
                                    nesterov=bool(cfg.train.nesterov),
                                    **({"fused": True} if on_gpu and not compile_ else {}))
@@ -136,12 +143,12 @@ class Trainer:
             self.step_module = nn.parallel.DistributedDataParallel(self.step_module, device_ids=dev_ids)
         self.step_fn = self.step_module
         self.opt_step = self.opt.step
+        # what was asked for and what runs: a failed compilation falls back (see _probe_compiled)
+        self.compile_info = {"requested": bool(compile_), "used": False, "backend": str(cfg.train.compile_backend),
+                             "mode": str(cfg.train.compile_mode), "fallback": None, "probe_s": None}
+        self._mark_step = False
         if compile_:
-            kw = {}
-            if cfg.train.compile_backend == "inductor" and cfg.train.compile_mode != "default":
-                kw["mode"] = cfg.train.compile_mode
-            self.step_fn = torch.compile(self.step_module, backend=cfg.train.compile_backend, **kw)
-            self.opt_step = torch.compile(self.opt.step, backend=cfg.train.compile_backend, **kw)
+            self._compile(str(cfg.train.compile_mode))
 
         self.start_epoch = 0
         self.history: list[dict] = []
@@ -162,6 +169,8 @@ class Trainer:
         self.channels_last = cfg.train.channels_last == "on" or (cfg.train.channels_last == "auto" and on_gpu)
         if self.device.type == "cpu":
             torch.use_deterministic_algorithms(True, warn_only=True)
+        else:  # fixed shapes every step: let cuDNN pick its fastest kernels once
+            torch.backends.cudnn.benchmark = True
         seed_everything(int(cfg.seed))
         self.bundle = build_data(cfg)
         self.info = DataInfo(np.asarray(self.bundle.class_counts), self.bundle.in_channels,
@@ -179,6 +188,112 @@ class Trainer:
             self.method.to(memory_format=torch.channels_last)
         self.n_params = count_parameters(self.method)
         self.choice = choose_pipeline(cfg, self.bundle)
+
+    # ------------------------------------------------------------------ compilation
+    def _compile(self, mode: str) -> None:
+        backend = str(self.cfg.train.compile_backend)
+        kw = {"mode": mode} if backend == "inductor" and mode != "default" else {}
+        self.step_fn = torch.compile(self.step_module, backend=backend, **kw)
+        self.opt_step = torch.compile(self.opt.step, backend=backend, **kw)
+        self.compile_info.update(used=True, mode=mode)
+        # CUDA graph trees want to know where a training iteration begins
+        self._mark_step = self.device.type == "cuda" and mode in ("reduce-overhead", "max-autotune")
+
+    def _uncompile(self) -> None:
+        self.step_fn, self.opt_step = self.step_module, self.opt.step
+        self._mark_step = False
+        self.compile_info["used"] = False
+        for g in self.opt.param_groups:  # eager SGD takes a plain float
+            if torch.is_tensor(g["lr"]):
+                g["lr"] = float(g["lr"])
+
+    def _snapshot(self) -> dict:
+        """Every value a training step changes: parameters, buffers, optimizer state."""
+        return {
+            "tensors": [t.detach().clone() for t in self._state_tensors()],
+            "opt": {id(p): {k: (v.detach().clone() if torch.is_tensor(v) else v) for k, v in st.items()}
+                    for p, st in self.opt.state.items()},
+        }
+
+    def _state_tensors(self) -> list[torch.Tensor]:
+        return [*self.method.parameters(), *self.method.buffers()]
+
+    @torch.no_grad()
+    def _restore(self, snap: dict) -> None:
+        """Put the snapshot back in place (the same tensor objects, so compiled code that
+        holds them stays valid). SGD momentum buffers created since the snapshot are zeroed:
+        SGD's first step sets the buffer to the gradient, and 0.9 * 0 + g is g, so a zero
+        buffer gives exactly the step that a missing one would."""
+        for t, v in zip(self._state_tensors(), snap["tensors"]):
+            t.copy_(v)
+        for p, st in self.opt.state.items():
+            old = snap["opt"].get(id(p), {})
+            for k, v in st.items():
+                if not torch.is_tensor(v):
+                    continue
+                if k in old and torch.is_tensor(old[k]):
+                    v.copy_(old[k])
+                elif k == "momentum_buffer":
+                    v.zero_()
+                else:
+                    raise RuntimeError(f"optimizer state '{k}' appeared during the compilation probe")
+
+    def _probe_compiled(self, steps: int = 3) -> None:
+        """Run the first ``steps`` compiled steps (compilation, CUDA-graph recording and the
+        first replay happen here), then put every parameter, buffer and optimizer value back:
+        the run is the one it would have been without the probe. If compilation or CUDA
+        graphs fail, CUDA-graph modes fall back to the default mode, then to eager; the
+        engine says so once and ``metrics.json`` records it under ``compile``."""
+        if self.step_fn is self.step_module:
+            return
+        epoch = self.start_epoch
+        modes = [self.compile_info["mode"]]
+        if modes[0] != "default":
+            modes.append("default")
+        errors = []
+        t0 = time.time()
+        for i, mode in enumerate(modes):
+            if i:
+                torch._dynamo.reset()
+                self._compile(mode)
+            snap = self._snapshot()
+            try:
+                self.method.on_epoch_start(epoch, int(self.cfg.train.epochs))
+                self.method.train()
+                for ld in self.loaders:
+                    ld.set_epoch(epoch)
+                lr = float(self.cfg.train.lr) * 1e-3
+                for step, batches in zip(range(steps), zip(*self.loaders)):
+                    self._set_lr(lr)
+                    self._train_step([self._to_device(b) for b in batches], StepState(epoch, int(self.cfg.train.epochs),
+                                                                                       step, self.steps))
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)
+                self._restore(snap)
+                self.compile_info["probe_s"] = round(time.time() - t0, 2)
+                if errors:
+                    self.compile_info["fallback"] = "; ".join(errors)
+                    self.log(f"compile  {errors[-1]}; using train.compile_mode={mode} instead")
+                return
+            except Exception as e:  # noqa: BLE001 - any compiler or CUDA-graph failure
+                self._restore(snap)
+                first = (str(e).strip().splitlines() or [""])[0][:300]
+                errors.append(f"train.compile_mode={mode} failed ({type(e).__name__}: {first})")
+        torch._dynamo.reset()
+        self._uncompile()
+        self.compile_info["fallback"] = "; ".join(errors) + "; trained eagerly"
+        self.compile_info["probe_s"] = round(time.time() - t0, 2)
+        self.log(f"compile  {errors[-1]}; training eagerly (not compiled)")
+
+    def _train_step(self, batches: list[dict], state: StepState) -> tuple[torch.Tensor, dict]:
+        if self._mark_step:
+            torch.compiler.cudagraph_mark_step_begin()
+        with autocast_ctx(self.device, self.amp):
+            loss, logs = self.step_fn(batches, state)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt_step()
+        return loss, logs
 
     @staticmethod
     def _check_resume_config(saved: DictConfig, given: DictConfig | None) -> None:
@@ -205,7 +320,7 @@ class Trainer:
         self.log(f"device   {device_name(self.device)}; pipeline {self.choice.name} [{self.choice.reason}]; "
                  f"{'bf16 autocast' if self.amp else 'fp32'}"
                  f"{', channels_last' if self.channels_last else ''}"
-                 f"{', compiled step' if self.step_fn is not self.step_module else ''}"
+                 f"{', compiled step (' + self.compile_info['mode'] + ')' if self.compile_info['used'] else ''}"
                  f"{f', {dist.world_size()} processes' if dist.is_dist() else ''}")
         self.log(f"schedule {c.train.epochs} epochs x {self.steps} steps, batch {c.train.batch_size}, "
                  f"lr {c.train.lr} ({c.train.schedule}), out {self.out}")
@@ -248,6 +363,8 @@ class Trainer:
             if self.resume and (self.out / "metrics.jsonl").exists():
                 # keep exactly the epochs the checkpoint knows about
                 atomic_write_text(self.out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.history))
+        if self.start_epoch < int(cfg.train.epochs):
+            self._probe_compiled()
         self.describe()
         tb = _tensorboard(self.out / "tb") if dist.is_main() else None
         epochs, steps = int(cfg.train.epochs), self.steps
@@ -276,12 +393,7 @@ class Trainer:
                 lr = lr_at(float(cfg.train.lr), epoch, step, steps, epochs, int(cfg.train.warmup_epochs),
                            cfg.train.schedule, tuple(cfg.train.milestones), float(cfg.train.lr_decay))
                 self._set_lr(lr)
-                batches = [self._to_device(b) for b in batches]
-                with autocast_ctx(self.device, self.amp):
-                    loss, logs = self.step_fn(batches, state)
-                self.opt.zero_grad(set_to_none=True)
-                loss.backward()
-                self.opt_step()
+                loss, logs = self._train_step([self._to_device(b) for b in batches], state)
                 logs = {"loss": loss.detach(), **logs}
                 for k, v in logs.items():  # summed where they live: no host sync per step on a GPU
                     v = v.detach().float() if torch.is_tensor(v) else torch.tensor(float(v), device=self.device)
@@ -297,7 +409,8 @@ class Trainer:
                 bar.update(1)
                 if step % 10 == 0 or step == steps - 1:
                     bar.set_postfix_str(f"epoch {epoch + 1}/{epochs} loss {float(loss.detach()):.3f} lr {lr:.4f}")
-            rec = {"epoch": epoch + 1, "lr": lr, "time_s": round(time.time() - t0, 3)}
+            t1 = time.time()
+            rec = {"epoch": epoch + 1, "lr": lr, "time_s": round(t1 - t0, 3), "t_end": round(t1, 3)}
             keys = sorted(sums)
             packed = torch.stack([sums[k].reshape(()).to(self.device) for k in keys]).double()
             dist.all_reduce_sum(packed)  # every rank logs the mean over all ranks
@@ -346,6 +459,7 @@ class Trainer:
             "epoch": int(self.cfg.train.epochs),
             "data": self.bundle.label,
             "pipeline": "fast" if self.choice.fast else "conventional",
+            "compile": dict(self.compile_info),
             "device": device_name(self.device),
             "world_size": dist.world_size(),
             "parameters": self.n_params,

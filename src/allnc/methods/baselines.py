@@ -54,9 +54,11 @@ class SingleBranch(Method):
         if self.use_p2p:
             self.p2p = P2PLoss(tau=float(p.tau), form=str(p.form))
 
-    def nc_terms(self, h: torch.Tensor, y: torch.Tensor, logs: dict) -> torch.Tensor:
+    def nc_terms(self, h: torch.Tensor, y: torch.Tensor, logs: dict) -> torch.Tensor | None:
+        """The HyCon/P2P terms, or None without them (no ``+ 0`` in the graph: inductor folds
+        it away and, torch 2.11 on the CPU, then returned a loss without a gradient)."""
         if not (self.use_hycon or self.use_p2p):
-            return h.new_zeros(())
+            return None
         h = h.float()
         stats = self.mem.batch_stats(h, y)  # one pass: the losses' means and the update
         means, present = self.mem.mix(*stats)
@@ -98,8 +100,8 @@ class SingleBranch(Method):
             h, logits = self.features(x)
             loss = self.loss_fn(logits, y, h)
         logs = {"loss_cls": loss.detach()}
-        loss = loss + self.nc_terms(h, y, logs)
-        return loss, logs
+        extra = self.nc_terms(h, y, logs)
+        return (loss if extra is None else loss + extra), logs
 
     def load_backbone_from(self, state_dict: dict) -> None:
         sub = {k[len("backbone."):]: v for k, v in state_dict.items() if k.startswith("backbone.")}

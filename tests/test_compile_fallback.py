@@ -1,0 +1,116 @@
+"""The compiled step's probe and fallback: the probe leaves the run exactly as it found it;
+a compiler or CUDA-graph failure falls back (CUDA-graph mode -> default mode -> eager) on
+its own, says so once and is recorded in metrics.json; the fallen-back run is the eager run."""
+import json
+
+import pytest
+import torch
+
+from allnc.config import load_config
+from allnc.engine.checkpoint import load_checkpoint
+from allnc.engine.trainer import Trainer
+
+FAST = ["device=cpu", "train.progress=false", "model.width=8", "train.batch_size=32", "data.num_workers=0",
+        "data.imbalance_factor=10", "train.warmup_epochs=1"]
+
+
+def cfg_of(root, config, *extra):
+    return load_config(config, [f"data.root={root}", *FAST, *extra])
+
+
+def state(t: Trainer) -> dict:
+    out = {f"m.{k}": v.detach().clone() for k, v in t.method.state_dict().items()}
+    for i, (p, st) in enumerate(t.opt.state.items()):
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                out[f"o.{i}.{k}"] = v.detach().clone()
+    return out
+
+
+@pytest.mark.parametrize("config", ["fmnist_lt_ce", "fmnist_lt_allnc"])
+def test_probe_leaves_every_value_as_it_found_it(config, tiny_learnable_fmnist, tmp_path):
+    """Three compiled steps run (weights, BN statistics, class-mean memories and the
+    adaptor move), then every value is back; SGD momentum buffers created by the probe are
+    zero, which SGD's next step treats exactly like no buffer (0.9 * 0 + g = g)."""
+    t = Trainer(cfg_of(tiny_learnable_fmnist, config, "train.compile=on", "train.compile_backend=aot_eager"),
+                tmp_path / "r")
+    before = state(t)
+    assert not t.opt.state  # no momentum yet
+    seen_change = {}
+    orig = t._restore
+
+    def spy(snap):  # the probe really changed the state before restoring it
+        now = state(t)
+        seen_change["weights"] = any(not torch.equal(now[k], before[k]) for k in before if k.endswith("weight"))
+        orig(snap)
+
+    t._restore = spy
+    t._probe_compiled(steps=3)
+    assert seen_change["weights"]
+    after = state(t)
+    for k, v in before.items():
+        assert torch.equal(after[k], v), k
+    momenta = [k for k in after if k.startswith("o.")]
+    assert momenta and all(torch.count_nonzero(after[k]) == 0 for k in momenta)
+    assert t.compile_info["used"] and t.compile_info["fallback"] is None and t.compile_info["probe_s"] >= 0
+
+
+def _failing_compile(monkeypatch, fail_when):
+    """torch.compile replaced by a wrapper that runs the function eagerly until
+    ``fail_when(kwargs, call_number)`` says to raise (as a compiler or CUDA-graph error would)."""
+    made = []
+
+    def fake_compile(fn, backend=None, **kw):
+        calls = {"n": 0}
+        made.append(kw.get("mode", "default"))
+
+        def wrapped(*a, **k):
+            calls["n"] += 1
+            if fail_when(kw, calls["n"]):
+                raise RuntimeError("simulated compiler failure\nsecond line")
+            return fn(*a, **k)
+
+        return wrapped
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    return made
+
+
+@pytest.mark.parametrize("config", ["fmnist_lt_ce", "fmnist_lt_allnc"])
+def test_failed_compilation_falls_back_to_the_eager_run(config, tiny_learnable_fmnist, tmp_path, monkeypatch):
+    """Every compiled call fails from the second one on (after one step changed the state):
+    both compile modes fail, the run trains eagerly, says so once, records why, and ends with
+    exactly the weights and metrics of a run with train.compile=off."""
+    extra = ("train.epochs=2", "train.compile_backend=inductor")
+    eager = Trainer(cfg_of(tiny_learnable_fmnist, config, *extra, "train.compile=off"), tmp_path / "eager").fit()
+    made = _failing_compile(monkeypatch, lambda kw, n: n >= 2)
+    lines = []
+    t = Trainer(cfg_of(tiny_learnable_fmnist, config, *extra, "train.compile=on",
+                       "train.compile_mode=reduce-overhead"), tmp_path / "fb", log=lines.append)
+    m = t.fit()
+    assert made[:2] == ["reduce-overhead", "reduce-overhead"] and "default" in made  # step and optimizer, then retry
+    said = [ln for ln in lines if ln.startswith("compile ")]
+    assert len(said) == 1 and "training eagerly" in said[0] and "simulated compiler failure" in said[0]
+    rec = json.loads((tmp_path / "fb" / "metrics.json").read_text())["compile"]
+    assert rec["requested"] and not rec["used"]
+    assert "reduce-overhead failed" in rec["fallback"] and "default failed" in rec["fallback"]
+    assert m["top1"] == eager["top1"] and m["per_class"] == eager["per_class"]
+    a = load_checkpoint(tmp_path / "eager" / "checkpoint.pt")["method"]
+    b = load_checkpoint(tmp_path / "fb" / "checkpoint.pt")["method"]
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_cuda_graph_failure_falls_back_to_the_default_mode(tiny_learnable_fmnist, tmp_path, monkeypatch):
+    """Only the CUDA-graph mode fails: the run keeps a compiled step in the default mode."""
+    made = _failing_compile(monkeypatch, lambda kw, n: kw.get("mode") == "reduce-overhead" and n >= 2)
+    lines = []
+    t = Trainer(cfg_of(tiny_learnable_fmnist, "fmnist_lt_ce", "train.epochs=1", "train.compile=on",
+                       "train.compile_backend=inductor", "train.compile_mode=reduce-overhead"),
+                tmp_path / "r", log=lines.append)
+    t.fit()
+    rec = json.loads((tmp_path / "r" / "metrics.json").read_text())["compile"]
+    assert rec["used"] and rec["mode"] == "default"
+    assert rec["fallback"].startswith("train.compile_mode=reduce-overhead failed (RuntimeError: simulated")
+    assert sum(ln.startswith("compile ") for ln in lines) == 1
+    assert made.count("default") == 2  # step and optimizer compiled again in the default mode
