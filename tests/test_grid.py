@@ -239,3 +239,32 @@ def test_log_does_not_break_the_trainers_empty_directory_rule(tmp_path):
         assert text.startswith("# allnc grid") and "epoch 1 done" in text and "old log" not in text
     moved = list((out / "_attempts").iterdir())
     assert len(moved) == 1 and (moved[0] / "log.txt").read_text() == "old log\n"
+
+
+# ------------------------------------------------------------------------ deadline
+def test_deadline_stops_runs_and_reports_them_as_no_result(tmp_path):
+    """Runs still going at the deadline are stopped (unfinished), runs still waiting are
+    not started; neither leaves a metrics.json. Finished runs reach on_done at once."""
+    spec = {"runs": [{"config": "a", "name": "quick", "overrides": ["sleep=0"]},
+                     {"config": "b", "name": "slow", "overrides": ["sleep=60"]},
+                     {"config": "c", "name": "waiting", "overrides": ["sleep=0"]}],
+            "max_concurrent": 2, "out": str(tmp_path / "g")}
+    seen = []
+    t0 = time.monotonic()
+    res = run_grid(spec, command=fake_command, log=lambda m: None, deadline=time.monotonic() + 4,
+                   on_done=lambda s, secs: seen.append((s.name, (s.run_dir / "metrics.json").is_file())))
+    took = time.monotonic() - t0
+    assert [s.name for s in res.done] == ["quick", "waiting"]
+    assert [s.name for s in res.unfinished] == ["slow"] and not res.not_started
+    assert not (tmp_path / "g" / "slow" / "metrics.json").exists()
+    assert seen[0] == ("quick", True) and all(ok for _, ok in seen)
+    assert 4 <= took < 30  # stopped at the deadline, not after the 60 s sleep
+
+
+def test_deadline_leaves_waiting_runs_unstarted(tmp_path):
+    spec = {"runs": [{"config": "a", "name": "long", "overrides": ["sleep=60"]},
+                     {"config": "b", "name": "next", "overrides": ["sleep=0"]}],
+            "max_concurrent": 1, "out": str(tmp_path / "g")}
+    res = run_grid(spec, command=fake_command, log=lambda m: None, deadline=time.monotonic() + 2)
+    assert [s.name for s in res.unfinished] == ["long"] and [s.name for s in res.not_started] == ["next"]
+    assert not res.done and not (tmp_path / "g" / "next").exists()

@@ -75,6 +75,8 @@ class GridResult:
     done: list[RunSpec] = field(default_factory=list)  # ran now and wrote metrics.json
     skipped: list[RunSpec] = field(default_factory=list)  # had metrics.json already
     failed: list[RunSpec] = field(default_factory=list)
+    unfinished: list[RunSpec] = field(default_factory=list)  # stopped at the deadline (resumable)
+    not_started: list[RunSpec] = field(default_factory=list)  # still waiting at the deadline
     reasons: dict[str, str] = field(default_factory=dict)  # run name -> why it failed
     summary: str = ""
     dry_run: bool = False
@@ -377,13 +379,20 @@ def run_grid(
     out: Union[str, Path, None] = None,
     log: Callable[[str], None] = print,
     poll_s: float = 0.05,
+    deadline: Optional[float] = None,
+    on_done: Optional[Callable[[RunSpec, float], None]] = None,
 ) -> GridResult:
     """Expand and run a grid (see the module docstring); returns a ``GridResult`` whose
     ``failures`` counts the failed runs.
 
     ``command(run, resume) -> argv`` builds each process's command (default
     ``default_command``: ``python -m allnc train ...``); with the default command every
-    run's config and overrides are validated before anything starts."""
+    run's config and overrides are validated before anything starts.
+
+    ``deadline`` (a ``time.monotonic()`` value): runs still going then are stopped and
+    listed as ``unfinished`` (their last checkpoint stays, so running the grid again
+    resumes them), runs not yet started as ``not_started``; neither is a result.
+    ``on_done(run, seconds)`` is called as soon as each run has written its metrics.json."""
     data, base_dir, default_out = load_grid(spec)
     out_dir = Path(out if out is not None else data.get("out") or default_out)
     specs = expand_grid(data, base_dir=base_dir, out_dir=out_dir)
@@ -428,6 +437,20 @@ def run_grid(
     started = 0
     try:
         while pending or running:
+            if deadline is not None and time.monotonic() >= deadline:
+                stopping = [running[p][0] for p in running]
+                _stop(list(running))
+                for _, _, pump, _ in running.values():
+                    pump.join(timeout=5)
+                running.clear()
+                result.unfinished.extend(stopping)
+                result.not_started.extend(s for s, _ in pending)
+                pending.clear()
+                for s in stopping:
+                    log(f"  STOPPED {s.name}: the deadline came before it finished (not a result; resumable)")
+                for s in result.not_started:
+                    log(f"  NOT STARTED {s.name}: the deadline came first")
+                break
             while pending and len(running) < conc:
                 s, resume = pending.popleft()
                 started += 1
@@ -472,6 +495,8 @@ def run_grid(
                 if rc == 0 and (s.run_dir / METRICS).is_file():
                     result.done.append(s)
                     log(f"  done   {s.name} ({secs:.0f} s)")
+                    if on_done is not None:
+                        on_done(s, secs)
                     continue
                 why = f"exit status {rc}" if rc != 0 else f"exited 0 but wrote no {METRICS}"
                 result.failed.append(s)
@@ -491,9 +516,11 @@ def run_grid(
     result.summary = summarize([s.run_dir for s in specs])
     (out_dir / "summary.md").write_text(result.summary)
     log(result.summary)
+    if result.unfinished or result.not_started:
+        log(f"grid: the deadline stopped {len(result.unfinished)} runs and {len(result.not_started)} did not start")
     if result.failed:
         log(f"grid: {len(result.failed)} of {n} runs failed: " + ", ".join(s.name for s in result.failed))
-    else:
+    elif not (result.unfinished or result.not_started):
         log(f"grid: all {n} runs finished; summary in {out_dir / 'summary.md'}")
     return result
 
