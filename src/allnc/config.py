@@ -373,9 +373,32 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key, value
 
 
+# A results-table cell: <config>__if<imbalance factor>__e<epochs>__seed<seed>
+_CELL_RE = re.compile(r"^(?P<config>[A-Za-z0-9_.-]+?)__if(?P<imb>[0-9.]+)__e(?P<epochs>[0-9]+)__seed(?P<seed>[0-9]+)$")
+
+
+def cell_name(config: str, imbalance_factor: float, epochs: int, seed: int) -> str:
+    """The name of a results-table cell; ``load_config`` resolves it back to its config."""
+    return f"{config}__if{float(imbalance_factor):g}__e{int(epochs)}__seed{int(seed)}"
+
+
+def parse_cell_name(name: str) -> tuple[str, list[str]]:
+    """(config, overrides) of a cell name such as ``cifar10_lt_allnc__if100__e200__seed0``."""
+    m = _CELL_RE.match(name)
+    if m is None:
+        raise ConfigError(f"'{name}' is not a results cell name (<config>__if<IF>__e<epochs>__seed<S>)")
+    return m.group("config"), [f"data.imbalance_factor={m.group('imb')}", f"train.epochs={m.group('epochs')}",
+                               f"seed={m.group('seed')}"]
+
+
 def load_config(name_or_path: Optional[str] = None, overrides: Optional[list[str]] = None) -> DictConfig:
-    """Default tree <- YAML chain (base first) <- command-line overrides; then validated."""
+    """Default tree <- YAML chain (base first) <- command-line overrides; then validated.
+    A results cell name (``cifar10_lt_allnc__if100__e200__seed0``) resolves to its config
+    with the cell's overrides before ``overrides``."""
     cfg = default_config()
+    if name_or_path and _CELL_RE.match(name_or_path) and not Path(name_or_path).is_file():
+        name_or_path, cell_overrides = parse_cell_name(name_or_path)
+        overrides = cell_overrides + list(overrides or [])
     if name_or_path:
         for path, data in _load_chain(name_or_path):
             for k, v in flatten(data).items():

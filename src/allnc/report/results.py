@@ -1,0 +1,166 @@
+"""Results files and the tables rendered from them.
+
+A *results file* is one JSON per finished run, named after its table cell
+(``results/<cell>.json``, see ``allnc.config.cell_name``): the metrics, the final
+neural-collapse figures, the resolved config, commit, device, library versions and wall
+time. Tables in the README are rendered from these files only (``scripts/render_results.py``),
+and a test checks that the README holds exactly what the files give.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+from ..config import parse_cell_name
+
+#: config suffix -> the name a table shows, in the order rows appear
+METHOD_NAMES: dict[str, str] = {
+    "ce": "CE",
+    "la": "logit adjustment",
+    "bsce": "balanced softmax",
+    "ldam_drw": "LDAM-DRW",
+    "etf_dr": "fixed ETF + DR",
+    "etf_ce": "fixed ETF + CE",
+    "bcl": "BCL",
+    "crt": "cRT",
+    "bbn": "BBN",
+    "gbbn_only": "GBBN only",
+    "ce_hycon": "CE + HyCon",
+    "ce_p2p": "CE + P2P",
+    "allnc_no_hycon": "AllNC - HyCon",
+    "allnc_no_p2p": "AllNC - P2P",
+    "allnc": "AllNC",
+}
+_DATASETS = ("cifar100_lt", "cifar10_lt", "fmnist_lt", "imagenet_lt", "inat2018", "places_lt")
+KEEP_FROM_METRICS = ("top1", "groups", "per_class", "class_counts", "epoch", "data", "pipeline", "compile", "device",
+                     "world_size", "parameters", "wall_time_s", "git_commit", "versions", "config")
+
+
+def split_config_name(config: str) -> tuple[str, str, str]:
+    """(dataset prefix, method suffix, preset) of a built-in config name such as
+    ``cifar10_lt_allnc_strong`` -> ("cifar10_lt", "allnc", "strong")."""
+    for d in _DATASETS:
+        if config.startswith(d + "_"):
+            rest = config[len(d) + 1:]
+            preset = ""
+            if rest.endswith("_strong"):
+                rest, preset = rest[: -len("_strong")], "strong"
+            return d, rest, preset
+    return "", config, ""
+
+
+def method_label(config: str) -> str:
+    _, m, preset = split_config_name(config)
+    name = METHOD_NAMES.get(m, m)
+    return f"{name} (strong)" if preset else name
+
+
+def result_record(run_dir: Path, cell: str, extra: Optional[dict] = None) -> dict:
+    """The results-file content of a finished run directory (its metrics.json and the last
+    epoch's NC figures from metrics.jsonl)."""
+    run_dir = Path(run_dir)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    config, overrides = parse_cell_name(cell)
+    rec: dict[str, Any] = {"cell": cell, "config_name": config, "cell_overrides": overrides}
+    rec.update({k: metrics[k] for k in KEEP_FROM_METRICS if k in metrics})
+    nc = None
+    hist = run_dir / "metrics.jsonl"
+    if hist.is_file():
+        for line in hist.read_text().splitlines():
+            try:
+                r = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(r, dict) and r.get("nc") and r.get("epoch") == metrics.get("epoch"):
+                nc = r["nc"]
+    rec["nc_train"] = nc
+    rec.update(extra or {})
+    return rec
+
+
+def load_results(folder: Path) -> list[dict]:
+    folder = Path(folder)
+    out = []
+    for p in sorted(folder.glob("*.json")):
+        rec = json.loads(p.read_text())
+        if isinstance(rec, dict) and "cell" in rec:
+            if rec["cell"] != p.stem:
+                raise ValueError(f"{p} holds the result of cell {rec['cell']!r}; a results file is named after its cell")
+            out.append(rec)
+    return out
+
+
+def _mean_std(vals: list[float]) -> str:
+    if not vals:
+        return "–"
+    m = sum(vals) / len(vals)
+    if len(vals) == 1:
+        return f"{m:.2f}"
+    sd = math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1))
+    return f"{m:.2f} ± {sd:.2f}"
+
+
+def table_id(rec: dict) -> str:
+    """Which table a result belongs to: dataset, preset, imbalance factor and epochs."""
+    dataset, _, preset = split_config_name(rec["config_name"])
+    cfg = rec["config"]
+    f = float(cfg["data"]["imbalance_factor"])
+    tid = f"{dataset}_if{f:g}_e{int(cfg['train']['epochs'])}"
+    return tid + ("_strong" if preset else "")
+
+
+def render_table(records: list[dict]) -> str:
+    """One markdown table: a row per method (config), mean ± std over the seeds present."""
+    order = list(METHOD_NAMES)
+    rows: dict[str, list[dict]] = {}
+    for r in records:
+        rows.setdefault(r["config_name"], []).append(r)
+
+    def key(c: str) -> tuple[int, str]:
+        m = split_config_name(c)[1]
+        return (order.index(m) if m in order else len(order), c)
+
+    data_label = sorted({r.get("data_label") or r.get("data", "") for r in records})
+    devices = sorted({r.get("device", "") for r in records})
+    lines = [f"Data: {'; '.join(data_label)}. Device: {'; '.join(devices)}.", "",
+             "| method | seeds | top-1 | many | medium | few | NC1 (cb) | wall s | cells |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for c in sorted(rows, key=key):
+        rs = sorted(rows[c], key=lambda r: r["cell"])
+        top1 = _mean_std([r["top1"] for r in rs])
+        grp = [_mean_std([r["groups"][g] for r in rs if r["groups"].get(g) is not None]) for g in ("many", "medium", "few")]
+        nc1 = [r["nc_train"]["nc1_cb"] for r in rs if r.get("nc_train") and r["nc_train"].get("nc1_cb") is not None]
+        nc1s = f"{sum(nc1) / len(nc1):.3f}" if nc1 else "–"
+        wall = f"{sum(r['wall_time_s'] for r in rs) / len(rs):.0f}"
+        seeds = ", ".join(str(r["config"]["seed"]) for r in rs)
+        cells = ", ".join(f"`{r['cell']}`" for r in rs)
+        lines.append(f"| {method_label(c)} | {seeds} | {top1} | {' | '.join(grp)} | {nc1s} | {wall} | {cells} |")
+    return "\n".join(lines) + "\n"
+
+
+def render_tables(records: Iterable[dict]) -> dict[str, str]:
+    by: dict[str, list[dict]] = {}
+    for r in records:
+        by.setdefault(table_id(r), []).append(r)
+    return {tid: render_table(rs) for tid, rs in sorted(by.items())}
+
+
+_BLOCK = re.compile(r"(<!-- results:(?P<id>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /results -->)", re.S)
+
+
+def update_markdown(text: str, tables: dict[str, str]) -> str:
+    """Replace the body of every ``<!-- results:ID -->`` ... ``<!-- /results -->`` block by
+    the rendered table ID; a block whose table has no results says so."""
+
+    def sub(m: re.Match) -> str:
+        body = tables.get(m.group("id"), "No results yet.\n")
+        return m.group(1) + body + m.group(4)
+
+    return _BLOCK.sub(sub, text)
+
+
+def markdown_blocks(text: str) -> list[str]:
+    return [m.group("id") for m in _BLOCK.finditer(text)]

@@ -1,0 +1,73 @@
+"""Results files, cell names and the README tables rendered from them."""
+import json
+from pathlib import Path
+
+import pytest
+
+from allnc.config import cell_name, load_config, parse_cell_name, to_dict
+from allnc.errors import ConfigError
+from allnc.report.results import load_results, markdown_blocks, render_table, render_tables, table_id, update_markdown
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_cell_name_resolves_to_its_config():
+    name = cell_name("cifar10_lt_allnc", 50, 200, 2)
+    assert name == "cifar10_lt_allnc__if50__e200__seed2"
+    assert parse_cell_name(name) == ("cifar10_lt_allnc", ["data.imbalance_factor=50", "train.epochs=200", "seed=2"])
+    a = to_dict(load_config(name, ["train.lr=0.05"]))
+    b = to_dict(load_config("cifar10_lt_allnc", ["data.imbalance_factor=50", "train.epochs=200", "seed=2",
+                                                 "train.lr=0.05"]))
+    assert a == b and a["data"]["imbalance_factor"] == 50 and a["seed"] == 2
+    with pytest.raises(ConfigError, match="not a results cell name"):
+        parse_cell_name("cifar10_lt_allnc__if50")
+
+
+def _rec(config, seed, top1, many, medium, few=None, nc1=None, imb=100, epochs=200, wall=10.0):
+    return {"cell": cell_name(config, imb, epochs, seed), "config_name": config, "top1": top1,
+            "groups": {"many": many, "medium": medium, "few": few}, "nc_train": {"nc1_cb": nc1} if nc1 else None,
+            "wall_time_s": wall, "device": "GPU X", "data_label": "data Y",
+            "config": {"seed": seed, "data": {"imbalance_factor": imb}, "train": {"epochs": epochs}}}
+
+
+def test_table_means_and_sample_std_over_seeds_in_method_order():
+    recs = [_rec("cifar10_lt_allnc", 0, 80.0, 90.0, 70.0, nc1=0.5), _rec("cifar10_lt_allnc", 1, 82.0, 91.0, 74.0, nc1=0.7),
+            _rec("cifar10_lt_ce", 0, 70.0, 88.0, 40.0)]
+    text = render_table(recs)
+    rows = [ln for ln in text.splitlines() if ln.startswith("| ") and not ln.startswith("| method")]
+    assert rows[0].startswith("| CE | 0 | 70.00 | 88.00 | 40.00 | – | – |")  # CE before AllNC; empty few "–"
+    # mean 81, sample std sqrt(((80-81)^2 + (82-81)^2) / 1) = 1.41; medium 72 ± 2.83; NC1 mean 0.600
+    assert rows[1].startswith("| AllNC | 0, 1 | 81.00 ± 1.41 | 90.50 ± 0.71 | 72.00 ± 2.83 | – | 0.600 |")
+    assert "`cifar10_lt_allnc__if100__e200__seed0`, `cifar10_lt_allnc__if100__e200__seed1`" in rows[1]
+    assert "Data: data Y. Device: GPU X." in text
+
+
+def test_tables_split_by_dataset_imbalance_epochs_and_preset():
+    recs = [_rec("cifar10_lt_ce", 0, 70, 80, 50), _rec("cifar10_lt_ce", 0, 75, 80, 60, imb=50),
+            _rec("cifar10_lt_ce_strong", 0, 72, 80, 55), _rec("fmnist_lt_ce", 0, 79, 81, 70, epochs=12)]
+    assert sorted(render_tables(recs)) == ["cifar10_lt_if100_e200", "cifar10_lt_if100_e200_strong",
+                                           "cifar10_lt_if50_e200", "fmnist_lt_if100_e12"]
+    assert table_id(recs[2]) == "cifar10_lt_if100_e200_strong"
+
+
+def test_markdown_blocks_are_replaced_and_empty_ones_say_so():
+    text = "intro\n<!-- results:a -->\nold\n<!-- /results -->\nmid\n<!-- results:b -->\nstale\n<!-- /results -->\n"
+    new = update_markdown(text, {"a": "| table a |\n"})
+    assert new == "intro\n<!-- results:a -->\n| table a |\n<!-- /results -->\nmid\n<!-- results:b -->\nNo results yet.\n<!-- /results -->\n"
+    assert markdown_blocks(new) == ["a", "b"] and update_markdown(new, {"a": "| table a |\n"}) == new
+
+
+def test_a_results_file_is_named_after_its_cell(tmp_path):
+    r = _rec("cifar10_lt_ce", 0, 70, 80, 50)
+    (tmp_path / "other.json").write_text(json.dumps(r))
+    with pytest.raises(ValueError, match="named after its cell"):
+        load_results(tmp_path)
+
+
+def test_readme_tables_match_the_results_files():
+    """Every README block is exactly the table rendered from results/ (scripts/render_results.py
+    writes them), and every table that results/ gives has a block."""
+    readme = (ROOT / "README.md").read_text()
+    tables = render_tables(load_results(ROOT / "results")) if (ROOT / "results").is_dir() else {}
+    assert update_markdown(readme, tables) == readme, "README is stale: run python scripts/render_results.py"
+    assert set(tables) <= set(markdown_blocks(readme)), "a results table has no README block"
