@@ -1,0 +1,575 @@
+"""The device suite: one command turns a lent GPU's minutes into results files and speed figures.
+
+    python benchmarks/device_suite.py --out OUT [--plan first] [--methods allnc ce ...]
+        [--imbalance 100] [--seeds 0] [--epochs 200] [--deadline 500] --data-root DIR
+        [--data-label "CIFAR-10 (JPEG q75 copy)"] [--results results]
+    python benchmarks/device_suite.py --tiny --out OUT --results DIR     # CPU, tiny generated data
+
+``scripts/device_suite.sh`` installs the package offline and unpacks the data first. Stages,
+each logged with the seconds since the start, all bounded by ``--deadline``:
+
+1. environment: GPU, driver, torch, CUDA, cuDNN, commit, CPU cores -> ``env.json``;
+   on a GPU the CUDA MPS daemon is started if it will (recorded either way);
+2. data: the decoded image cache is built once, so that every run loads it;
+3. smoke: one epoch of CE, AllNC and the plan's other methods, compiled, concurrently. The
+   engine falls back from CUDA graphs to the default compile mode to eager on its own; each
+   plan run starts in the mode that worked for its method (and finds its compiled graphs in
+   the inductor cache); a method whose smoke run failed is left out of the plan;
+4. speed: CE on the conventional path and on the fast path alone, then N fast runs
+   concurrently -> ``speed.json`` (images/s, fast/conventional ratio, concurrency gain);
+5. the plan: methods x imbalance factors x seeds, concurrently, most important first. Each
+   finished run immediately gets ``RESULTS/<cell>.json`` and the output tarballs are
+   rewritten; a run still going at the deadline is stopped and listed as unfinished, never
+   as a result. Cells whose results file exists already are skipped.
+
+Everything to bring back is in OUT, at most 8 files, no sub-folders: ``suite.log``,
+``env.json``, ``speed.json``, ``summary.md``, ``results.tar.gz`` (the new results files,
+as ``results/<cell>.json``) and ``runs.tar.gz`` (every run directory's small files).
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+from allnc.config import cell_name
+from allnc.engine.checkpoint import atomic_write_bytes, atomic_write_json, atomic_write_text
+from allnc.engine.trainer import git_commit, versions
+from allnc.grid import run_grid
+from allnc.report.results import method_label, result_record
+
+PLANS = {
+    # the first GPU plan: CIFAR-10-LT, IF 100, the standard protocol, seed 0
+    "first": dict(prefix="cifar10_lt", methods=["allnc", "ce", "bbn", "la", "ldam_drw", "etf_dr", "bcl"],
+                  imbalance=[100.0], seeds=[0], epochs=200),
+}
+SMALL_FILES = {"config.yaml", "metrics.json", "metrics.jsonl", "log.txt", "nc.json"}
+TINY = ["model.width=4", "train.batch_size=16", "nc.batch_size=64", "data.num_workers=0", "train.eval_every=1"]
+
+
+class Suite:
+    def __init__(self, args):
+        self.args = args
+        self.t0 = time.monotonic()
+        self.deadline = self.t0 + float(args.deadline)
+        self.out = Path(args.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.work = Path(args.work)
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.results = Path(args.results)
+        self.results.mkdir(parents=True, exist_ok=True)
+        self.new_results: list[Path] = []
+        self.logf = open(self.out / "suite.log", "a")
+        self.summary: dict = {"stages": {}}
+        self.device = args.device
+        self.on_gpu = args.device.startswith("cuda")
+        self.compile_mode = args.compile_mode
+        self.plan_extra: list[str] = []  # set by the smoke when the fast path fails here
+        self.method_modes: dict[str, str] = {}  # compile mode per method, from the smoke
+        self.broken: dict[str, str] = {}  # methods whose smoke run failed: not in the plan
+
+    # ------------------------------------------------------------------ helpers
+    def log(self, msg: str) -> None:
+        line = f"[{time.monotonic() - self.t0:6.1f}s] {msg}"
+        print(line, flush=True)
+        self.logf.write(line + "\n")
+        self.logf.flush()
+
+    def _grid_log(self, msg: str) -> None:
+        if not msg.startswith("| run"):  # the grid's own summary table: the suite writes its own
+            self.log(f"  {msg}")
+
+    def left(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def common(self, imbalance: bool = True) -> list[str]:
+        """Overrides of every run; the smoke and speed runs use the plan's first imbalance factor."""
+        o = [f"device={self.device}", "train.progress=false", f"data.root={self.args.data_root}"]
+        if imbalance:
+            o.append(f"data.imbalance_factor={self.args.imbalance[0]:g}")
+        if self.args.cache_dir:
+            o.append(f"data.cache_dir={self.args.cache_dir}")
+        if self.args.tiny:
+            o += TINY
+        return o
+
+    def compile_overrides(self) -> list[str]:
+        o = [f"train.compile_mode={self.compile_mode}"]
+        if not self.on_gpu:  # inductor on the CPU would need a C++ toolchain: capture only
+            o.append("train.compile_backend=aot_eager")
+        return o
+
+    def grid(self, name: str, runs: list[dict], conc: int, until: float, extra: list[str], on_done=None):
+        spec = {"runs": runs, "max_concurrent": conc, "extra_overrides": extra}
+        res = run_grid(spec, out=self.work / name, log=self._grid_log, deadline=until, on_done=on_done)
+        self.pack()
+        return res
+
+    def pack(self) -> None:
+        """Rewrite the output tarballs (atomically): what finished so far is never lost."""
+        def tar_bytes(files: list[tuple[Path, str]]) -> bytes:
+            buf = io.BytesIO()
+            with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+                for path, arc in files:
+                    if path.is_file():
+                        tf.add(path, arcname=arc)
+            return buf.getvalue()
+
+        runs = [(p, str(p.relative_to(self.work))) for p in sorted(self.work.rglob("*"))
+                if p.is_file() and p.name in SMALL_FILES]
+        data = tar_bytes(runs)
+        atomic_write_bytes(self.out / "runs.tar.gz", lambda f: f.write(data))
+        res = tar_bytes([(p, f"results/{p.name}") for p in self.new_results])
+        atomic_write_bytes(self.out / "results.tar.gz", lambda f: f.write(res))
+        atomic_write_text(self.out / "summary.md", self.render_summary())
+
+    # ------------------------------------------------------------------ 1. environment
+    def environment(self) -> None:
+        import torch
+
+        env = {"command": " ".join(sys.argv), "git_commit": git_commit(), "versions": versions(),
+               "host": platform.node(), "kernel": platform.release(), "cpu_cores": os.cpu_count(),
+               "torch_cuda": torch.version.cuda, "device": self.device, "tiny": bool(self.args.tiny)}
+        if self.on_gpu:
+            # this process never touches CUDA itself: every CUDA client is a child started
+            # after the MPS daemon, which is what MPS needs
+            env["nvidia_smi"] = _run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total,clocks.max.sm",
+                                      "--format=csv,noheader"])
+            env["mps"] = self.start_mps() if self.args.mps else {"started": False, "why": "--no-mps"}
+            probe = _gpu_probe()
+            if "error" in probe and env["mps"]["started"]:
+                self.stop_mps()
+                env["mps"] = {"started": False, "why": f"a CUDA client failed under MPS: {probe['error']}"}
+                probe = _gpu_probe()
+            if "error" in probe:
+                atomic_write_json(self.out / "env.json", env | {"gpu_probe": probe})
+                raise SystemExit(f"device_suite: no usable GPU ({probe['error']}); use --device cpu")
+            env.update(probe)
+        else:
+            env["gpu"] = None
+            env["mps"] = {"started": False, "why": "no GPU"}
+        atomic_write_json(self.out / "env.json", env)
+        self.summary["env"] = env
+        self.log(f"environment: {env.get('gpu') or 'CPU'}; torch {env['versions']['torch']} (CUDA {env['torch_cuda']}); "
+                 f"commit {env['git_commit']}; MPS {'on' if env['mps']['started'] else 'off'} ({env['mps'].get('why', '')})")
+
+    def start_mps(self) -> dict:
+        """Start the CUDA MPS control daemon (its clients are the processes started after it)."""
+        if shutil.which("nvidia-cuda-mps-control") is None:
+            return {"started": False, "why": "nvidia-cuda-mps-control not found"}
+        pipe, logd = self.work / "mps-pipe", self.work / "mps-log"
+        pipe.mkdir(exist_ok=True)
+        logd.mkdir(exist_ok=True)
+        os.environ["CUDA_MPS_PIPE_DIRECTORY"] = str(pipe)
+        os.environ["CUDA_MPS_LOG_DIRECTORY"] = str(logd)
+        try:
+            r = subprocess.run(["nvidia-cuda-mps-control", "-d"], capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.SubprocessError) as e:
+            self._drop_mps_env()
+            return {"started": False, "why": f"daemon did not start: {e}"}
+        if r.returncode != 0:
+            self._drop_mps_env()
+            return {"started": False, "why": f"daemon did not start: {(r.stderr or r.stdout).strip()[:200]}"}
+        return {"started": True, "why": "daemon started; a CUDA client ran under it"}
+
+    def stop_mps(self) -> None:
+        subprocess.run(["nvidia-cuda-mps-control"], input="quit\n", text=True, capture_output=True, timeout=30)
+        self._drop_mps_env()
+
+    @staticmethod
+    def _drop_mps_env() -> None:
+        os.environ.pop("CUDA_MPS_PIPE_DIRECTORY", None)
+        os.environ.pop("CUDA_MPS_LOG_DIRECTORY", None)
+
+    # ------------------------------------------------------------------ 2. data
+    def data(self) -> None:
+        t = time.monotonic()
+        r = subprocess.run([sys.executable, "-m", "allnc", "data", "--config", f"{self.args.prefix}_ce", *self.common()],
+                           capture_output=True, text=True, timeout=max(30, int(self.left())))
+        if r.returncode != 0:
+            raise SystemExit(f"device_suite: the data do not load: {r.stderr.strip().splitlines()[-1:]}")
+        self.log(f"data ({time.monotonic() - t:.0f} s): " + " | ".join(r.stdout.strip().splitlines()[:3]))
+
+    # ------------------------------------------------------------------ 3. smoke
+    def smoke(self) -> None:
+        rows = self._smoke("smoke", [])
+        if not any(r.get("ok") for r in rows.values()):
+            # compilation falls back inside the engine, so this is the fast data path or a
+            # method failing on this device: try the conventional path, and let the plan use it
+            self.log("smoke: every run failed; trying again with data.pipeline=conventional")
+            alt = ["data.pipeline=conventional", f"data.num_workers={max(1, self.args.workers // 4)}"]
+            rows2 = self._smoke("smoke_conventional", alt)
+            if any(r.get("ok") for r in rows2.values()):
+                self.plan_extra = alt + ["train.compile=on"]
+            rows.update(rows2)
+        self.summary["stages"]["smoke"] = {"runs": rows, "compile_modes": self.method_modes,
+                                           "plan_extra": self.plan_extra}
+
+    def _smoke(self, name: str, alt: list[str]) -> dict:
+        runs = [{"config": f"{self.args.prefix}_{m}", "name": f"{name}_{m}"} for m in self.args.smoke_methods]
+        extra = self.common() + ["train.epochs=1", "train.compile=on", *self.compile_overrides(), *alt]
+        until = time.monotonic() + min(self.args.smoke_s, max(self.left() - 60, 10))
+        res = self.grid(name, runs, len(runs), until, extra)
+        rows = {}
+        for s in res.runs:
+            m = _read_json(s.run_dir / "metrics.json")
+            if m is None:
+                rows[s.name] = {"ok": False, "why": res.reasons.get(s.name, "stopped at its time limit")}
+                continue
+            hist = _read_jsonl(s.run_dir / "metrics.jsonl")
+            rows[s.name] = {"ok": True, "compile": m.get("compile"), "epoch_s": hist[0]["time_s"] if hist else None,
+                            "wall_s": m.get("wall_time_s"), "top1": m.get("top1")}
+        fell_back = [r["compile"]["fallback"] for r in rows.values() if r.get("ok") and r["compile"].get("fallback")]
+        if fell_back:
+            self.log("smoke: compilation fell back: " + " | ".join(fell_back))
+        # each method's plan run starts from the mode that worked for it here (its compiled
+        # graphs are then in the inductor cache); eager after all -> default, and the engine
+        # falls back again if it must
+        for m in self.args.smoke_methods:
+            r = rows.get(f"{name}_{m}", {})
+            if r.get("ok"):
+                self.method_modes[m] = r["compile"]["mode"] if r["compile"].get("used") else "default"
+            elif str(r.get("why", "")).startswith("exit status"):
+                self.broken[m] = r["why"]
+        ce = rows.get(f"{name}_ce", {})
+        if ce.get("ok"):
+            self.compile_mode = self.method_modes["ce"]
+        for n, r in rows.items():
+            self.log(f"smoke {n}: " + (f"ok, compile {r['compile']}, 1 epoch {r['epoch_s']} s, wall {r['wall_s']} s"
+                                       if r.get("ok") else f"FAILED ({r['why']})"))
+        return rows
+
+    # ------------------------------------------------------------------ 4. speed
+    def speed(self) -> None:
+        a = self.args
+        speed: dict = {"device": self.summary["env"].get("gpu") or "cpu", "mps": self.summary["env"]["mps"]["started"],
+                       "compile_mode": self.compile_mode, "config": f"{a.prefix}_ce", "measurements": []}
+        base = self.common() + ["train.eval_every=1000", "train.ckpt_every=1000", f"train.compile_mode={self.compile_mode}"]
+        if not self.on_gpu:
+            base.append("train.compile_backend=aot_eager")
+
+        def one(name, runs, extra, budget):
+            if self.left() - self.args.plan_reserve_s < budget * 0.5:
+                self.log(f"speed {name}: skipped (not enough time before the plan)")
+                return None
+            res = self.grid(f"speed_{name}", runs, len(runs), time.monotonic() + budget, base + extra)
+            hists = [_read_jsonl(s.run_dir / "metrics.jsonl") for s in res.runs if (s.run_dir / "metrics.json").is_file()]
+            if len(hists) != len(runs):
+                self.log(f"speed {name}: {len(runs) - len(hists)} of {len(runs)} runs did not finish in {budget:.0f} s")
+                return None
+            m = throughput(hists, steps_images=_images_per_epoch(res.runs[0].run_dir))
+            m.update(name=name, runs=len(runs))
+            speed["measurements"].append(m)
+            self.log(f"speed {name}: {m['images_per_s']:.0f} images/s over {m['window_s']:.1f} s "
+                     f"(steady epoch {m['epoch_s_mean']:.3f} s per run)")
+            return m
+
+        ce = f"{a.prefix}_ce"
+        conv = one("conventional", [{"config": ce, "name": "conv"}],
+                   ["data.pipeline=conventional", "train.compile=off", f"data.num_workers={a.workers}",
+                    f"train.epochs={a.speed_epochs_conv}"], a.speed_budget_s)
+        fast1 = one("fast_x1", [{"config": ce, "name": "fast"}], ["data.pipeline=fast", f"train.epochs={a.speed_epochs}"],
+                    a.speed_budget_s)
+        n = a.concurrency
+        fastn = one(f"fast_x{n}", [{"config": ce, "name": f"fast{i}", "overrides": [f"seed={i}"]} for i in range(n)],
+                    ["data.pipeline=fast", f"train.epochs={a.speed_epochs}"], a.speed_budget_s * 1.5)
+        derived = {}
+        if conv and fast1:
+            derived["fast_over_conventional_ce"] = round(fast1["images_per_s"] / conv["images_per_s"], 2)
+        if fast1 and fastn:
+            derived[f"throughput_{n}_over_1"] = round(fastn["images_per_s"] / fast1["images_per_s"], 2)
+        if fast1:
+            derived["ce_epochs_estimate_s"] = round(fast1["epoch_s_mean"] * a.epochs, 1)
+        speed["derived"] = derived
+        speed["git_commit"] = git_commit()
+        self.speed_figures = speed
+        atomic_write_json(self.out / "speed.json", speed)
+        self.summary["stages"]["speed"] = speed
+        self.log(f"speed: {derived}")
+
+    # ------------------------------------------------------------------ 5. the plan
+    def plan(self) -> None:
+        a = self.args
+        cells = []
+        for m in a.methods:
+            if m in self.broken and not self.plan_extra:
+                self.log(f"plan: {m} left out: its smoke run failed ({self.broken[m]}); see runs.tar.gz smoke/*/log.txt")
+                continue
+            for f in a.imbalance:
+                for s in a.seeds:
+                    cfg = f"{a.prefix}_{m}"
+                    cells.append((cell_name(cfg, f, a.epochs, s), cfg, f, s))
+        todo = [c for c in cells if not (self.results / f"{c[0]}.json").is_file()]
+        skipped = [c[0] for c in cells if c not in todo]
+        for name in skipped:
+            self.log(f"plan: {name} has a results file already; skipped")
+        if not todo:
+            self.summary["stages"]["plan"] = {"skipped": skipped, "done": [], "unfinished": [], "not_started": [],
+                                              "failed": []}
+            return
+        conc = self.plan_concurrency(len(todo))
+        def mode(cfg):
+            return self.method_modes.get(cfg[len(a.prefix) + 1:], self.compile_mode)
+
+        runs = [{"config": cfg, "name": name,
+                 "overrides": [f"data.imbalance_factor={f:g}", f"train.epochs={a.epochs}", f"seed={s}",
+                               f"train.compile_mode={mode(cfg)}"]} for name, cfg, f, s in todo]
+        extra = self.common(imbalance=False) + [f"nc.every={a.epochs}", *self.plan_extra]
+        self.log(f"plan: {len(todo)} runs, {conc} at once, compile modes {self.method_modes or self.compile_mode}, "
+                 f"{self.left() - a.pack_reserve_s:.0f} s left for them")
+
+        def done(spec, secs):
+            rec = result_record(spec.run_dir, spec.name, {
+                "data_label": a.data_label, "process_wall_s": round(secs, 1),
+                "suite": {"plan": a.plan, "concurrent_runs": conc, "mps": self.summary["env"]["mps"]["started"]}})
+            path = self.results / f"{spec.name}.json"
+            atomic_write_json(path, rec)
+            self.new_results.append(path)
+            g = rec["groups"]
+            self.log(f"RESULT {spec.name}: top-1 {rec['top1']:.2f} many {_f(g['many'])} medium {_f(g['medium'])} "
+                     f"few {_f(g['few'])}; wall {rec['wall_time_s']:.0f} s")
+            self.pack()
+
+        res = self.grid("plan", runs, conc, self.deadline - a.pack_reserve_s, extra, on_done=done)
+        self.summary["stages"]["plan"] = {
+            "skipped": skipped, "concurrent": conc, "done": [s.name for s in res.done],
+            "failed": {s.name: res.reasons.get(s.name) for s in res.failed},
+            "unfinished": {s.name: _last_epoch(s.run_dir) for s in res.unfinished},
+            "not_started": [s.name for s in res.not_started]}
+
+    def plan_concurrency(self, n: int) -> int:
+        """All at once if concurrent runs scale; else a few at a time, most important first."""
+        if self.args.plan_concurrency:
+            return min(n, self.args.plan_concurrency)
+        d = getattr(self, "speed_figures", {}).get("derived", {})
+        gain = d.get(f"throughput_{self.args.concurrency}_over_1")
+        if gain is None or not self.on_gpu:
+            return n
+        if gain >= 0.6 * self.args.concurrency:
+            return n
+        return max(2, min(n, int(math.ceil(gain)) + 1))
+
+    # ------------------------------------------------------------------ summary
+    def render_summary(self) -> str:
+        env = self.summary.get("env", {})
+        lines = [f"# Device suite ({'tiny, ' if self.args.tiny else ''}{env.get('gpu') or 'CPU'})", "",
+                 f"commit {env.get('git_commit')}, torch {env.get('versions', {}).get('torch')}, "
+                 f"elapsed {time.monotonic() - self.t0:.0f} s", ""]
+        sp = self.summary["stages"].get("speed")
+        if sp:
+            lines += ["## Speed", "", "| measurement | runs | images/s (all runs) | steady epoch s per run |",
+                      "|---|---|---|---|"]
+            lines += [f"| {m['name']} | {m['runs']} | {m['images_per_s']:.0f} | {m['epoch_s_mean']:.3f} |"
+                      for m in sp["measurements"]]
+            lines += ["", f"derived: {json.dumps(sp.get('derived', {}))}", ""]
+        if self.new_results:
+            lines += ["## Results (this suite)", "", "| cell | method | top-1 | many | medium | few | wall s |",
+                      "|---|---|---|---|---|---|---|"]
+            for p in self.new_results:
+                r = json.loads(p.read_text())
+                g = r["groups"]
+                lines.append(f"| {r['cell']} | {method_label(r['config_name'])} | {r['top1']:.2f} | {_f(g['many'])} | "
+                             f"{_f(g['medium'])} | {_f(g['few'])} | {r['wall_time_s']:.0f} |")
+            lines.append("")
+        pl = self.summary["stages"].get("plan")
+        if pl:
+            lines += ["## Plan", "", "```", json.dumps(pl, indent=1), "```", ""]
+        return "\n".join(lines)
+
+    def run(self) -> int:
+        status = 0
+        try:
+            self.environment()
+            self.data()
+            for stage in ("smoke", "speed", "plan"):
+                if stage == "speed" and self.args.no_speed:
+                    continue
+                t = time.monotonic()
+                try:
+                    getattr(self, stage)()
+                except Exception as e:  # noqa: BLE001 - one stage failing must not lose the others
+                    status = 1
+                    self.log(f"{stage}: FAILED {type(e).__name__}: {e}")
+                self.summary["stages"].setdefault(stage, {})
+                self.log(f"{stage} took {time.monotonic() - t:.0f} s")
+        finally:
+            if self.summary.get("env", {}).get("mps", {}).get("started"):
+                self.stop_mps()
+            self.pack()
+            atomic_write_json(self.out / "suite.json", self.summary)
+            self.log(f"suite finished in {time.monotonic() - self.t0:.0f} s; output in {self.out}")
+        return status
+
+
+# ---------------------------------------------------------------------- measurement
+def throughput(hists: list[list[dict]], steps_images: int) -> dict:
+    """Images per second of concurrent runs over the window in which all of them were
+    training: from the latest first-epoch start to the earliest last-epoch end, counting the
+    epochs (or the part of one) each run spent inside it."""
+    spans = [[(h["t_end"] - h["time_s"], h["t_end"]) for h in hist] for hist in hists]
+    lo = max(sp[0][0] for sp in spans)
+    hi = min(sp[-1][1] for sp in spans)
+    if hi <= lo:  # the runs did not overlap: each run's own rate, summed
+        rate = sum(len(sp) * steps_images / sum(b - a for a, b in sp) for sp in spans)
+        return {"images_per_s": rate, "window_s": 0.0, "overlap": False,
+                "epoch_s_mean": sum(sum(b - a for a, b in sp) / len(sp) for sp in spans) / len(spans)}
+    imgs = 0.0
+    for sp in spans:
+        for a, b in sp:
+            inside = max(0.0, min(b, hi) - max(a, lo))
+            imgs += steps_images * inside / (b - a)
+    steady = [sum(b - a for a, b in sp[1:]) / max(len(sp) - 1, 1) if len(sp) > 1 else sp[0][1] - sp[0][0] for sp in spans]
+    return {"images_per_s": imgs / (hi - lo), "window_s": hi - lo, "overlap": True,
+            "epoch_s_mean": sum(steady) / len(steady)}
+
+
+def _images_per_epoch(run_dir: Path) -> int:
+    m = _read_json(run_dir / "metrics.json") or {}
+    cfg = m.get("config", {})
+    steps = sum(m.get("class_counts", [])) // int(cfg["train"]["batch_size"])  # drop_last on the fast path
+    return steps * int(cfg["train"]["batch_size"])
+
+
+def _read_json(p: Path):
+    try:
+        return json.loads(Path(p).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _read_jsonl(p: Path) -> list[dict]:
+    try:
+        return [json.loads(x) for x in Path(p).read_text().splitlines() if x.strip()]
+    except (OSError, ValueError):
+        return []
+
+
+def _last_epoch(run_dir: Path):
+    h = _read_jsonl(run_dir / "metrics.jsonl")
+    return h[-1]["epoch"] if h else 0
+
+
+_GPU_PROBE = r"""
+import json, torch
+p = torch.cuda.get_device_properties(0)
+x = torch.randn(256, 256, device="cuda")
+ok = bool(torch.isfinite(x @ x).all())
+print(json.dumps({"gpu": p.name, "gpu_memory_gib": round(p.total_memory / 2**30, 1), "sm_count": p.multi_processor_count,
+                  "cudnn": torch.backends.cudnn.version(), "cuda_check": ok}))
+"""
+
+
+def _gpu_probe() -> dict:
+    """GPU facts from a child process (a CUDA client like every run)."""
+    try:
+        r = subprocess.run([sys.executable, "-c", _GPU_PROBE], capture_output=True, text=True, timeout=180)
+    except (OSError, subprocess.SubprocessError) as e:
+        return {"error": f"{type(e).__name__}: {e}"}
+    if r.returncode != 0:
+        return {"error": (r.stderr.strip().splitlines() or ["?"])[-1][:300]}
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def _run(cmd: list[str]) -> str:
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout.strip()
+    except (OSError, subprocess.SubprocessError) as e:
+        return f"unavailable ({type(e).__name__})"
+
+
+def _f(v) -> str:
+    return "-" if v is None else f"{v:.2f}"
+
+
+def make_tiny_cifar(root: Path, per_class: int = 40, test_per_class: int = 4, seed: int = 0) -> Path:
+    """A CIFAR-like train/<class>, test/<class> PNG folder (10 classes, 32x32), each class a
+    different mean colour so that one epoch learns something."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.RandomState(seed)
+    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    for split, n in (("train", per_class), ("test", test_per_class)):
+        for c, name in enumerate(names):
+            d = root / split / name
+            d.mkdir(parents=True, exist_ok=True)
+            base = np.array([(c * 25) % 256, (c * 70) % 256, (255 - c * 25) % 256])
+            for i in range(n):
+                img = np.clip(base + rng.randint(-40, 40, size=(32, 32, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(img).save(d / f"{i:04d}.png")
+    return root
+
+
+def parse(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True, help="the output folder (the device's $OUT)")
+    p.add_argument("--plan", default="first", choices=sorted(PLANS))
+    p.add_argument("--prefix", default=None, help="config prefix (default: the plan's)")
+    p.add_argument("--methods", nargs="+", default=None)
+    p.add_argument("--imbalance", nargs="+", type=float, default=None)
+    p.add_argument("--seeds", nargs="+", type=int, default=None)
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--deadline", type=float, default=500.0, help="seconds from the start for everything")
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--data-label", default="CIFAR-10 (JPEG q75 copy)")
+    p.add_argument("--cache-dir", default=None, help="decoded-image cache (data.cache_dir)")
+    p.add_argument("--results", default="results", help="the results folder (one JSON per cell)")
+    p.add_argument("--work", default=None, help="where run directories go (default OUT/../allnc-suite-work)")
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--compile-mode", default="reduce-overhead")
+    p.add_argument("--smoke-methods", nargs="+", default=None,
+                   help="methods of the one-epoch smoke (default: the plan's, so that the plan finds every "
+                        "compiled graph in the cache)")
+    p.add_argument("--concurrency", type=int, default=None, help="N of the 1-versus-N measurement (default: plan size)")
+    p.add_argument("--plan-concurrency", type=int, default=0, help="runs at once in the plan (0: decided from speed)")
+    p.add_argument("--workers", type=int, default=8, help="DataLoader workers of the conventional path")
+    p.add_argument("--speed-epochs", type=int, default=12)
+    p.add_argument("--speed-epochs-conv", type=int, default=2)
+    p.add_argument("--speed-budget-s", type=float, default=60.0)
+    p.add_argument("--smoke-s", type=float, default=170.0)
+    p.add_argument("--plan-reserve-s", type=float, default=260.0, help="speed stops early to leave the plan this much")
+    p.add_argument("--pack-reserve-s", type=float, default=10.0)
+    p.add_argument("--no-speed", action="store_true")
+    p.add_argument("--no-mps", dest="mps", action="store_false")
+    p.add_argument("--tiny", action="store_true", help="CPU, tiny generated data, one epoch: the suite end to end")
+    a = p.parse_args(argv)
+    plan = PLANS[a.plan]
+    a.prefix = a.prefix or plan["prefix"]
+    a.methods = a.methods or plan["methods"]
+    a.imbalance = a.imbalance or plan["imbalance"]
+    a.seeds = a.seeds if a.seeds is not None else plan["seeds"]
+    a.epochs = a.epochs or plan["epochs"]
+    a.smoke_methods = a.smoke_methods or (["ce", "allnc"] if a.tiny else list(dict.fromkeys(["ce", "allnc", *a.methods])))
+    a.work = a.work or str(Path(a.out).resolve().parent / (Path(a.out).name + "-work"))
+    if a.tiny:
+        a.device = "cpu"
+        a.epochs = 1
+        a.imbalance = [10.0]
+        a.speed_epochs, a.speed_epochs_conv = 2, 1
+        a.data_label = "tiny generated CIFAR-like images"
+        if a.data_root is None:
+            a.data_root = str(make_tiny_cifar(Path(a.work) / "tiny-data"))
+        a.workers = 0
+        a.plan_reserve_s = 0.0
+    if a.data_root is None:
+        p.error("--data-root is required (or --tiny)")
+    if a.concurrency is None:
+        a.concurrency = min(len(a.methods) * len(a.imbalance) * len(a.seeds), 8) if not a.tiny else 2
+    return a
+
+
+def main(argv=None) -> int:
+    return Suite(parse(argv)).run()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

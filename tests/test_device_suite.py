@@ -1,0 +1,89 @@
+"""The device suite end to end in its tiny mode: the same command as on a GPU (environment,
+data, smoke, speed, the first plan's seven methods, results files, output tarballs), on the
+CPU with tiny generated data and one epoch."""
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+# the suite is a benchmark script, not package code: load it from its file
+_spec = importlib.util.spec_from_file_location("device_suite", ROOT / "benchmarks" / "device_suite.py")
+suite_mod = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(suite_mod)
+PLANS, throughput = suite_mod.PLANS, suite_mod.throughput
+
+
+@pytest.fixture(scope="module")
+def tiny_suite(tmp_path_factory):
+    base = tmp_path_factory.mktemp("suite")
+    out, results = base / "out", base / "results"
+    env = dict(os.environ, PYTHON=sys.executable, ALLNC_COMMIT="0123abc")
+    r = subprocess.run(["bash", str(ROOT / "scripts" / "device_suite.sh"), "--tiny", str(out), "--results", str(results)],
+                       capture_output=True, text=True, env=env, timeout=600)
+    return r, out, results
+
+
+def test_tiny_suite_runs_every_stage_and_returns_few_flat_files(tiny_suite):
+    r, out, results = tiny_suite
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    files = sorted(p.name for p in out.iterdir())
+    assert all((out / f).is_file() for f in files) and len(files) <= 8  # the device returns at most 8 flat files
+    assert {"suite.log", "env.json", "speed.json", "summary.md", "results.tar.gz", "runs.tar.gz"} <= set(files)
+    env = json.loads((out / "env.json").read_text())
+    assert env["git_commit"] == "0123abc" and env["versions"]["torch"] and env["mps"]["started"] is False
+    suite = json.loads((out / "suite.json").read_text())
+    smoke = suite["stages"]["smoke"]["runs"]
+    assert set(smoke) == {"smoke_ce", "smoke_allnc"}
+    assert all(v["ok"] and v["compile"]["requested"] and v["compile"]["used"] for v in smoke.values())
+    speed = json.loads((out / "speed.json").read_text())
+    names = [m["name"] for m in speed["measurements"]]
+    assert names == ["conventional", "fast_x1", "fast_x2"] and all(m["images_per_s"] > 0 for m in speed["measurements"])
+    assert set(speed["derived"]) >= {"fast_over_conventional_ce", "throughput_2_over_1"}
+
+
+def test_tiny_suite_writes_one_results_file_per_plan_cell(tiny_suite):
+    r, out, results = tiny_suite
+    methods = PLANS["first"]["methods"]
+    expect = {f"cifar10_lt_{m}__if10__e1__seed0" for m in methods}
+    got = {p.stem for p in results.glob("*.json")}
+    assert got == expect
+    for p in results.glob("*.json"):
+        rec = json.loads(p.read_text())
+        assert rec["cell"] == p.stem and rec["config"]["train"]["epochs"] == 1
+        assert rec["git_commit"] == "0123abc" and rec["versions"]["torch"] and rec["device"].startswith("cpu")
+        assert rec["nc_train"] and rec["nc_train"]["nc1_cb"] is not None  # the final NC figures
+        assert 0 <= rec["top1"] <= 100 and rec["wall_time_s"] > 0
+    with tarfile.open(out / "results.tar.gz") as tf:
+        assert sorted(tf.getnames()) == sorted(f"results/{c}.json" for c in expect)
+    with tarfile.open(out / "runs.tar.gz") as tf:
+        names = tf.getnames()
+    assert not any(n.endswith(".pt") for n in names)
+    assert all(f"plan/{c}/metrics.json" in names for c in expect)
+
+
+def test_tiny_suite_skips_cells_with_results(tiny_suite, tmp_path):
+    """Run again on the same results folder: nothing is trained twice."""
+    r, out, results = tiny_suite
+    out2 = tmp_path / "again"
+    env = dict(os.environ, PYTHON=sys.executable)
+    r2 = subprocess.run(["bash", str(ROOT / "scripts" / "device_suite.sh"), "--tiny", str(out2), "--results", str(results),
+                         "--no-speed"], capture_output=True, text=True, env=env, timeout=600)
+    assert r2.returncode == 0, r2.stdout[-2000:]
+    plan = json.loads((out2 / "suite.json").read_text())["stages"]["plan"]
+    assert len(plan["skipped"]) == 7 and plan["done"] == []
+
+
+def test_throughput_counts_only_the_common_window():
+    """Two runs of 100-image epochs: run A trains 0-10 s (1 s epochs), run B 4-14 s (2 s
+    epochs). Common window 4-10 s: A contributes 6 epochs (600 images), B 3 (300): 150/s."""
+    a = [{"t_end": float(t), "time_s": 1.0} for t in range(1, 11)]
+    b = [{"t_end": 4.0 + 2 * k, "time_s": 2.0} for k in range(1, 6)]
+    m = throughput([a, b], steps_images=100)
+    assert m["window_s"] == pytest.approx(6.0) and m["images_per_s"] == pytest.approx(150.0)
+    assert m["epoch_s_mean"] == pytest.approx(1.5)
