@@ -352,8 +352,10 @@ class Suite:
             return min(n, self.args.plan_concurrency)
         d = getattr(self, "speed_figures", {}).get("derived", {})
         gain = d.get(f"throughput_{self.args.concurrency}_over_1")
-        if gain is None or not self.on_gpu:
+        if not self.on_gpu:
             return n
+        if gain is None:  # not measured: all at once only where MPS lets the runs share the GPU
+            return n if self.summary["env"]["mps"]["started"] else min(n, 3)
         if gain >= 0.6 * self.args.concurrency:
             return n
         return max(2, min(n, int(math.ceil(gain)) + 1))
@@ -387,6 +389,8 @@ class Suite:
 
     def run(self) -> int:
         status = 0
+        # many processes compile at once: a few inductor compile workers each, not one per core
+        os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", str(max(1, (os.cpu_count() or 4) // 4)))
         try:
             self.environment()
             self.data()
