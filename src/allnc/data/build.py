@@ -13,7 +13,7 @@ from torch.utils.data import Dataset
 from ..errors import ConfigError
 from . import augment as A
 from .augment import MultiView
-from .longtail import lt_counts, lt_indices
+from .longtail import lt_counts, lt_indices, val_split
 from .sources import Source, Split, load_cifar, load_fmnist, load_imagefolder, load_listfile
 
 NAMES = ("fmnist", "cifar10", "cifar100", "imagefolder", "listfile")
@@ -37,6 +37,8 @@ class DataBundle:
     name: str = ""  # cfg.data.name
     imbalance_factor: float = 1.0  # n_max / n_min of the training counts
     source: str = ""  # where the files came from
+    val: Optional[Split] = None  # balanced validation split (data.val_per_class), disjoint from train and test
+    val_moved: Optional[dict] = None  # {class: images moved from training to validation}
 
 
 def _data_cfg(cfg: Any) -> Any:
@@ -81,17 +83,31 @@ def build_data(cfg: Any) -> DataBundle:
     base = {"fmnist": "Fashion-MNIST", "cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}.get(d.name)
     if base is None:
         base = src.name if d.name == "listfile" else f"'{Path(src.root).name}'"
+    n_val = int(getattr(d, "val_per_class", 0) or 0)
+    if n_val and src.long_tailed:
+        raise ConfigError("data.val_per_class draws a validation split from the images the long tail leaves out; "
+                          "list-file data are long-tailed as given, so give them none (data.val_per_class=0)")
+    val = None
+    moved: dict = {}
     if src.long_tailed:
         label = f"{base} {src.where} (as given; data.imbalance_factor ignored)"
     elif factor == 1:
         label = f"{base} (full training set, IF 1)"
+        kept = np.arange(len(train.targets))
     else:
         if factor < 1:
             raise ConfigError(f"data.imbalance_factor={factor} is below 1; use 1 for the balanced set or e.g. 100")
         n_max = int(train.counts().max())
         counts = lt_counts(n_max, k, factor, kind)
-        train = train.subset(lt_indices(train.targets, counts, int(d.lt_seed), train.classes))
+        kept = lt_indices(train.targets, counts, int(d.lt_seed), train.classes)
         label = f"{base}-LT (IF {factor:g}, {kind})"
+    if not src.long_tailed:
+        if n_val:
+            val_idx, kept, moved = val_split(train.targets, kept, n_val, int(d.lt_seed) + 1, train.classes)
+            val = train.subset(val_idx)
+            label += f", validation {n_val}/class"
+        if factor != 1 or n_val:
+            train = train.subset(kept)
     if src.fmt == "folder":
         label += f" {src.where}"
     class_counts = train.counts()
@@ -123,6 +139,8 @@ def build_data(cfg: Any) -> DataBundle:
         name=str(d.name),
         imbalance_factor=float(nz.max() / nz.min()) if len(nz) else 1.0,
         source=f"{src.name} {src.where}",
+        val=val,
+        val_moved=moved or None,
     )
 
 

@@ -91,6 +91,60 @@ def lt_indices(
     return np.concatenate(kept).astype(np.int64)
 
 
+def val_split(
+    targets: Sequence[int] | np.ndarray,
+    kept: np.ndarray,
+    per_class: int,
+    seed: int = 0,
+    class_names: Optional[Sequence[str]] = None,
+) -> tuple[np.ndarray, np.ndarray, dict[int, int]]:
+    """A balanced validation split of ``per_class`` images per class, disjoint from the
+    training images and (being drawn from the training set) from the test set.
+
+    Class c's validation images are drawn (a NumPy stream seeded with ``seed``, classes in
+    order) from the training images the long tail left out. A class the long tail keeps
+    (nearly) whole, such as the head class at n_max, has fewer left out than asked: the rest
+    are taken from the end of its long-tailed selection, so that class then trains on that
+    many fewer images. Returns ``(val_idx, train_idx, moved)``: indices into ``targets`` (the
+    training indices keep the order of ``kept``) and ``{class: images moved from training to
+    validation}`` for the classes that gave some.
+    """
+    targets = np.asarray(targets)
+    kept = np.asarray(kept, dtype=np.int64)
+    per_class = int(per_class)
+    if per_class < 1:
+        raise ValueError(f"per_class must be at least 1, got {per_class}")
+    in_train = np.zeros(len(targets), dtype=bool)
+    in_train[kept] = True
+    rng = np.random.RandomState(seed)
+    val, moved_out = [], []
+    moved: dict[int, int] = {}
+    for c in range(int(targets.max()) + 1 if targets.size else 0):
+        left = np.where((targets == c) & ~in_train)[0]
+        rng.shuffle(left)
+        take = left[:per_class]
+        short = per_class - len(take)
+        if short > 0:
+            mine = kept[targets[kept] == c]
+            if short >= len(mine):
+                name = f"'{class_names[c]}' (class {c})" if class_names is not None else f"class {c}"
+                raise DataError(
+                    f"{name} has {len(mine) + len(left)} training images, too few for {per_class} validation "
+                    "images and at least one training image; lower data.val_per_class"
+                )
+            give = mine[len(mine) - short:]
+            take = np.concatenate([take, give])
+            moved_out.append(give)
+            moved[c] = int(short)
+        val.append(take)
+    val_idx = np.concatenate(val).astype(np.int64) if val else np.zeros(0, dtype=np.int64)
+    if moved_out:
+        gone = np.zeros(len(targets), dtype=bool)
+        gone[np.concatenate(moved_out)] = True
+        kept = kept[~gone[kept]]
+    return val_idx, kept, moved
+
+
 def groups(counts: Sequence[int]) -> dict[str, list[int]]:
     """Class ids per group: many (> 100 training images), medium (20 .. 100), few (< 20).
 

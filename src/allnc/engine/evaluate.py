@@ -21,11 +21,13 @@ def _prep(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate_accuracy(method, cfg, bundle, choice, device, amp=False, channels_last=False) -> dict:
+def evaluate_accuracy(method, cfg, bundle, choice, device, amp=False, channels_last=False, split: str = "test") -> dict:
+    """Top-1, many/medium/few (groups from the training counts) and per-class accuracy on
+    ``split`` ("test", or "val" where the data have a validation split)."""
     was = method.training
     method.eval()
     acc = AccuracyAccumulator(bundle.num_classes)
-    for x, y in iter_eval(cfg, bundle, "test", choice, device):
+    for x, y in iter_eval(cfg, bundle, split, choice, device):
         with autocast_ctx(device, amp):
             logits = method(_prep(x, channels_last))
         acc.update(logits.float(), y)
