@@ -30,24 +30,34 @@ def batch(n=12, seed=0):
     return {"x": torch.randn(n, 1, 28, 28, generator=g), "y": torch.randint(0, len(COUNTS), (n,), generator=g)}
 
 
-@pytest.mark.parametrize("epoch", [0, 3, 7])
-def test_bbn_config_equals_a_direct_bbn_computation(epoch):
-    m = make("fmnist_lt_bbn")
+@pytest.mark.parametrize("epoch,scale", [(0, 1.0), (3, 1.0), (7, 1.0), (3, 2.0)])
+def test_bbn_config_equals_a_direct_bbn_computation(epoch, scale):
+    """BBN (Zhou et al. 2020) written out from its paper and released code, not from this
+    package's helpers: each branch on its own batch, alpha = 1 - (t/T)^2, one classifier on
+    scale * [alpha f_c ; (1 - alpha) f_r] (the released code's bbn_mix multiplies by 2), the
+    alpha-weighted cross-entropies; at test time scale * [0.5 f_c ; 0.5 f_r] of one image."""
+    m = make("fmnist_lt_bbn", f"method.gbbn.mix_scale={scale}")
     m.train()
     T = 10
     m.on_epoch_start(epoch, T)
     bu, br = batch(seed=1), batch(seed=2)
     loss, _ = m.training_loss([bu, br], StepState(epoch, T))
-    # BBN (Zhou et al. 2020) written out: each branch on its own batch, alpha = 1 - (t/T)^2,
-    # one classifier on the weighted concatenation, alpha-weighted cross-entropies.
+    # a fresh copy (same weights) computes BBN by hand, module by module
+    m2 = make("fmnist_lt_bbn", f"method.gbbn.mix_scale={scale}")
+    m2.train()
     a = 1 - (epoch / T) ** 2
-    net = m.net
-    f_c = net.branch_c(net.trunk(bu["x"]))
-    f_r = net.branch_r(net.trunk(br["x"]))
-    logits = F.linear(torch.cat([a * f_c, (1 - a) * f_r], 1), m.classifier.weight, m.classifier.bias)
-    direct = a * F.cross_entropy(logits, bu["y"]) + (1 - a) * F.cross_entropy(logits, br["y"])
+    W, b = m2.classifier.weight, m2.classifier.bias
+    f_c = m2.net.branch_c(m2.net.trunk(bu["x"]))  # two network passes, one per batch, as BBN's code
+    f_r = m2.net.branch_r(m2.net.trunk(br["x"]))
+    z = scale * torch.cat([a * f_c, (1 - a) * f_r], 1) @ W.T + b
+    direct = a * F.cross_entropy(z, bu["y"]) + (1 - a) * F.cross_entropy(z, br["y"])
     assert torch.allclose(loss, direct, atol=1e-6)
     assert m.loaders[1].sampler == "reversed" and not m.use_hycon and not m.use_p2p
+    m2.eval()
+    x = batch(seed=5)["x"]
+    t = m2.net.trunk(x)
+    want = scale * torch.cat([0.5 * m2.net.branch_c(t), 0.5 * m2.net.branch_r(t)], 1) @ W.T + b
+    assert torch.allclose(m2(x), want, atol=1e-6)
 
 
 def test_adaptor_schedules():
@@ -63,25 +73,86 @@ def test_adaptor_schedules():
     assert float(m.alpha) == pytest.approx(1 - 0.36) and "alpha" in m.state_dict()
 
 
-def test_allnc_loss_is_bbn_plus_its_weighted_terms():
-    """With the same weights, AllNC's loss minus BBN's equals alpha*lambda_H*HyCon +
-    (1-alpha)*lambda_P*P2P, each computed separately from the logged values."""
+def _hycon_reference(z, y, c, valid, tau):
+    """HyCon written out anchor by anchor (docs/method.md), in float64: candidates are the
+    other batch features and the valid normalised class means; positives share the label;
+    the denominator averages each class's candidates before summing over classes."""
+    z = F.normalize(z.double(), dim=1)
+    c = F.normalize(c.double(), dim=1)
+    total, n = 0.0, 0
+    for i in range(len(y)):
+        cands = [(z[j], int(y[j])) for j in range(len(y)) if j != i] + [(c[k], k) for k in range(len(c)) if valid[k]]
+        pos = [v for v, lab in cands if lab == int(y[i])]
+        if not pos:
+            continue
+        by_class = {}
+        for v, lab in cands:
+            by_class.setdefault(lab, []).append(torch.exp(z[i] @ v / tau))
+        denom = sum(sum(e) / len(e) for e in by_class.values())
+        total += float(-sum(torch.log(torch.exp(z[i] @ p / tau) / denom) for p in pos) / len(pos))
+        n += 1
+    return total / n
+
+
+def _p2p_reference(mu, W, valid, tau):
+    """P2P's symmetric peer contrast written out (docs/method.md), in float64."""
+    v = valid.bool()
+    mu, W = mu.double(), W.double()
+    centre = mu[v].mean(0)
+    mt = F.normalize(mu - centre, dim=1)
+    w = F.normalize(W, dim=1)
+    K = len(mu)
+    S = mt @ w.T
+    terms = []
+    for k in range(K):
+        if not v[k]:
+            continue
+        row = -torch.log(torch.exp(S[k, k] / tau) / torch.exp(S[k] / tau).sum())
+        col = -torch.log(torch.exp(S[k, k] / tau) / torch.exp(S[v, k] / tau).sum())
+        terms.append(0.5 * (row + col))
+    return float(sum(terms) / len(terms))
+
+
+def test_allnc_loss_equals_an_independent_recomputation_after_a_warm_up_step():
+    """After one warm-up step (memories hold means of other batches), AllNC's loss equals
+    BBN's loss + alpha lambda_H HyCon(h_c; memory c) + (1 - alpha) lambda_P P2P([mu_c; mu_r], W),
+    with HyCon and P2P recomputed here from their written definitions, the means mixed by
+    hand (batch mean where present, memory elsewhere). Reading the wrong memory, skipping the
+    warm-up state or a wrong weight would each break the equality."""
     T, epoch = 10, 4
-    allnc = make("fmnist_lt_allnc", "method.hycon.weight=0.7", "method.p2p.weight=1.3")
-    bbn = make("fmnist_lt_bbn")
-    bbn.load_state_dict({k: v for k, v in allnc.state_dict().items() if k in bbn.state_dict()})
-    for m in (allnc, bbn):
-        m.train()
-        m.on_epoch_start(epoch, T)
+    m = make("fmnist_lt_allnc", "method.hycon.weight=0.7", "method.p2p.weight=1.3")
+    m.train()
+    m.on_epoch_start(epoch, T)
+    m.training_loss([batch(seed=7), batch(seed=8)], StepState(epoch, T))  # warm-up: fills the memories
+    assert bool(m.mem_c.seen.any()) and bool(m.mem_r.seen.any())
+    mem_c, seen_c = m.mem_c.means.clone(), m.mem_c.seen.clone()
+    mem_r, seen_r = m.mem_r.means.clone(), m.mem_r.seen.clone()
     bu, br = batch(seed=3), batch(seed=4)
-    l_a, logs = allnc.training_loss([bu, br], StepState(epoch, T))
-    l_b, _ = bbn.training_loss([bu, br], StepState(epoch, T))
+    loss, logs = m.training_loss([bu, br], StepState(epoch, T))
     a = 1 - (epoch / T) ** 2
-    expected = a * 0.7 * logs["loss_hycon"] + (1 - a) * 1.3 * logs["loss_p2p"]
-    assert torch.allclose(l_a - l_b, expected, atol=1e-5)
-    assert logs["loss_hycon"] > 0 and logs["loss_p2p"] > 0
-    # the step updated both class-mean memories for the classes it saw
-    assert bool(allnc.mem_c.seen[bu["y"]].all()) and bool(allnc.mem_r.seen[br["y"]].all())
+    with torch.no_grad():
+        h_c, h_r = m.net.forward_both(bu["x"], br["x"])
+        z = torch.cat([a * h_c, (1 - a) * h_r], 1) @ m.classifier.weight.T + m.classifier.bias
+        bbn = a * F.cross_entropy(z, bu["y"]) + (1 - a) * F.cross_entropy(z, br["y"])
+
+        def mixed(h, y, mem, seen):
+            out = mem.clone()
+            present = torch.zeros(len(COUNTS), dtype=torch.bool)
+            for k in range(len(COUNTS)):
+                if (y == k).any():
+                    out[k] = h[y == k].mean(0)
+                    present[k] = True
+            return out, present
+
+        mc, pc = mixed(h_c, bu["y"], mem_c, seen_c)
+        mr, pr = mixed(h_r, br["y"], mem_r, seen_r)
+        # HyCon's class-mean candidates: the memory of the classes seen before this step
+        hy = _hycon_reference(h_c, bu["y"], mem_c, seen_c, tau=0.1)
+        p2 = _p2p_reference(torch.cat([mc, mr], 1), m.classifier.weight, (seen_c | pc) & (seen_r | pr), tau=0.1)
+    expected = float(bbn) + a * 0.7 * hy + (1 - a) * 1.3 * p2
+    assert float(loss.detach()) == pytest.approx(expected, rel=1e-5)
+    assert float(logs["loss_hycon"]) == pytest.approx(hy, rel=1e-5)
+    assert float(logs["loss_p2p"]) == pytest.approx(p2, rel=1e-5)
 
 
 def test_drw_switches_on_at_the_stated_epoch():
@@ -89,6 +160,10 @@ def test_drw_switches_on_at_the_stated_epoch():
     for epoch, on in ((0, False), (159, False), (160, True), (199, True)):
         m.on_epoch_start(epoch, 200)
         assert bool(m.drw_on) is on
+    # by default at the first learning-rate decay (LDAM-DRW's recipe): epoch 9 of 12 here
+    d = make("fmnist_lt_ldam_drw")
+    assert d.cfg.train.milestones[0] == 9 and d.drw_start_epoch(12) == 9
+    assert make("cifar10_lt_ldam_drw").drw_start_epoch(200) == 160
     b = batch()
     h, cos = m.features(b["x"])
     m.on_epoch_start(0, 200)

@@ -16,9 +16,12 @@ def _fmt(v) -> str:
 
 
 def _print_result(m: dict) -> None:
-    g = m["groups"]
-    print(f"top-1 {m['top1']:.2f}  many {_fmt(g['many'])}  medium {_fmt(g['medium'])}  few {_fmt(g['few'])}"
-          "  (percent; '-' = empty group)")
+    for name, r in (("validation", m.get("val")), ("test", m if "top1" in m else None)):
+        if r is None:
+            continue
+        g = r["groups"]
+        print(f"{name:<10} top-1 {r['top1']:.2f}  many {_fmt(g['many'])}  medium {_fmt(g['medium'])}  "
+              f"few {_fmt(g['few'])}  (percent; '-' = empty group)")
 
 
 def cmd_train(a) -> int:

@@ -35,6 +35,9 @@ class DataConfig:
     imbalance_type: str = "exp"
     # seed of the long-tail subset (the NumPy stream of reference.md)
     lt_seed: int = 0
+    # balanced validation split: this many images per class from the training images the long
+    # tail leaves out (0 = none); choices are made on it, never on the test set
+    val_per_class: int = 0
     # listfile sources: "relative/path label" files, relative to root
     train_list: Optional[str] = None
     test_list: Optional[str] = None
@@ -79,8 +82,9 @@ class LAConfig:
 class LDAMConfig:
     max_margin: float = 0.5
     scale: float = 30.0
-    # deferred re-weighting: epoch fraction at which it starts (0.8 = epoch 160 of 200)
-    drw_start: float = 0.8
+    # deferred re-weighting starts at this fraction of the epochs; null = at the first
+    # learning-rate decay (LDAM-DRW's recipe: epoch 160 of 200)
+    drw_start: Optional[float] = None
     drw_beta: float = 0.9999
 
 
@@ -101,10 +105,17 @@ class BCLConfig:
     lambda_ce: float = 2.0
     lambda_scl: float = 0.6
     proj_dim: int = 128
-    proj_hidden: int = 512
+    # hidden width of the projection heads; 0 = the feature width (as the released code)
+    proj_hidden: int = 0
     la_tau: float = 1.0
-    # augmentation preset of the two contrastive views (view 0, for the CE term, uses data.augment)
-    view_augment: str = "strong"
+    # normed: the released code's cosine classifier with its scale built in; linear: a plain one
+    classifier: str = "normed"
+    scale: float = 30.0
+    # preset of the two contrastive views: sim (SimAugment, as the released code) | standard | strong | none
+    view_augment: str = "sim"
+    # preset of view 0 (the cross-entropy view); null = data.augment (the released code uses
+    # its strong augmentation there: the *_bcl_strong configs)
+    ce_augment: Optional[str] = None
 
 
 @dataclass
@@ -114,8 +125,12 @@ class HyConConfig:
     tau: float = 0.1
     sample_pairs: bool = True
     class_average: bool = True
-    # projection head dim; 0 = none (the loss acts on the classifier's features)
-    proj_dim: int = 0
+    # contrast directions about the class-balanced global mean of the memory (the centred
+    # geometry of P2P and the NC metrics) instead of about the origin
+    centre: bool = False
+    # GBBN: anchors from the conventional branch only, or also from the re-balancing branch
+    # (its features against its own class means, weighted 1 - alpha: tail classes anchored)
+    anchors: str = "conventional"
 
 
 @dataclass
@@ -125,6 +140,9 @@ class P2PConfig:
     tau: float = 0.1
     # contrast | regression
     form: str = "contrast"
+    # weight of an equinorm term (squared coefficient of variation of the classifier-row and
+    # centred-mean norms); 0 = off: the cosines alone leave the norms free
+    equinorm: float = 0.0
 
 
 @dataclass
@@ -149,6 +167,13 @@ class GBBNConfig:
     joint_trunk: bool = False
     # ce | la | bsce: the classification loss on the mixed logits
     cls_loss: str = "ce"
+    # the mixed feature is mix_scale * [alpha h_c ; (1 - alpha) h_r], in training and at
+    # inference; BBN's released code uses 2 (then the bias weighs half as much against W h)
+    mix_scale: float = 1.0
+    # inference mix [a h_c ; (1 - a) h_r]: half (a = 0.5, BBN), final (a = the adaptor's last
+    # alpha: progressive decoupling ends with the re-balancing branch in charge), val (a chosen
+    # after training on the validation split, data.val_per_class)
+    inference_mix: str = "half"
 
 
 @dataclass
@@ -206,6 +231,8 @@ class TrainConfig:
     ckpt_every: int = 10
     # evaluate on the test set every N epochs (the last epoch always)
     eval_every: int = 10
+    # false: never read the test set (model selection on data.val_per_class's split only)
+    eval_test: bool = True
     log_every_steps: int = 50
     progress: bool = True
 
@@ -373,22 +400,26 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key, value
 
 
-# A results-table cell: <config>__if<imbalance factor>__e<epochs>__seed<seed>
-_CELL_RE = re.compile(r"^(?P<config>[A-Za-z0-9_.-]+?)__if(?P<imb>[0-9.]+)__e(?P<epochs>[0-9]+)__seed(?P<seed>[0-9]+)$")
+# A results-table cell: <config>__if<imbalance factor>__e<epochs>[__val<per class>]__seed<seed>
+_CELL_RE = re.compile(r"^(?P<config>[A-Za-z0-9_.-]+?)__if(?P<imb>[0-9.]+)__e(?P<epochs>[0-9]+)"
+                      r"(?:__val(?P<val>[0-9]+))?__seed(?P<seed>[0-9]+)$")
 
 
-def cell_name(config: str, imbalance_factor: float, epochs: int, seed: int) -> str:
+def cell_name(config: str, imbalance_factor: float, epochs: int, seed: int, val_per_class: int = 0) -> str:
     """The name of a results-table cell; ``load_config`` resolves it back to its config."""
-    return f"{config}__if{float(imbalance_factor):g}__e{int(epochs)}__seed{int(seed)}"
+    val = f"__val{int(val_per_class)}" if val_per_class else ""
+    return f"{config}__if{float(imbalance_factor):g}__e{int(epochs)}{val}__seed{int(seed)}"
 
 
 def parse_cell_name(name: str) -> tuple[str, list[str]]:
     """(config, overrides) of a cell name such as ``cifar10_lt_allnc__if100__e200__seed0``."""
     m = _CELL_RE.match(name)
     if m is None:
-        raise ConfigError(f"'{name}' is not a results cell name (<config>__if<IF>__e<epochs>__seed<S>)")
-    return m.group("config"), [f"data.imbalance_factor={m.group('imb')}", f"train.epochs={m.group('epochs')}",
-                               f"seed={m.group('seed')}"]
+        raise ConfigError(f"'{name}' is not a results cell name (<config>__if<IF>__e<epochs>[__val<N>]__seed<S>)")
+    o = [f"data.imbalance_factor={m.group('imb')}", f"train.epochs={m.group('epochs')}"]
+    if m.group("val"):
+        o.append(f"data.val_per_class={m.group('val')}")
+    return m.group("config"), o + [f"seed={m.group('seed')}"]
 
 
 def load_config(name_or_path: Optional[str] = None, overrides: Optional[list[str]] = None) -> DictConfig:
@@ -413,8 +444,10 @@ def load_config(name_or_path: Optional[str] = None, overrides: Optional[list[str
 _CHOICES = {
     "data.name": ("fmnist", "cifar10", "cifar100", "imagefolder", "listfile"),
     "data.imbalance_type": ("exp", "step"),
-    "data.augment": ("standard", "strong", "none"),
-    "method.bcl.view_augment": ("standard", "strong", "none"),
+    "data.augment": ("standard", "strong", "none", "sim"),
+    "method.bcl.view_augment": ("standard", "strong", "none", "sim"),
+    "method.bcl.ce_augment": (None, "standard", "strong", "none", "sim"),
+    "method.bcl.classifier": ("normed", "linear"),
     "data.pipeline": ("auto", "fast", "conventional"),
     "model.classifier": ("linear", "normed", "etf"),
     "method.sampler": ("instance", "balanced", "sqrt", "reversed"),
@@ -423,6 +456,8 @@ _CHOICES = {
     "method.gbbn.schedule": ("parabolic", "linear", "cosine", "step"),
     "method.gbbn.branch": ("last_block", "last_stage"),
     "method.gbbn.cls_loss": ("ce", "la", "bsce"),
+    "method.gbbn.inference_mix": ("half", "final", "val"),
+    "method.hycon.anchors": ("conventional", "both"),
     "method.etf.loss": ("dr", "ce"),
     "train.schedule": ("step", "cosine", "constant"),
     "train.amp": ("auto", "bf16", "off"),
@@ -448,6 +483,12 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"{key} must be at least 1")
     if cfg.train.lr <= 0:
         raise ConfigError("train.lr must be positive")
+    if cfg.data.val_per_class < 0:
+        raise ConfigError("data.val_per_class must be 0 (no validation split) or a positive number of images per class")
+    if cfg.method.gbbn.inference_mix == "val" and not cfg.data.val_per_class and cfg.method.name == "gbbn":
+        raise ConfigError("method.gbbn.inference_mix=val picks the mix on a validation split; give data.val_per_class=N")
+    if not cfg.train.eval_test and not cfg.data.val_per_class:
+        raise ConfigError("train.eval_test=false leaves nothing to evaluate; give data.val_per_class=N for a validation split")
     if cfg.train.ckpt_every < 1 or cfg.train.eval_every < 1:
         raise ConfigError("train.ckpt_every and train.eval_every must be at least 1")
     if not (cfg.device in ("auto", "cpu", "cuda") or str(cfg.device).startswith("cuda:")):

@@ -27,7 +27,7 @@ from ..models import count_parameters
 from . import dist
 from .checkpoint import CHECKPOINT, atomic_write_json, atomic_write_text, load_checkpoint, save_checkpoint
 from .evaluate import autocast_ctx, evaluate_accuracy, neural_collapse
-from .loaders import build_train_loaders, choose_pipeline
+from .loaders import build_train_loaders, choose_pipeline, iter_eval
 from .schedule import lr_at
 
 
@@ -187,7 +187,7 @@ class Trainer:
         if self.channels_last:
             self.method.to(memory_format=torch.channels_last)
         self.n_params = count_parameters(self.method)
-        self.choice = choose_pipeline(cfg, self.bundle)
+        self.choice = choose_pipeline(cfg, self.bundle, self.method.loaders)
 
     # ------------------------------------------------------------------ compilation
     def _compile(self, mode: str) -> None:
@@ -417,10 +417,11 @@ class Trainer:
             rec.update({k: float(v) / (steps * dist.world_size()) for k, v in zip(keys, packed)})
             last = epoch + 1 == epochs
             if (epoch + 1) % int(cfg.train.eval_every) == 0 or last:
-                res = evaluate_accuracy(self.method, cfg, self.bundle, self.choice, self.device, self.amp,
-                                        self.channels_last)
-                rec["test_top1"] = res["top1"]
-                rec["test_groups"] = res["groups"]
+                ev = self._evaluate()
+                self._last_eval = (epoch + 1, ev)  # the final metrics reuse the last epoch's
+                for split, res in ev.items():
+                    rec[f"{split}_top1"] = res["top1"]
+                    rec[f"{split}_groups"] = res["groups"]
             if int(cfg.nc.every) and ((epoch + 1) % int(cfg.nc.every) == 0 or last):
                 nc, _ = neural_collapse(self.method, cfg, self.bundle, self.choice, self.device, splits=("train",),
                                         amp=self.amp, channels_last=self.channels_last,
@@ -433,6 +434,7 @@ class Trainer:
                 self._save(epoch + 1, self.wall_before + time.time() - t_start)
                 last_ckpt_epoch = epoch + 1
         bar.close()
+        self._calibrate()
         wall = self.wall_before + time.time() - t_start
         result = self.final_metrics(wall)
         if tb is not None:
@@ -450,16 +452,53 @@ class Trainer:
         return {"x": [mv(v) for v in x] if isinstance(x, (list, tuple)) else mv(x),
                 "y": b["y"].to(self.device, non_blocking=True), "index": b["index"]}
 
+    def _calibrate(self) -> None:
+        """Let the method settle inference-time choices on the validation split (never the test set)."""
+        self.calibration = None
+        if self.bundle.val is None:
+            return
+
+        def val_batches():
+            for x, y in iter_eval(self.cfg, self.bundle, "val", self.choice, self.device):
+                yield (x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x), y
+
+        was = self.method.training
+        self.method.eval()
+        with autocast_ctx(self.device, self.amp):
+            self.calibration = self.method.calibrate(val_batches)
+        self.method.train(was)
+        if self.calibration:
+            self.log("calibrate " + ", ".join(f"{k} {v}" for k, v in self.calibration.items() if not isinstance(v, dict)))
+
+    def _evaluate(self) -> dict[str, dict]:
+        """Accuracy on the validation split (if any) and the test set (unless train.eval_test is off)."""
+        out = {}
+        if self.bundle.val is not None:
+            out["val"] = evaluate_accuracy(self.method, self.cfg, self.bundle, self.choice, self.device, self.amp,
+                                           self.channels_last, split="val")
+        if self.cfg.train.eval_test:
+            out["test"] = evaluate_accuracy(self.method, self.cfg, self.bundle, self.choice, self.device, self.amp,
+                                            self.channels_last, split="test")
+        return out
+
     def final_metrics(self, wall: float) -> dict:
-        res = evaluate_accuracy(self.method, self.cfg, self.bundle, self.choice, self.device, self.amp,
-                                self.channels_last)
+        last = getattr(self, "_last_eval", None)
+        # the last epoch was evaluated in the loop: the same model, so read each split once
+        # (again only if the method changed its inference on the validation split since)
+        reuse = last is not None and last[0] == int(self.cfg.train.epochs) and not getattr(self, "calibration", None)
+        ev = last[1] if reuse else self._evaluate()
+        res = ev.get("test", {})
         out = {
             **res,
+            "test_evaluated": "test" in ev,
             "class_counts": [int(c) for c in self.bundle.class_counts],
+            **({"val": ev["val"], "val_per_class": int(self.cfg.data.val_per_class),
+                "val_moved_from_train": self.bundle.val_moved} if "val" in ev else {}),
             "epoch": int(self.cfg.train.epochs),
             "data": self.bundle.label,
             "pipeline": "fast" if self.choice.fast else "conventional",
             "compile": dict(self.compile_info),
+            "calibration": getattr(self, "calibration", None),
             "device": device_name(self.device),
             "world_size": dist.world_size(),
             "parameters": self.n_params,
@@ -502,10 +541,11 @@ def saved_with_runtime(saved: DictConfig, given: DictConfig | None, overrides=()
 
 def _epoch_line(rec: dict, epochs: int) -> str:
     s = f"epoch {rec['epoch']:>3}/{epochs} loss {rec['loss']:.4f} lr {rec['lr']:.4f} {rec['time_s']:.1f}s"
-    if "test_top1" in rec:
-        g = rec["test_groups"]
-        s += f" | test top1 {rec['test_top1']:.2f}" + "".join(
-            f" {k} {'-' if g[k] is None else f'{g[k]:.1f}'}" for k in ("many", "medium", "few"))
+    for split in ("val", "test"):
+        if f"{split}_top1" in rec:
+            g = rec[f"{split}_groups"]
+            s += f" | {split} top1 {rec[f'{split}_top1']:.2f}" + "".join(
+                f" {k} {'-' if g[k] is None else f'{g[k]:.1f}'}" for k in ("many", "medium", "few"))
     return s
 
 

@@ -15,7 +15,7 @@ from .ce import (
 from .etf import dot_regression_loss
 from .hycon import HyConLoss
 from .ldam import LDAMLoss, drw_weights, ldam_margins
-from .memory import ClassMeanMemory, centred_normalized
+from .memory import ClassMeanMemory, centred_mean, centred_normalized
 from .p2p import P2PLoss, etf_cosines
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "LDAMLoss",
     "P2PLoss",
     "balanced_softmax_ce",
+    "centred_mean",
     "centred_normalized",
     "class_averaged_contrast",
     "class_weight",

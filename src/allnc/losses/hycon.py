@@ -46,12 +46,16 @@ class HyConLoss(nn.Module):
         self.sample_pairs = bool(sample_pairs)
         self.class_average = bool(class_average)
 
-    def _terms(self, features, y, class_means, valid):
+    def _terms(self, features, y, class_means, valid, centre=None):
         B = features.shape[0]
         K = class_means.shape[0]
         with no_autocast(features):
-            z = F.normalize(fp32_up(features), dim=1)
-            mu = class_means.detach().to(z.dtype)
+            f = fp32_up(features)
+            mu = class_means.detach().to(f.dtype)
+            if centre is not None:  # contrast directions about a centre (see ``forward``)
+                c0 = centre.detach().to(f.dtype).reshape(1, -1)
+                f, mu = f - c0, mu - c0
+            z = F.normalize(f, dim=1)
             norm = mu.norm(dim=1)
             c = mu / norm.clamp_min(1e-12)[:, None]
             ok = norm > 1e-12
@@ -77,8 +81,13 @@ class HyConLoss(nn.Module):
         class_means: torch.Tensor,
         valid: Optional[torch.Tensor] = None,
         reduction: str = "mean",
+        centre: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
-        loss, has_pos, _, _, _ = self._terms(features, y, class_means, valid)
+        """``centre`` (d, detached): subtracted from the features and the class means before
+        they are normalised, so that the contrast acts on directions about that centre (the
+        class-balanced global mean makes it the centred geometry that P2P and the NC metrics
+        measure) instead of about the origin (method.hycon.centre)."""
+        loss, has_pos, _, _, _ = self._terms(features, y, class_means, valid, centre)
         if reduction == "none":
             return loss
         return reduce_anchors(loss, has_pos)

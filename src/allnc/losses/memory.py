@@ -27,6 +27,15 @@ from ..engine.dist import all_reduce_sum, global_sum_with_local_grad
 from .ce import no_autocast
 
 
+def centred_mean(means: torch.Tensor, valid: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The class-balanced centre ``mean_k mu_k`` (d,), over the ``valid`` classes when a
+    K-bool mask is given (none valid: the zero vector)."""
+    if valid is None:
+        return means.mean(dim=0)
+    v = valid.to(device=means.device, dtype=means.dtype)
+    return (v[:, None] * means).sum(dim=0) / v.sum().clamp_min(1.0)
+
+
 def centred_normalized(means: torch.Tensor, valid: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``normalize(mu_k - c)`` with the class-balanced centre ``c = mean_k mu_k`` (the plain
     mean of the class means, so head classes do not dominate it; over the ``valid`` classes

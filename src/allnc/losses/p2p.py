@@ -57,13 +57,16 @@ class P2PLoss(nn.Module):
     (method.p2p.tau), ``form`` (method.p2p.form).
     """
 
-    def __init__(self, tau: float = 0.1, form: str = "contrast", centre: bool = True):
+    def __init__(self, tau: float = 0.1, form: str = "contrast", centre: bool = True, equinorm: float = 0.0):
         super().__init__()
         if form not in FORMS:
             raise ValueError(f"P2P form {form!r} is not one of {FORMS}")
+        if equinorm < 0:
+            raise ValueError(f"equinorm weight must be >= 0, got {equinorm}")
         self.tau = float(tau)
         self.form = form
         self.centre = bool(centre)
+        self.equinorm = float(equinorm)
 
     def similarities(self, means: torch.Tensor, W: torch.Tensor, valid: Optional[torch.Tensor] = None) -> torch.Tensor:
         """``S_kj = cos(mu~_k, w_j)`` (K x K)."""
@@ -98,7 +101,30 @@ class P2PLoss(nn.Module):
             col = -F.log_softmax(col_logits, dim=1)[idx, idx]
             per_k = 0.5 * (row + torch.where(v, col, torch.zeros_like(col)))
         per_k = torch.where(v, per_k, torch.zeros_like(per_k))
-        return per_k.sum() / v.sum().clamp_min(1).to(per_k.dtype)
+        loss = per_k.sum() / v.sum().clamp_min(1).to(per_k.dtype)
+        if self.equinorm > 0:
+            loss = loss + self.equinorm * self.equinorm_penalty(means, W, v)
+        return loss
+
+    def equinorm_penalty(self, means: torch.Tensor, W: torch.Tensor, valid: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Squared coefficient of variation of the classifier-row norms plus that of the
+        centred class-mean norms, over the valid classes: 0 exactly when each set is equinorm
+        (NC2's equinorm, which the cosines above cannot see). Its gradient shrinks long rows
+        and stretches short ones, the head bias that logit adjustment removes at the output."""
+        K = means.shape[0]
+        v = torch.ones(K, dtype=torch.bool, device=means.device) if valid is None else valid.to(means.device, torch.bool)
+        with no_autocast(means):
+            mu = fp32_up(means)
+            vf = v.to(mu.dtype)
+            n = vf.sum().clamp_min(1)
+            centre = (vf[:, None] * mu).sum(0, keepdim=True) / n if self.centre else torch.zeros_like(mu[:1])
+
+            def cv2(norms):
+                m = (vf * norms).sum() / n
+                var = (vf * (norms - m) ** 2).sum() / n
+                return var / m.clamp_min(1e-12) ** 2
+
+            return cv2((mu - centre).norm(dim=1)) + cv2(W.to(mu.dtype).norm(dim=1))
 
     def extra_repr(self) -> str:
-        return f"tau={self.tau}, form={self.form!r}, centre={self.centre}"
+        return f"tau={self.tau}, form={self.form!r}, centre={self.centre}, equinorm={self.equinorm}"

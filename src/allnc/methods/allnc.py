@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from ..losses import (
     ClassMeanMemory,
+    centred_mean,
     HyConLoss,
     P2PLoss,
     balanced_softmax_ce,
@@ -60,8 +61,9 @@ class GBBN(Method):
     """Two branches, two samplers per step, mixed logits through one classifier.
 
     L = alpha [L_cls(z, y_u) + lambda_H HyCon(h_c, y_u)]
-        + (1 - alpha) [L_cls(z, y_r) + lambda_P P2P([mu_c; mu_r], W)]
-    with z = W [alpha h_c(x_u); (1 - alpha) h_r(x_r)] + b.
+        + (1 - alpha) [L_cls(z, y_r) + lambda_P P2P([mu_c; mu_r], W) (+ lambda_H HyCon(h_r, y_r))]
+    with z = W s [alpha h_c(x_u); (1 - alpha) h_r(x_r)] + b (s = method.gbbn.mix_scale; the
+    HyCon term on the re-balancing branch only with method.hycon.anchors=both).
     """
 
     def __init__(self, cfg, info: DataInfo):
@@ -74,21 +76,27 @@ class GBBN(Method):
         self.classifier = build_classifier(
             cfg.model.classifier, 2 * d, info.num_classes, bias=cfg.model.bias, etf_seed=cfg.model.etf_seed
         )
+        self.mix_scale = float(g.mix_scale)
         self.register_buffer("log_prior", log_prior(self.class_counts))
         # alpha of the current epoch, a buffer so a checkpoint records the adaptor's position
         self.register_buffer("alpha", torch.ones(()))
+        # the inference mix a of [a h_c ; (1 - a) h_r] (a buffer: checkpoints hold a chosen one)
+        final = adaptor_alpha(g.schedule, int(cfg.train.epochs) - 1, int(cfg.train.epochs), float(g.gamma),
+                              float(g.step_at))
+        self.register_buffer("infer_alpha", torch.tensor(final if g.inference_mix == "final" else 0.5))
         h, p = cfg.method.hycon, cfg.method.p2p
         mom = float(cfg.method.memory.momentum)
         self.use_hycon = bool(h.enabled) and float(h.weight) > 0
         self.use_p2p = bool(p.enabled) and float(p.weight) > 0
+        self.hycon_both = self.use_hycon and h.anchors == "both"
         if self.use_hycon or self.use_p2p:
             self.mem_c = ClassMeanMemory(info.num_classes, d, momentum=mom)
-        if self.use_p2p:
+        if self.use_p2p or self.hycon_both:
             self.mem_r = ClassMeanMemory(info.num_classes, d, momentum=mom)
         if self.use_hycon:
             self.hycon = HyConLoss(tau=float(h.tau), sample_pairs=bool(h.sample_pairs), class_average=bool(h.class_average))
         if self.use_p2p:
-            self.p2p = P2PLoss(tau=float(p.tau), form=str(p.form))
+            self.p2p = P2PLoss(tau=float(p.tau), form=str(p.form), equinorm=float(p.equinorm))
 
     # ---------------------------------------------------------------- schedule
     def on_epoch_start(self, epoch, epochs):
@@ -103,44 +111,92 @@ class GBBN(Method):
             return balanced_softmax_ce(logits, y, self.log_prior)
         return F.cross_entropy(logits, y)
 
+    def _hycon(self, mem: ClassMeanMemory, h32, y, present):
+        centre = None
+        if self.cfg.method.hycon.centre:
+            seen = mem.seen | present
+            centre = centred_mean(mem.means, seen)
+        return self.hycon(h32, y, mem.means.detach(), valid=mem.seen | present, centre=centre)
+
     # ---------------------------------------------------------------- training
     def training_loss(self, batches, state: StepState):
         xu, yu = batches[0]["x"], batches[0]["y"]
         xr, yr = batches[1]["x"], batches[1]["y"]
         a = self.alpha  # a 0-d tensor: no host sync, nothing for a compiled step to specialise on
         h_c, h_r = self.net.forward_both(xu, xr)
-        logits = self.classifier(torch.cat([a * h_c, (1 - a) * h_r], dim=1))
+        mixed = torch.cat([a * h_c, (1 - a) * h_r], dim=1)
+        logits = self.classifier(mixed * self.mix_scale if self.mix_scale != 1.0 else mixed)
         l_u = self.cls_loss(logits, yu)
         l_r = self.cls_loss(logits, yr)
         loss = a * l_u + (1 - a) * l_r
         logs = {"loss_cls": loss.detach(), "alpha": a.detach()}
 
+        w_h = float(self.cfg.method.hycon.weight)
         if self.use_hycon or self.use_p2p:
             hc32 = h_c.float()
             stats_c = self.mem_c.batch_stats(hc32, yu)  # one pass: the losses' means and the update
             means_c, present_c = self.mem_c.mix(*stats_c)
-        if self.use_hycon:
-            cfg_h = self.cfg.method.hycon
-            l_h = self.hycon(hc32, yu, self.mem_c.means.detach(), valid=self.mem_c.seen | present_c)
-            loss = loss + a * float(cfg_h.weight) * l_h
-            logs["loss_hycon"] = l_h.detach()
-        if self.use_p2p:
-            stats_r = self.mem_r.batch_stats(h_r.float(), yr)
+        if self.use_p2p or self.hycon_both:
+            hr32 = h_r.float()
+            stats_r = self.mem_r.batch_stats(hr32, yr)
             means_r, present_r = self.mem_r.mix(*stats_r)
+        if self.use_hycon:
+            l_h = self._hycon(self.mem_c, hc32, yu, present_c)
+            loss = loss + a * w_h * l_h
+            logs["loss_hycon"] = l_h.detach()
+        if self.hycon_both:
+            l_hr = self._hycon(self.mem_r, hr32, yr, present_r)
+            loss = loss + (1 - a) * w_h * l_hr
+            logs["loss_hycon_r"] = l_hr.detach()
+        if self.use_p2p:
             valid = (self.mem_c.seen | present_c) & (self.mem_r.seen | present_r)
             mu = torch.cat([means_c, means_r], dim=1)
             l_p = self.p2p(mu, self.classifier.weight.float(), valid=valid)
             loss = loss + (1 - a) * float(self.cfg.method.p2p.weight) * l_p
             logs["loss_p2p"] = l_p.detach()
+        if self.use_p2p or self.hycon_both:
             self.mem_r.update_from_stats(*stats_r)
         if self.use_hycon or self.use_p2p:
             self.mem_c.update_from_stats(*stats_c)
         return loss, logs
 
     # ---------------------------------------------------------------- inference
+    def _mix(self, h_c, h_r, a):
+        f = torch.cat([a * h_c, (1 - a) * h_r], dim=1)
+        return f * self.mix_scale if self.mix_scale != 1.0 else f
+
     def features(self, x):
-        h = self.net.inference_features(x)
+        h_c, h_r = self.net.both_on(x)
+        h = self._mix(h_c, h_r, self.infer_alpha.to(h_c.dtype))
         return h, self.classifier(h)
 
     def classifier_weight(self):
         return self.classifier.weight, getattr(self.classifier, "bias", None)
+
+    @torch.no_grad()
+    def calibrate(self, val_batches) -> dict | None:
+        """method.gbbn.inference_mix=val: the mix a in {0, 0.05, ..., 1} with the best
+        validation accuracy (the split is balanced: the mean of per-class accuracies); ties go
+        to the a nearest 0.5, BBN's mix."""
+        if self.cfg.method.gbbn.inference_mix != "val":
+            return None
+        g = self.cfg.method.gbbn
+        final = adaptor_alpha(g.schedule, int(self.cfg.train.epochs) - 1, int(self.cfg.train.epochs), float(g.gamma),
+                              float(g.step_at))
+        grid = [round(0.05 * i, 2) for i in range(21)] + [final]  # the last one reported as "final" too
+        correct = torch.zeros(len(grid), dtype=torch.float64)
+        total = 0
+        for x, y in val_batches():
+            h_c, h_r = self.net.both_on(x)
+            h_c, h_r = h_c.float(), h_r.float()
+            for i, a in enumerate(grid):
+                pred = self.classifier(self._mix(h_c, h_r, a)).argmax(dim=1)
+                correct[i] += float((pred == y).sum())
+            total += len(y)
+        acc = (100.0 * correct / max(total, 1)).tolist()
+        best = max(acc[:-1])
+        a = min((x for x, v in zip(grid[:-1], acc[:-1]) if v == best), key=lambda x: abs(x - 0.5))
+        self.infer_alpha.fill_(a)
+        table = dict(zip(map(str, grid[:-1]), [round(v, 3) for v in acc[:-1]]))
+        table["final"] = round(acc[-1], 3)
+        return {"inference_alpha": a, "final_alpha": round(final, 4), "val_top1_by_alpha": table}

@@ -93,6 +93,12 @@ class Method(nn.Module):
         """(W, b) of the classifier that makes the predictions, W of shape K x d."""
         raise NotImplementedError
 
+    @torch.no_grad()
+    def calibrate(self, val_batches) -> dict | None:
+        """After training, with a validation split: settle any inference-time choice on it
+        (``val_batches()`` yields (x, y) on the device). Returns what was chosen, or None."""
+        return None
+
     # -- initialisation from another run (cRT) ---------------------------------------
     def load_backbone_from(self, state_dict: dict) -> None:
         raise NotImplementedError(f"method '{type(self).__name__}' cannot start from another run")

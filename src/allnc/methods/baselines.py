@@ -15,12 +15,13 @@ from ..losses import (
     P2PLoss,
     LDAMLoss,
     balanced_softmax_ce,
+    centred_mean,
     dot_regression_loss,
     drw_weights,
     log_prior,
     logit_adjusted_ce,
 )
-from ..models import build_backbone, build_classifier
+from ..models import NormedLinear, build_backbone, build_classifier
 from .base import METHODS, DataInfo, LoaderSpec, Method, StepState, mixup
 
 
@@ -52,7 +53,7 @@ class SingleBranch(Method):
         if self.use_hycon:
             self.hycon = HyConLoss(tau=float(h.tau), sample_pairs=bool(h.sample_pairs), class_average=bool(h.class_average))
         if self.use_p2p:
-            self.p2p = P2PLoss(tau=float(p.tau), form=str(p.form))
+            self.p2p = P2PLoss(tau=float(p.tau), form=str(p.form), equinorm=float(p.equinorm))
 
     def nc_terms(self, h: torch.Tensor, y: torch.Tensor, logs: dict) -> torch.Tensor | None:
         """The HyCon/P2P terms, or None without them (no ``+ 0`` in the graph: inductor folds
@@ -65,7 +66,8 @@ class SingleBranch(Method):
         valid = self.mem.seen | present
         extra = h.new_zeros(())
         if self.use_hycon:
-            l_h = self.hycon(h, y, self.mem.means.detach(), valid=valid)
+            centre = centred_mean(self.mem.means, valid) if self.cfg.method.hycon.centre else None
+            l_h = self.hycon(h, y, self.mem.means.detach(), valid=valid, centre=centre)
             extra = extra + float(self.cfg.method.hycon.weight) * l_h
             logs["loss_hycon"] = l_h.detach()
         if self.use_p2p:
@@ -165,7 +167,16 @@ class LDAMDRW(SingleBranch):
         self.register_buffer("drw_on", torch.zeros((), dtype=torch.bool))
 
     def drw_start_epoch(self, epochs: int) -> int:
-        return int(round(float(self.cfg.method.ldam.drw_start) * epochs))
+        """The first epoch (0-based) with re-weighting: ``method.ldam.drw_start`` x epochs when
+        given, else the first learning-rate decay (LDAM-DRW's recipe: epoch 160 of 200, its
+        first milestone), else, without a step schedule, 80% of the epochs."""
+        start = self.cfg.method.ldam.drw_start
+        if start is not None:
+            return int(round(float(start) * epochs))
+        t = self.cfg.train
+        if t.schedule == "step" and len(t.milestones):
+            return int(min(t.milestones))
+        return int(round(0.8 * epochs))
 
     def on_epoch_start(self, epoch, epochs):
         self.drw_on.fill_(epoch >= self.drw_start_epoch(epochs))
@@ -216,10 +227,14 @@ class BCL(SingleBranch):
         super().__init__(cfg, info)
         c = cfg.method.bcl
         va = str(c.view_augment)
-        self.loaders = (LoaderSpec(cfg.method.sampler, 3, (str(cfg.data.augment), va, va)),)
+        ca = str(c.ce_augment or cfg.data.augment)
+        self.loaders = (LoaderSpec(cfg.method.sampler, 3, (ca, va, va)),)
         d = self.backbone.out_dim
-        self.proj = ProjectionMLP(d, int(c.proj_hidden), int(c.proj_dim))
-        self.proto_head = ProjectionMLP(d, int(c.proj_hidden), int(c.proj_dim))
+        if c.classifier == "normed":
+            self.classifier = NormedLinear(d, info.num_classes, scale=float(c.scale))
+        hidden = int(c.proj_hidden) or d
+        self.proj = ProjectionMLP(d, hidden, int(c.proj_dim))
+        self.proto_head = ProjectionMLP(d, hidden, int(c.proj_dim))
         self.scl = BalancedSupConLoss(info.num_classes, tau=float(c.tau))
         self.register_buffer("log_prior", log_prior(self.class_counts))
 

@@ -14,9 +14,9 @@ runs twice, once per batch, which is what BBN's released code does (two separate
 passes of the network, one per branch).
 
 Inference (``inference_features``): the same image goes through both branches and the
-features are mixed with alpha = 0.5: ``[0.5 h_c ; 0.5 h_r]``, the input of one classifier
-on ``2 * out_dim`` features (BBN's test-time mix, in this project's convention that the
-training mix is ``[alpha h_c ; (1 - alpha) h_r]``).
+features are mixed, ``[a h_c ; (1 - a) h_r]``, the input of one classifier on
+``2 * out_dim`` features; BBN's test-time mix is a = 0.5 (the method chooses a, see
+``method.gbbn.inference_mix``).
 """
 from __future__ import annotations
 
@@ -78,10 +78,16 @@ class BranchedNet(nn.Module):
             return self.branch_c(t_u), self.branch_r(t_r)
         return self.features_c(x_u), self.features_r(x_r)
 
-    def inference_features(self, x: torch.Tensor) -> torch.Tensor:
-        """``[0.5 h_c(x) ; 0.5 h_r(x)]``, shape (B, 2 * out_dim); the trunk runs once."""
+    def both_on(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(h_c(x), h_r(x))`` of the same images; the trunk runs once."""
         t = self.trunk(x)
-        return torch.cat([0.5 * self.branch_c(t), 0.5 * self.branch_r(t)], dim=1)
+        return self.branch_c(t), self.branch_r(t)
+
+    def inference_features(self, x: torch.Tensor, alpha: float | torch.Tensor = 0.5) -> torch.Tensor:
+        """``[alpha h_c(x) ; (1 - alpha) h_r(x)]``, shape (B, 2 * out_dim); BBN's test-time mix
+        is alpha = 0.5. The trunk runs once."""
+        h_c, h_r = self.both_on(x)
+        return torch.cat([alpha * h_c, (1 - alpha) * h_r], dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.inference_features(x)

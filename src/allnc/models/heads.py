@@ -22,12 +22,14 @@ CLASSIFIERS: Registry[Callable[..., nn.Module]] = Registry("classifier")
 
 
 class NormedLinear(nn.Module):
-    """Cosine classifier: ``logits[i, k] = cos(h_i, w_k)``; no bias."""
+    """Cosine classifier: ``logits[i, k] = scale * cos(h_i, w_k)``; no bias. ``scale`` 1 is
+    LDAM's (its loss applies s); BCL's released classifier builds 30 in."""
 
-    def __init__(self, in_dim: int, num_classes: int):
+    def __init__(self, in_dim: int, num_classes: int, scale: float = 1.0):
         super().__init__()
         self.in_dim = in_dim
         self.num_classes = num_classes
+        self.scale = float(scale)
         self.weight = nn.Parameter(torch.empty(num_classes, in_dim))
         self.register_parameter("bias", None)
         self.reset_parameters()
@@ -39,10 +41,11 @@ class NormedLinear(nn.Module):
             self.weight.copy_(F.normalize(self.weight, dim=1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(x, dim=1) @ F.normalize(self.weight, dim=1).t()
+        cos = F.normalize(x, dim=1) @ F.normalize(self.weight, dim=1).t()
+        return cos * self.scale if self.scale != 1.0 else cos
 
     def extra_repr(self) -> str:
-        return f"in_dim={self.in_dim}, num_classes={self.num_classes}"
+        return f"in_dim={self.in_dim}, num_classes={self.num_classes}, scale={self.scale}"
 
 
 def simplex_etf(num_classes: int, dim: int, seed: int = 0, width: Optional[int] = None) -> torch.Tensor:
