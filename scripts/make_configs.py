@@ -89,16 +89,16 @@ METHODS = {
  "ce": ("cross-entropy", "method:\n  name: ce\n"),
  "la": ("logit-adjusted cross-entropy (Menon et al. 2021), tau 1", "method:\n  name: la\n  la:\n    tau: 1.0\n"),
  "bsce": ("balanced softmax cross-entropy (Ren et al. 2020)", "method:\n  name: bsce\n"),
- "ldam_drw": ("LDAM with deferred re-weighting (Cao et al. 2019): max margin 0.5, s 30, DRW at 80%",
-              "method:\n  name: ldam_drw\n  ldam:\n    max_margin: 0.5\n    scale: 30.0\n    drw_start: 0.8\n    drw_beta: 0.9999\n"),
- "etf_dr": ("fixed simplex-ETF classifier + dot-regression loss (Yang et al. 2022)",
-            "model:\n  bias: false\nmethod:\n  name: etf\n  etf:\n    loss: dr\n    normalize_features: true\n"),
+ "ldam_drw": ("LDAM with deferred re-weighting (Cao et al. 2019): max margin 0.5, s 30, DRW at the first lr decay",
+              "method:\n  name: ldam_drw\n  ldam:\n    max_margin: 0.5\n    scale: 30.0\n    drw_start: null\n    drw_beta: 0.9999\n"),
+ "etf_dr": ("fixed simplex-ETF classifier + dot-regression loss (Yang et al. 2022), with the mixup (alpha 1) of the authors' CIFAR configs",
+            "model:\n  bias: false\nmethod:\n  name: etf\n  etf:\n    loss: dr\n    normalize_features: true\ntrain:\n  mixup: 1.0\n"),
  "etf_ce": ("fixed simplex-ETF classifier + cross-entropy",
             "model:\n  bias: false\nmethod:\n  name: etf\n  etf:\n    loss: ce\n    normalize_features: false\n"),
- "bcl": ("balanced contrastive learning (Zhu et al. 2022): LA-CE + balanced SupCon with prototypes",
-         "method:\n  name: bcl\n  bcl:\n    tau: 0.1\n    lambda_ce: 2.0\n    lambda_scl: 0.6\n"),
- "bbn": ("BBN (Zhou et al. 2020) as a GBBN configuration: cross-entropy only, reversed sampler, gamma 2",
-         "method:\n  name: gbbn\n  gbbn:\n    sampler: reversed\n    schedule: parabolic\n    gamma: 2.0\n    branch: last_block\n    cls_loss: ce\n  hycon:\n    enabled: false\n  p2p:\n    enabled: false\n"),
+ "bcl": ("balanced contrastive learning (Zhu et al. 2022): LA-CE on a cosine classifier (scale 30) + balanced SupCon with prototypes; SimAugment on the two contrastive views, data.augment on the CE view",
+         "method:\n  name: bcl\n  bcl:\n    tau: 0.1\n    lambda_ce: 2.0\n    lambda_scl: 0.6\n    classifier: normed\n    scale: 30.0\n    view_augment: sim\n"),
+ "bbn": ("BBN (Zhou et al. 2020) as a GBBN configuration: cross-entropy only, reversed sampler, gamma 2, the released code's factor 2 on the mixed features; the dataset's lr schedule (BBN's own: *_bbn_protocol)",
+         "method:\n  name: gbbn\n  gbbn:\n    sampler: reversed\n    schedule: parabolic\n    gamma: 2.0\n    branch: last_block\n    cls_loss: ce\n    mix_scale: 2.0\n  hycon:\n    enabled: false\n  p2p:\n    enabled: false\n"),
  "allnc": ("AllNC: GBBN + HyCon (lambda_H) + P2P (lambda_P); see docs/method.md",
            "method:\n  name: gbbn\n  gbbn:\n    sampler: reversed\n    schedule: parabolic\n    gamma: 2.0\n    branch: last_block\n    cls_loss: ce\n  hycon:\n    enabled: true\n    weight: 1.0\n    tau: 0.1\n  p2p:\n    enabled: true\n    weight: 1.0\n    tau: 0.1\n    form: contrast\n  memory:\n    momentum: 0.9\n"),
 }
@@ -119,6 +119,12 @@ for ds in ["fmnist_lt", "cifar10_lt", "cifar100_lt", "imagenet_lt", "inat2018", 
         w(f"{ds}_{m}", f"# {ds}: {desc}.\n_base_: {ds}\n{body}")
     for m, (desc, base, body) in ABL.items():
         w(f"{ds}_{m}", f"# {ds}: {desc}.\n_base_: {ds}_{base}\n{body}")
+    if ds in ("fmnist_lt", "cifar10_lt", "cifar100_lt"):
+        # BBN's released CIFAR schedule: decays x0.01 at epochs 120 and 160 of 200 (at the same
+        # fractions, 7 and 10 of 12, for the short Fashion-MNIST schedule)
+        ms = "[7, 10]" if ds == "fmnist_lt" else "[120, 160]"
+        w(f"{ds}_bbn_protocol", f"# {ds}: BBN with its own released learning-rate schedule (milestones {ms}, x0.01 each).\n"
+          f"_base_: {ds}_bbn\ntrain:\n  milestones: {ms}\n  lr_decay: 0.01\n")
     small = ds in ("fmnist_lt", "cifar10_lt", "cifar100_lt")
     w(f"{ds}_crt", f"# {ds}: {CRT[0].format(ds=ds)}.\n_base_: {ds}\n" + CRT[1].format(ep=4 if ds == "fmnist_lt" else 10, lr=0.1 if small else 0.2))
     if ds.startswith("cifar"):

@@ -19,6 +19,9 @@ def test_cell_name_resolves_to_its_config():
     b = to_dict(load_config("cifar10_lt_allnc", ["data.imbalance_factor=50", "train.epochs=200", "seed=2",
                                                  "train.lr=0.05"]))
     assert a == b and a["data"]["imbalance_factor"] == 50 and a["seed"] == 2
+    v = cell_name("fmnist_lt_ce", 100, 12, 1, val_per_class=300)
+    assert v == "fmnist_lt_ce__if100__e12__val300__seed1"
+    assert parse_cell_name(v)[1] == ["data.imbalance_factor=100", "train.epochs=12", "data.val_per_class=300", "seed=1"]
     with pytest.raises(ConfigError, match="not a results cell name"):
         parse_cell_name("cifar10_lt_allnc__if50")
 

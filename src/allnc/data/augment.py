@@ -32,7 +32,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGENET_GREY_MEAN = (0.449,)
 IMAGENET_GREY_STD = (0.226,)
 
-PRESETS = ("standard", "strong", "none")
+PRESETS = ("standard", "strong", "none", "sim")
 
 
 class Cutout(torch.nn.Module):
@@ -119,6 +119,18 @@ def _stats(data_cfg: Any, bundle: Any) -> tuple[tuple[float, ...], tuple[float, 
     return mean, std
 
 
+def sim_ops(size: tuple[int, int], channels: int) -> list:
+    """SimAugment, the contrastive views of SimCLR-style methods (BCL's "sim" views):
+    RandomResizedCrop (scale 0.08-1) + flip + colour jitter (0.4, 0.4, 0.4, 0.1) with
+    p = 0.8 + greyscale with p = 0.2 (grey images: brightness and contrast only)."""
+    ops: list = [T.RandomResizedCrop(size, scale=(0.08, 1.0)), T.RandomHorizontalFlip()]
+    if channels == 3:
+        ops += [T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8), T.RandomGrayscale(p=0.2)]
+    else:
+        ops += [T.RandomApply([T.ColorJitter(0.4, 0.4)], p=0.8)]
+    return ops
+
+
 def build_transform(data_cfg: Any, bundle: Any, train: bool) -> Callable:
     """The torchvision transform of the ``data.augment`` preset (``train``) or of testing.
 
@@ -134,6 +146,8 @@ def build_transform(data_cfg: Any, bundle: Any, train: bool) -> Callable:
         h, w = (int(v) for v in bundle.image_hw)
         if preset in ("none", "test"):
             return T.Compose(finish)
+        if preset == "sim":
+            return T.Compose(sim_ops((h, w), int(bundle.in_channels)) + finish)
         ops: list = [T.RandomCrop((h, w), padding=4), T.RandomHorizontalFlip()]
         if preset == "strong":
             ops.append(T.AutoAugment(T.AutoAugmentPolicy.CIFAR10))
@@ -145,6 +159,8 @@ def build_transform(data_cfg: Any, bundle: Any, train: bool) -> Callable:
     size = int(_get(data_cfg, "image_size", 224))
     if preset in ("none", "test"):
         return T.Compose([T.Resize(int(size * 256 / 224)), T.CenterCrop(size)] + finish)
+    if preset == "sim":
+        return T.Compose(sim_ops((size, size), int(bundle.in_channels)) + finish)
     ops = [T.RandomResizedCrop(size), T.RandomHorizontalFlip()]
     if preset == "strong":
         ops.append(T.AutoAugment(T.AutoAugmentPolicy.IMAGENET))

@@ -678,15 +678,17 @@ def eval_batches(
 
 
 # ======================================================================== applicability
-def fast_path_applicable(bundle: Any, data_cfg: Any) -> tuple[bool, str]:
+def fast_path_applicable(bundle: Any, data_cfg: Any, view_presets: Sequence[str] = ()) -> tuple[bool, str]:
     """Whether the fast path can train on this data: the training split is in memory as
-    uint8 (small images) and the augment preset is one this module implements."""
+    uint8 (small images) and the augment preset (and every extra view's preset) is one this
+    module implements."""
     pipeline = getattr(data_cfg, "pipeline", "auto")
     if pipeline == "conventional":
         return False, "data.pipeline=conventional"
     augment = getattr(data_cfg, "augment", "standard")
-    if augment not in PRESETS:
-        return False, f"data.augment={augment!r} has no batched implementation (one of {', '.join(PRESETS)})"
+    for name, p in [("data.augment", augment), *(("a view's preset", v) for v in view_presets)]:
+        if p not in PRESETS:
+            return False, f"{name}={p!r} has no batched implementation (one of {', '.join(PRESETS)})"
     if not getattr(bundle, "small", False):
         return False, "the images are not small enough to keep in memory (large-image data uses the conventional pipeline)"
     for split in ("train", "test"):

@@ -33,8 +33,10 @@ class PipelineChoice:
         return "fast (device-resident data, batched augmentation)" if self.fast else "conventional (DataLoader workers)"
 
 
-def choose_pipeline(cfg, bundle) -> PipelineChoice:
-    ok, why = fast_path_applicable(bundle, cfg.data)
+def choose_pipeline(cfg, bundle, specs=()) -> PipelineChoice:
+    """The data path of a run; ``specs`` (the method's loader specs) name per-view presets."""
+    views = [p for s in specs for p in (s.view_augments or ())]
+    ok, why = fast_path_applicable(bundle, cfg.data, views)
     want = cfg.data.pipeline
     if want == "fast" and not ok:
         raise ConfigError(f"data.pipeline=fast does not apply here: {why}; use data.pipeline=auto or conventional")

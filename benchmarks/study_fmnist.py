@@ -1,0 +1,269 @@
+"""The budgeted method study on Fashion-MNIST-LT (imbalance 100), on the CPU.
+
+    python benchmarks/study_fmnist.py trials [--out runs/study] [--parallel 2]
+    python benchmarks/study_fmnist.py long          # the top methods again at 30 epochs (validation)
+    python benchmarks/study_fmnist.py final         # every method at its chosen setting, test read once
+
+Every method gets the same budget: at most six validation trials over its own keys
+(``TRIALS``), 12 epochs, seed 0, a balanced validation split of ``VAL`` images per class drawn
+from the training images the long tail leaves out (``data.val_per_class``; the head class gives
+its share from its training images) and ``train.eval_test=false``: no trial reads the test
+set. Two-branch methods choose their inference mix on the validation split after training
+(``method.gbbn.inference_mix=val``; the table of every candidate mix is kept), so BBN's 0.5,
+the adaptor's final alpha and the chosen one are compared from the same run.
+
+The best trial of each method (validation top-1) is its setting. ``long`` checks on
+validation that the ranking of the top methods holds at 30 epochs. ``final`` runs every method
+at its setting with seeds 0, 1, 2 at imbalance 100 and seed 0 at 50 and 10, the AllNC ablation
+at AllNC's setting, reading the test set once per run (at its end), and writes one results
+file per run (``results/<cell>.json``). Finished runs are never run again.
+
+Results: ``benchmarks/results/fmnist_study_trials.json``, ``..._long.json``; ``results/``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+from allnc.config import cell_name
+from allnc.engine.checkpoint import atomic_write_json
+from allnc.engine.trainer import git_commit
+from allnc.grid import run_grid
+from allnc.report.results import result_record
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+VAL = 300
+EPOCHS = 12
+LONG_EPOCHS = 30
+LONG = ["train.epochs=30", "train.milestones=[22, 27]"]  # the 12-epoch schedule's decays at the same fractions
+GBBN = {"bbn", "allnc"}
+BAL = "method.gbbn.sampler=balanced"
+AL_BEST = [BAL, "method.hycon.centre=true", "method.hycon.anchors=both"]
+
+# method -> [(trial name, config, overrides)]; at most six each
+TRIALS: dict[str, list[tuple[str, str, list[str]]]] = {
+    "ce": [(f"ce_{s}_lr{lr}", "fmnist_lt_ce", [f"method.sampler={s}", f"train.lr={lr}"])
+           for s in ("instance", "sqrt", "balanced") for lr in (0.1, 0.05)],
+    "la": [(f"la_tau{t}", "fmnist_lt_la", [f"method.la.tau={t}"]) for t in (0.5, 0.75, 1.0, 1.25, 1.5, 2.0)],
+    "ldam_drw": [(f"ldam_m{m}_s{s}", "fmnist_lt_ldam_drw", [f"method.ldam.max_margin={m}", f"method.ldam.scale={s}"])
+                 for m in (0.3, 0.5, 0.7) for s in (30.0, 15.0)],
+    "etf_dr": [(f"etf_mix{a}_lr{lr}", "fmnist_lt_etf_dr", [f"train.mixup={a}", f"train.lr={lr}"])
+               for a in (0.0, 0.5, 1.0) for lr in (0.1, 0.05)],
+    "bcl": [(f"bcl_tau{t}_scl{w}", "fmnist_lt_bcl", [f"method.bcl.tau={t}", f"method.bcl.lambda_scl={w}"])
+            for t in (0.07, 0.1) for w in (0.35, 0.6, 1.0)],
+    "bbn": [("bbn_rev_x2", "fmnist_lt_bbn", []),
+            ("bbn_rev_x1", "fmnist_lt_bbn", ["method.gbbn.mix_scale=1.0"]),
+            ("bbn_bal_x2", "fmnist_lt_bbn", [BAL]),
+            ("bbn_bal_x1", "fmnist_lt_bbn", [BAL, "method.gbbn.mix_scale=1.0"]),
+            ("bbn_rev_x2_protocol", "fmnist_lt_bbn_protocol", []),
+            ("bbn_bal_x2_protocol", "fmnist_lt_bbn_protocol", [BAL])],
+    # the reconstruction's options, added one at a time (docs/method.md says which the paper supports)
+    "allnc": [("allnc_default", "fmnist_lt_allnc", []),
+              ("allnc_bal", "fmnist_lt_allnc", [BAL]),
+              ("allnc_bal_centre", "fmnist_lt_allnc", [BAL, "method.hycon.centre=true"]),
+              ("allnc_bal_centre_both", "fmnist_lt_allnc", AL_BEST),
+              ("allnc_bal_centre_both_eqn", "fmnist_lt_allnc", AL_BEST + ["method.p2p.equinorm=1.0"]),
+              ("allnc_bal_centre_both_eqn_x2", "fmnist_lt_allnc", AL_BEST + ["method.p2p.equinorm=1.0",
+                                                                            "method.gbbn.mix_scale=2.0"])],
+}
+# cRT re-trains the classifier of a finished instance-sampled CE trial
+CRT = [(f"crt_e{e}_lr{lr}_{s}", "fmnist_lt_crt", [f"train.epochs={e}", f"train.lr={lr}", f"method.crt.sampler={s}"])
+       for e, lr, s in ((4, 0.1, "balanced"), (4, 0.02, "balanced"), (8, 0.1, "balanced"), (8, 0.02, "balanced"),
+                        (4, 0.1, "sqrt"), (4, 0.02, "sqrt"))]
+ABLATION = ["ce_hycon", "ce_p2p", "gbbn_only", "allnc_no_hycon", "allnc_no_p2p"]
+
+
+def common(args) -> list[str]:
+    o = ["device=cpu", "train.progress=false", f"data.val_per_class={VAL}", "data.imbalance_factor=100"]
+    if args.data_root:
+        o.append(f"data.root={args.data_root}")
+    return o
+
+
+def val_figures(run_dir: Path) -> dict | None:
+    try:
+        m = json.loads((run_dir / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return None
+    v = m["val"]
+    out = {"val_top1": v["top1"], "val_groups": v["groups"], "wall_time_s": m["wall_time_s"],
+           "test_evaluated": m.get("test_evaluated")}
+    cal = m.get("calibration")
+    if cal:
+        t = cal["val_top1_by_alpha"]
+        out.update(inference_alpha=cal["inference_alpha"], val_top1_half=t.get("0.5"), val_top1_final=t.get("final"),
+                   val_top1_by_alpha=t)
+    return out
+
+
+def run(specs: list[dict], out: Path, args, extra: list[str]):
+    env_threads = os.environ.setdefault("OMP_NUM_THREADS", "1")
+    spec = {"runs": specs, "max_concurrent": args.parallel, "extra_overrides": extra}
+    t0 = time.time()
+    res = run_grid(spec, out=out, log=print)
+    return res, time.time() - t0, env_threads
+
+
+def trial_specs() -> list[dict]:
+    specs = []
+    for method, trials in TRIALS.items():
+        for name, cfg, ovr in trials:
+            o = list(ovr) + (["method.gbbn.inference_mix=val"] if method in GBBN else [])
+            specs.append({"config": cfg, "name": name, "overrides": o})
+    return specs
+
+
+def best(rows: list[dict]) -> dict:
+    return max(rows, key=lambda r: (r["val_top1"], -rows.index(r)))
+
+
+def provenance(args, command: str) -> dict:
+    return {"command": command, "git_commit": git_commit(), "host": platform.node(), "cpu_cores": os.cpu_count(),
+            "threads_per_run": int(os.environ.get("OMP_NUM_THREADS", "1")), "parallel_runs": args.parallel,
+            "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+def phase_trials(args) -> dict:
+    out = Path(args.out) / "trials"
+    specs = trial_specs()
+    run(specs, out, args, common(args) + [f"train.epochs={EPOCHS}", "train.eval_test=false"])
+    rows = {}
+    for method, trials in TRIALS.items():
+        rows[method] = [dict(name=n, config=c, overrides=o, **(val_figures(out / n) or {"missing": True}))
+                        for n, c, o in trials]
+    # cRT on the best instance-sampled CE trial's backbone
+    ce_inst = [r for r in rows["ce"] if "val_top1" in r and "method.sampler=instance" in r["overrides"]]
+    if ce_inst:
+        src = out / best(ce_inst)["name"]
+        specs = [{"config": c, "name": n, "overrides": o + [f"init_from={src}"]} for n, c, o in CRT]
+        run(specs, out, args, common(args) + ["train.eval_test=false"])
+        rows["crt"] = [dict(name=n, config=c, overrides=o + [f"init_from=<{best(ce_inst)['name']}>"],
+                            **(val_figures(out / n) or {"missing": True})) for n, c, o in CRT]
+    chosen = {m: best([r for r in rs if "val_top1" in r]) for m, rs in rows.items() if any("val_top1" in r for r in rs)}
+    data = {**provenance(args, "python benchmarks/study_fmnist.py trials"), "val_per_class": VAL, "epochs": EPOCHS,
+            "budget": {m: len(rs) for m, rs in rows.items()}, "trials": rows,
+            "chosen": {m: {"name": r["name"], "config": r["config"], "overrides": r["overrides"],
+                           "val_top1": r["val_top1"], "inference_alpha": r.get("inference_alpha")}
+                       for m, r in chosen.items()}}
+    atomic_write_json(HERE / "results" / "fmnist_study_trials.json", data)
+    for m, r in sorted(chosen.items(), key=lambda kv: -kv[1]["val_top1"]):
+        print(f"{m:10s} {r['val_top1']:6.2f}  {r['name']}")
+    return data
+
+
+def chosen_overrides(trials: dict, method: str) -> tuple[str, list[str]]:
+    c = trials["chosen"][method]
+    ovr = [o for o in c["overrides"] if not o.startswith("init_from=")]
+    if method in GBBN:
+        ovr = [o for o in ovr if not o.startswith("method.gbbn.inference_mix")] + ["method.gbbn.inference_mix=val"]
+    return c["config"], ovr
+
+
+def phase_long(args) -> dict:
+    trials = json.loads((HERE / "results" / "fmnist_study_trials.json").read_text())
+    ranked = sorted(trials["chosen"], key=lambda m: -trials["chosen"][m]["val_top1"])
+    top = [m for m in ranked if m != "crt"][:3]
+    if "allnc" not in top:
+        top.append("allnc")
+    specs = []
+    for m in top:
+        cfg, ovr = chosen_overrides(trials, m)
+        specs.append({"config": cfg, "name": f"{m}_e{LONG_EPOCHS}", "overrides": ovr + LONG})
+    out = Path(args.out) / "long"
+    run(specs, out, args, common(args) + ["train.eval_test=false"])
+    rows = {m: {"val_top1_12": trials["chosen"][m]["val_top1"], **(val_figures(out / f"{m}_e{LONG_EPOCHS}") or {})}
+            for m in top}
+    data = {**provenance(args, "python benchmarks/study_fmnist.py long"), "epochs": LONG_EPOCHS, "extra": LONG,
+            "methods": rows,
+            "ranking_12": sorted(rows, key=lambda m: -rows[m]["val_top1_12"]),
+            "ranking_30": sorted([m for m in rows if "val_top1" in rows[m]], key=lambda m: -rows[m]["val_top1"])}
+    atomic_write_json(HERE / "results" / "fmnist_study_long.json", data)
+    print(json.dumps({k: data[k] for k in ("ranking_12", "ranking_30")}))
+    return data
+
+
+def phase_final(args) -> None:
+    """Every method at its chosen setting: IF 100 seeds 0-2, IF 50 and 10 seed 0; the AllNC
+    ablation at AllNC's setting (seed 0, IF 100). The test set is read once, at the end."""
+    trials = json.loads((HERE / "results" / "fmnist_study_trials.json").read_text())
+    results = Path(args.results)
+    specs, cells = [], {}
+    for m in [m for m in trials["chosen"] if m != "crt"] + ["crt"]:
+        if m not in trials["chosen"]:
+            continue
+        cfg, ovr = chosen_overrides(trials, m)
+        for imb, seeds in ((100, (0, 1, 2)), (50, (0,)), (10, (0,))):
+            for s in seeds:
+                cell = cell_name(f"fmnist_lt_{m}", imb, EPOCHS if m != "crt" else _crt_epochs(ovr), s, VAL)
+                if (results / f"{cell}.json").is_file():
+                    continue
+                o = [o for o in ovr if not o.startswith("train.epochs=")]
+                o += [f"data.imbalance_factor={imb}", f"seed={s}"]
+                if m == "crt":
+                    o.append(f"init_from={Path(args.out) / 'final' / cell_name('fmnist_lt_ce', imb, EPOCHS, s, VAL)}")
+                    o.append(f"train.epochs={_crt_epochs(ovr)}")
+                cells[cell] = {"method": m, "setting": ovr}
+                specs.append({"config": cfg, "name": cell, "overrides": o})
+    _, allnc_ovr = chosen_overrides(trials, "allnc")
+    for a in ABLATION:
+        cell = cell_name(f"fmnist_lt_{a}", 100, EPOCHS, 0, VAL)
+        if (results / f"{cell}.json").is_file():
+            continue
+        # the GBBN ablations take AllNC's setting; the single-branch ones its HyCon/P2P keys
+        keep = [o for o in allnc_ovr if o.startswith(("method.hycon.", "method.p2p."))] if a.startswith("ce_") else allnc_ovr
+        if a.startswith("ce_"):
+            keep = [o for o in keep if o != "method.hycon.anchors=both"]
+        cells[cell] = {"method": a, "setting": keep}
+        specs.append({"config": f"fmnist_lt_{a}", "name": cell, "overrides": keep + ["data.imbalance_factor=100", "seed=0"]})
+    # cRT needs its CE run first: CE cells run before the cRT cells (the grid keeps the order)
+    specs.sort(key=lambda s: "_crt__" in s["name"])
+    extra = common(args) + ["train.eval_every=1000", "train.ckpt_every=1000", f"nc.every={EPOCHS}"]
+    # nc.every=EPOCHS: the NC figures of the final model; data.imbalance_factor comes per run
+    extra = [e for e in extra if not e.startswith("data.imbalance_factor=")]
+    out = Path(args.out) / "final"
+    t0 = time.time()
+    ce_first = [s for s in specs if "_crt__" not in s["name"]]
+    crt = [s for s in specs if "_crt__" in s["name"]]
+    prov = provenance(args, "python benchmarks/study_fmnist.py final")
+    for group in (ce_first, crt):
+        if not group:
+            continue
+
+        def done(spec, secs, cells=cells):
+            rec = result_record(spec.run_dir, spec.name, {
+                "data_label": "Fashion-MNIST (lossless, Debian's dataset-fashion-mnist)", "process_wall_s": round(secs, 1),
+                "study": {**cells[spec.name], "trials_file": "benchmarks/results/fmnist_study_trials.json", **prov}})
+            atomic_write_json(results / f"{spec.name}.json", rec)
+
+        run_grid({"runs": group, "max_concurrent": args.parallel, "extra_overrides": extra}, out=out, log=print,
+                 on_done=done)
+    print(f"final: {time.time() - t0:.0f} s")
+
+
+def _crt_epochs(ovr: list[str]) -> int:
+    for o in ovr:
+        if o.startswith("train.epochs="):
+            return int(o.split("=", 1)[1])
+    return 4
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("phase", choices=["trials", "long", "final"])
+    p.add_argument("--out", default=str(ROOT / "runs" / "study"))
+    p.add_argument("--results", default=str(ROOT / "results"))
+    p.add_argument("--parallel", type=int, default=2)
+    p.add_argument("--data-root", default=None, help="Fashion-MNIST IDX folder (default: Debian's place)")
+    args = p.parse_args(argv)
+    {"trials": phase_trials, "long": phase_long, "final": phase_final}[args.phase](args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
