@@ -112,7 +112,9 @@ def run(specs: list[dict], out: Path, args, extra: list[str]):
 
 def trial_specs() -> list[dict]:
     specs = []
-    for method, trials in TRIALS.items():
+    order = ["allnc", "bbn"] + [m for m in TRIALS if m not in ("allnc", "bbn")]  # the slow two-branch runs first
+    for method in order:
+        trials = TRIALS[method]
         for name, cfg, ovr in trials:
             o = list(ovr) + (["method.gbbn.inference_mix=val"] if method in GBBN else [])
             specs.append({"config": cfg, "name": name, "overrides": o})
