@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from allnc.engine.checkpoint import atomic_write_json
+from allnc.rundir import atomic_write_json
 from allnc.grid import run_grid
 
 HERE = Path(__file__).resolve().parent

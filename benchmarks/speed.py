@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 from allnc.config import load_config
-from allnc.engine.checkpoint import atomic_write_json
+from allnc.rundir import atomic_write_json
 from allnc.engine.trainer import Trainer, device_name, git_commit, resolve_device, versions
 
 HERE = Path(__file__).resolve().parent

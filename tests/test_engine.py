@@ -135,7 +135,7 @@ def _ddp_worker(rank, world, port, root, out, extra):
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    from allnc.engine import dist
+    from allnc import dist
 
     try:
         Trainer(tiny_cfg(root, *extra), out).fit()

@@ -26,7 +26,7 @@ def _print_result(m: dict) -> None:
 
 def cmd_train(a) -> int:
     from .config import load_config
-    from .engine import dist
+    from . import dist
     from .engine.trainer import Trainer
 
     if a.resume and not a.config:

@@ -18,7 +18,7 @@ from ..data import ClassAwareSampler, build_transform, make_dataset
 from ..data.augment import MultiView
 from ..data.fast import BatchAugment, DeviceImages, FastLoader, eval_batches, fast_path_applicable
 from ..errors import ConfigError
-from . import dist
+from .. import dist
 
 
 @dataclass

@@ -24,8 +24,9 @@ from ..errors import ConfigError, RunDirError, TrainingDiverged
 from ..methods.base import DataInfo, Method, StepState, build_method
 from ..metrics import nc_summary
 from ..models import count_parameters
-from . import dist
-from .checkpoint import CHECKPOINT, atomic_write_json, atomic_write_text, load_checkpoint, save_checkpoint
+from .. import dist
+from ..rundir import CHECKPOINT, atomic_write_json, atomic_write_text
+from .checkpoint import load_checkpoint, save_checkpoint
 from .evaluate import autocast_ctx, evaluate_accuracy, neural_collapse
 from .loaders import build_train_loaders, choose_pipeline, iter_eval
 from .schedule import lr_at

@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..engine.dist import all_reduce_sum, global_sum_with_local_grad
+from ..dist import all_reduce_sum, global_sum_with_local_grad
 from .ce import no_autocast
 
 

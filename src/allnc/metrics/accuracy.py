@@ -8,7 +8,7 @@ sample are left out of that mean); an empty group is reported as ``None``, never
 
 Streaming: ``AccuracyAccumulator`` keeps only per-class counters (and, optionally, the
 K x K confusion matrix), so it can be fed batch after batch on CPU or GPU and summed
-across data-parallel ranks with :func:`allnc.engine.dist.all_reduce_sum`.
+across data-parallel ranks with :func:`allnc.dist.all_reduce_sum`.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from ..engine.dist import all_reduce_sum
+from ..dist import all_reduce_sum
 
 GROUP_NAMES = ("many", "medium", "few")
 MANY_ABOVE = 100  # many: n > 100

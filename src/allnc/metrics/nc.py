@@ -42,7 +42,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
-from ..engine.dist import all_reduce_sum, is_dist
+from ..dist import all_reduce_sum, is_dist
 from .accuracy import GROUP_NAMES, group_classes
 
 F64 = torch.float64
