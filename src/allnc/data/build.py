@@ -14,8 +14,9 @@ from ..errors import ConfigError
 from . import augment as A
 from .augment import MultiView
 from .longtail import lt_counts, lt_indices, val_split
-from .sources import Source, Split, load_cifar, load_fmnist, load_imagefolder, load_listfile
+from .sources import SOURCES, Source, Split
 
+#: the data.name values, in the order an error lists them (each is a loader in SOURCES)
 NAMES = ("fmnist", "cifar10", "cifar100", "imagefolder", "listfile")
 
 
@@ -50,15 +51,9 @@ def _data_cfg(cfg: Any) -> Any:
 
 def _load(d: Any) -> Source:
     name = d.name
-    if name == "fmnist":
-        return load_fmnist(d.root, bool(d.download))
-    if name in ("cifar10", "cifar100"):
-        return load_cifar(10 if name == "cifar10" else 100, d.root, bool(d.download), d.cache_dir)
-    if name == "imagefolder":
-        return load_imagefolder(d.root, d.cache_dir)
-    if name == "listfile":
-        return load_listfile(d.root, d.train_list, d.test_list, d.cache_dir)
-    raise ConfigError(f"data.name={name!r} is not one of: {', '.join(NAMES)}")
+    if not isinstance(name, str) or name not in SOURCES:
+        raise ConfigError(f"data.name={name!r} is not one of: {', '.join(NAMES)}")
+    return SOURCES.get(name)(d)
 
 
 def _default_stats(name: str, small: bool, channels: int) -> tuple[tuple, tuple]:
