@@ -1,8 +1,10 @@
-"""The grid runner (allnc.grid): expansion, concurrent runs with failures, resume, summary.
+"""The grid runner (allnc.grid): expansion, concurrent runs with failures, resume, summaries.
 Runs use a command factory of tiny ``python -c`` scripts, not the training CLI."""
 from __future__ import annotations
 
+import csv
 import json
+import math
 import os
 import sys
 import time
@@ -15,7 +17,8 @@ from allnc.errors import ConfigError
 from allnc.grid import RunSpec, default_command, expand_grid, run_grid, summarize
 
 # a fake training run: writes metrics.json from its overrides (top1 = 40 + seed + lr-ish
-# offset), records start/end times and whether it was resumed; exits 1 when fail=1
+# offset; validation top-1 = val + seed when val=V is given), records start/end times and
+# whether it was resumed; exits 1 when fail=1
 FAKE = r"""
 import json, os, sys, time
 from pathlib import Path
@@ -30,6 +33,8 @@ seed = int(kv.get("seed", "0"))
 m = {"top1": 40.0 + 2 * seed + float(kv.get("bonus", "0")),
      "groups": {"many": 60.0 + seed, "medium": 40.0, "few": None if kv.get("nofew") else 10.0 + 3 * seed},
      "resumed": resume, "t0": t0, "t1": time.time(), "omp": os.environ.get("OMP_NUM_THREADS")}
+if "val" in kv:
+    m["val"] = {"top1": float(kv["val"]) + seed}
 (out / "metrics.json").write_text(json.dumps(m))
 """
 
@@ -204,6 +209,50 @@ def test_summary_mean_and_std_over_seeds(tmp_path):
     assert rows[1] == "| la__tau=1 | 3/3 | 43.00 ± 3.61 | 71.00 ± 1.00 | 32.00 ± 2.65 | 11.00 ± 1.41 |"
     assert rows[2] == "| ce | 1/2 | 39.50 | 80.00 | 20.00 | 1.00 |"
     assert rows[3] == "| single | 1/1 | 50.00 | – | – | – |"
+
+
+def test_summary_md_csv_json_agree(tmp_path):
+    """The grid writes summary.md, .csv and .json of the same rows; validation top-1 appears
+    where runs have metrics.json["val"]["top1"]."""
+    out = tmp_path / "g"
+    grid = {"runs": [{"config": "v", "overrides": ["val=30", "bonus=1"]},
+                     {"config": "plain", "overrides": ["nofew=1"]},
+                     {"config": "bad", "overrides": ["fail=1"]}],
+            "seeds": [0, 1], "max_concurrent": 2, "out": str(out)}
+    res = run_grid(grid, command=fake_command, log=lambda m: None)
+    assert len(res.done) == 4 and res.failures == 2
+    md = (out / "summary.md").read_text()
+    assert md == res.summary
+    rows = json.loads((out / "summary.json").read_text())
+    with open(out / "summary.csv", newline="") as f:
+        table = list(csv.reader(f))
+    header, cells = table[0], table[1:]
+    assert isinstance(rows, list) and [r["run"] for r in rows] == ["v__val=30__bonus=1", "plain__nofew=1", "bad__fail=1"]
+    assert header == list(rows[0]) and len(cells) == len(rows)
+    md_rows = [ln for ln in md.splitlines() if ln.startswith("| ")]
+    assert md_rows[0] == "| run | seeds | top1 | many | medium | few | val top1 |" and len(md_rows) == len(rows) + 1
+    cols = ("top1", "many", "medium", "few", "val_top1")
+    for row, line, mdline in zip(rows, cells, md_rows[1:]):
+        for key, cell in zip(header, line):  # CSV and JSON: the same values
+            v = row[key]
+            if v is None:
+                assert cell == ""
+            elif isinstance(v, str):
+                assert cell == v
+            else:
+                assert isinstance(v, (int, float)) and float(cell) == v
+        expect = [row["run"], f"{row['seeds_finished']}/{row['seeds_total']}"]
+        for c in cols:  # markdown: the same numbers, rounded
+            m, s = row[f"{c}_mean"], row[f"{c}_std"]
+            expect.append("–" if m is None else f"{m:.2f}" if s is None else f"{m:.2f} ± {s:.2f}")
+        assert mdline == "| " + " | ".join(expect) + " |"
+    v, plain, bad = rows
+    assert (v["seeds_finished"], v["seeds_total"]) == (2, 2)
+    assert v["top1_mean"] == 42.0 and math.isclose(v["top1_std"], math.sqrt(2))  # 41, 43
+    assert v["val_top1_mean"] == 30.5 and math.isclose(v["val_top1_std"], math.sqrt(0.5))
+    assert plain["few_mean"] is None and plain["val_top1_mean"] is None and plain["many_mean"] == 60.5
+    assert bad["seeds_finished"] == 0 and all(bad[f"{c}_{s}"] is None for c in cols for s in ("mean", "std"))
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]  # written atomically
 
 
 # a fake trainer with the real one's rule: a new run needs an empty (or missing) directory
