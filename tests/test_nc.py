@@ -352,21 +352,29 @@ def test_streaming_equals_one_shot_and_is_order_invariant():
     assert np.allclose(st.sigma_w(True).numpy(), swcb_direct / K, rtol=1e-10, atol=1e-12)
 
 
-def test_merge_equals_single_accumulator():
+def test_halves_in_either_order_and_a_moved_shift_equal_one_pass():
+    """The moments do not depend on the shift: halves fed in either order (different
+    first-batch shifts), or a shift moved mid-stream as all_reduce() does to agree across
+    ranks, give the statistics of one pass over all the data."""
     h, y, W, b = _random_split(seed=1)
     K, d = W.shape
     tc = [400, 300, 150, 90, 50, 15, 8]
     cc = np.bincount(y, minlength=K)
     whole = stats_of(h, y, K, train_counts=tc)
-    a = ClassStatsAccumulator(K, d, class_counts=cc, train_counts=tc)
-    b2 = ClassStatsAccumulator(K, d, class_counts=cc, train_counts=tc)
-    a.update(torch.as_tensor(h[:1000]), torch.as_tensor(y[:1000]))
-    b2.update(torch.as_tensor(h[1000:] + 0.0), torch.as_tensor(y[1000:]))  # another first batch -> another shift
-    a.merge(b2)
-    st = a.result()
-    assert torch.allclose(st.within, whole.within, rtol=1e-10, atol=1e-9)
-    assert torch.allclose(st.within_cb, whole.within_cb, rtol=1e-10, atol=1e-11)
-    assert torch.allclose(st.means, whole.means, rtol=1e-12, atol=1e-12)
+    halves = [(h[:1000], y[:1000]), (h[1000:] + 0.0, y[1000:])]
+    for order, moved in [((0, 1), False), ((1, 0), False), ((0, 1), True)]:
+        acc = ClassStatsAccumulator(K, d, class_counts=cc, train_counts=tc)
+        for i in order:
+            acc.update(torch.as_tensor(halves[i][0]), torch.as_tensor(halves[i][1]))
+            if moved and i == order[0]:
+                acc._recentre(torch.as_tensor(h[1000:].mean(0) + 3.0))  # far from the first shift
+        acc.all_reduce()
+        st = acc.result()
+        assert np.array_equal(st.counts, whole.counts)
+        assert torch.allclose(st.within, whole.within, rtol=1e-10, atol=1e-9)
+        assert torch.allclose(st.within_cb, whole.within_cb, rtol=1e-10, atol=1e-11)
+        assert torch.allclose(st.means, whole.means, rtol=1e-12, atol=1e-12)
+    assert not hasattr(ClassStatsAccumulator, "merge")
 
 
 def _ddp_worker(rank, world, port, path, h, y, tc):

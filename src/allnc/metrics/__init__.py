@@ -1,14 +1,9 @@
 """Metrics: accuracy (top-1, many/medium/few groups, per class, confusion) and
 neural-collapse diagnostics (see docs/metrics.md)."""
 from .accuracy import GROUP_NAMES, AccuracyAccumulator, group_classes, group_of
-from .nc import (
-    SUMMARY_KEYS,
-    ClassStats,
-    ClassStatsAccumulator,
-    NCMAccumulator,
+from .nc_accumulators import ClassStats, ClassStatsAccumulator, NCMAccumulator
+from .nc_formulas import (
     between_class_cov,
-    compute_nc,
-    cosine_matrices,
     cosine_matrix,
     equiangularity,
     equinorm,
@@ -18,12 +13,11 @@ from .nc import (
     mean_pairwise_cosine,
     nc1,
     nc4,
-    nc_summary,
     norm_ratio,
     per_class_self_duality,
-    save_nc,
     self_duality,
 )
+from .nc_report import SUMMARY_KEYS, compute_nc, cosine_matrices, nc_summary, save_nc
 
 __all__ = [
     "GROUP_NAMES", "AccuracyAccumulator", "group_classes", "group_of",
