@@ -43,7 +43,7 @@ from pathlib import Path
 
 from allnc.config import cell_name
 from allnc.rundir import atomic_write_bytes, atomic_write_json, atomic_write_text
-from allnc.engine.trainer import git_commit, versions
+from allnc.engine.runtime import git_commit, versions
 from allnc.grid import run_grid
 from allnc.report.results import method_label, result_record
 

@@ -35,7 +35,8 @@ import torch
 
 from allnc.config import load_config
 from allnc.rundir import atomic_write_json
-from allnc.engine.trainer import Trainer, device_name, git_commit, resolve_device, versions
+from allnc.engine.runtime import device_name, git_commit, resolve_device, versions
+from allnc.engine.trainer import Trainer
 
 HERE = Path(__file__).resolve().parent
 
@@ -59,7 +60,7 @@ def measure(config: str, pipeline: str, args, tmp: Path) -> dict:
     steady = times[1:] or times
     per_epoch = sum(steady) / len(steady)
     imgs = _images_per_step(tr) * tr.steps
-    return {"config": config, "pipeline": pipeline, "compiled": tr.step_fn is not tr.step_module,
+    return {"config": config, "pipeline": pipeline, "compiled": tr.stepper.info["used"],
             "setup_s": round(setup, 2), "first_epoch_s": round(times[0], 3), "epoch_s": round(per_epoch, 3),
             "images_per_s": round(imgs / per_epoch, 1), "steps_per_epoch": tr.steps, "epochs": len(times),
             "trainer": tr}
@@ -71,8 +72,7 @@ def gpu_busy_fraction(tr, steps: int = 30) -> float | None:
         return None
     from torch.profiler import ProfilerActivity, profile
 
-    from allnc.engine.evaluate import autocast_ctx
-    from allnc.methods.base import StepState
+    from allnc.methods import StepState
 
     for ld in tr.loaders:
         ld.set_epoch(0)
@@ -82,12 +82,7 @@ def gpu_busy_fraction(tr, steps: int = 30) -> float | None:
     with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
         t0 = time.time()
         for s, batches in zip(range(steps), it):
-            batches = [tr._to_device(b) for b in batches]
-            with autocast_ctx(tr.device, tr.amp):
-                loss, _ = tr.step_fn(batches, StepState(0, 1, s, tr.steps))
-            tr.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            tr.opt.step()
+            tr.stepper.step([tr._to_device(b) for b in batches], StepState(0, 1, s, tr.steps))
         torch.cuda.synchronize()
         wall = time.time() - t0
     kernel_us = sum(e.device_time_total for e in prof.key_averages() if e.device_type.name == "CUDA")

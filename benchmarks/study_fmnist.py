@@ -32,7 +32,7 @@ from pathlib import Path
 
 from allnc.config import cell_name
 from allnc.rundir import atomic_write_json
-from allnc.engine.trainer import git_commit
+from allnc.engine.runtime import git_commit
 from allnc.grid import run_grid
 from allnc.report.results import result_record
 

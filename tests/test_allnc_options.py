@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from allnc.config import load_config
 from allnc.errors import ConfigError
 from allnc.losses import HyConLoss, P2PLoss, etf_cosines
-from allnc.methods.allnc import adaptor_alpha
+from allnc.methods.gbbn import adaptor_alpha
 from allnc.methods.base import DataInfo, StepState, build_method
 
 COUNTS = np.array([50, 30, 18, 11, 7, 4])

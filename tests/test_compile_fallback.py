@@ -37,22 +37,23 @@ def test_probe_leaves_every_value_as_it_found_it(config, tiny_learnable_fmnist, 
     before = state(t)
     assert not t.opt.state  # no momentum yet
     seen_change = {}
-    orig = t._restore
+    orig = t.stepper._restore
 
     def spy(snap):  # the probe really changed the state before restoring it
         now = state(t)
         seen_change["weights"] = any(not torch.equal(now[k], before[k]) for k in before if k.endswith("weight"))
         orig(snap)
 
-    t._restore = spy
-    t._probe_compiled(steps=3)
+    t.stepper._restore = spy
+    t.stepper.probe(t._first_batches(0), 0, t.steps, steps=3)
     assert seen_change["weights"]
     after = state(t)
     for k, v in before.items():
         assert torch.equal(after[k], v), k
     momenta = [k for k in after if k.startswith("o.")]
     assert momenta and all(torch.count_nonzero(after[k]) == 0 for k in momenta)
-    assert t.compile_info["used"] and t.compile_info["fallback"] is None and t.compile_info["probe_s"] >= 0
+    info = t.stepper.info
+    assert info["used"] and info["fallback"] is None and info["probe_s"] >= 0
 
 
 def _failing_compile(monkeypatch, fail_when):

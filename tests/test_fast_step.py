@@ -44,7 +44,7 @@ def test_compiled_step_equals_eager_step(config, tiny_learnable_fmnist, tmp_path
     cfg = load_config(config, [f"data.root={tiny_learnable_fmnist}", *FAST, "data.augment=standard",
                                "train.compile=on", "train.compile_backend=aot_eager"])
     t = Trainer(cfg, tmp_path / "r")
-    assert t.step_fn is not t.step_module
+    assert t.stepper.step_fn is not t.stepper.step_module
     for ld in t.loaders:
         ld.set_epoch(0)
     t.method.on_epoch_start(5, 10)
@@ -54,7 +54,7 @@ def test_compiled_step_equals_eager_step(config, tiny_learnable_fmnist, tmp_path
     steps = [list(b) for _, b in zip(range(3), zip(*t.loaders))]
 
     def one_step(fn, opt_step, i, batches):
-        t._set_lr(0.05 * (i + 1))  # the learning rate changes every step, as in warm-up
+        t.stepper.set_lr(0.05 * (i + 1))  # the learning rate changes every step, as in warm-up
         loss, _ = fn(batches, StepState(5, 10, i, len(t.loaders[0])))
         t.opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -63,14 +63,14 @@ def test_compiled_step_equals_eager_step(config, tiny_learnable_fmnist, tmp_path
         return loss.detach(), grads, copy.deepcopy(t.method.state_dict())
 
     # every step from the same state on both sides (float reordering must not compound)
-    assert t.opt_step is not t.opt.step
+    assert t.stepper.opt_step is not t.opt.step
     for i, batches in enumerate(steps):
         before = copy.deepcopy(t.method.state_dict()), copy.deepcopy(t.opt.state_dict())
-        le, ge, s_eager = one_step(t.step_module, t.opt.step, i, batches)
+        le, ge, s_eager = one_step(t.stepper.step_module, t.opt.step, i, batches)
         after = copy.deepcopy(t.opt.state_dict())
         t.method.load_state_dict(before[0])
         t.opt.load_state_dict(before[1])
-        lc, gc, s_comp = one_step(t.step_fn, t.opt_step, i, batches)
+        lc, gc, s_comp = one_step(t.stepper.step_fn, t.stepper.opt_step, i, batches)
         assert torch.allclose(le, lc, rtol=1e-5, atol=1e-6)
         assert ge.keys() == gc.keys() and len(ge) > 0
         for k in ge:

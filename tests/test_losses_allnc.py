@@ -320,18 +320,22 @@ def test_centred_normalized_uses_class_balanced_centre():
 
 
 # =============================================================================== memory
+def _update(mem, f, y):
+    return mem.update_from_stats(*mem.batch_stats(f, y, grad=False))
+
+
 def test_memory_ema_worked_example():
     mem = ClassMeanMemory(3, 2, momentum=0.9)
     f1 = torch.tensor([[1.0, 0.0], [3.0, 0.0], [0.0, 2.0]])
     y1 = torch.tensor([0, 0, 1])
-    present = mem.update(f1, y1)
+    present = _update(mem, f1, y1)
     assert present.tolist() == [True, True, False]
     # first sight: set to the batch mean; class 2 absent and unseen stays 0
     assert torch.allclose(mem.means, torch.tensor([[2.0, 0.0], [0.0, 2.0], [0.0, 0.0]]))
     assert mem.seen.tolist() == [True, True, False]
     f2 = torch.tensor([[0.0, 10.0], [5.0, 5.0], [7.0, 1.0]])
     y2 = torch.tensor([0, 2, 2])
-    mem.update(f2, y2)
+    _update(mem, f2, y2)
     expected = torch.tensor(
         [
             [0.9 * 2.0 + 0.1 * 0.0, 0.9 * 0.0 + 0.1 * 10.0],  # EMA
@@ -344,13 +348,13 @@ def test_memory_ema_worked_example():
     assert mem.means.dtype == torch.float32 and mem.seen.dtype == torch.bool
 
 
-def test_memory_batch_means_gradient_only_where_present():
+def test_memory_mixed_means_gradient_only_where_present():
     mem = ClassMeanMemory(4, 3)
-    mem.update(torch.ones(4, 3) * torch.arange(4.0)[:, None], torch.arange(4))
+    _update(mem, torch.ones(4, 3) * torch.arange(4.0)[:, None], torch.arange(4))
     before = mem.means.clone()
     f = torch.randn(5, 3, generator=_gen(24), requires_grad=True)
     y = torch.tensor([0, 0, 2, 2, 2])
-    means, present = mem.batch_means(f, y)
+    means, present = mem.mix(*mem.batch_stats(f, y))
     assert present.tolist() == [True, False, True, False]
     assert torch.allclose(means[0], f[:2].mean(0)) and torch.allclose(means[2], f[2:].mean(0))
     assert torch.equal(means[1], before[1]) and torch.equal(means[3], before[3])
@@ -361,13 +365,13 @@ def test_memory_batch_means_gradient_only_where_present():
     (g_absent,) = torch.autograd.grad(means[[1, 3]].sum(), f, allow_unused=True)
     assert g_absent is None or g_absent.abs().sum() == 0
     assert not mem.means.requires_grad
-    # batch_means does not change the memory
+    # forming the means does not change the memory
     assert torch.equal(mem.means, before)
 
 
 def test_memory_state_dict_round_trip():
     mem = ClassMeanMemory(5, 4, momentum=0.8)
-    mem.update(torch.randn(6, 4, generator=_gen(26)), torch.tensor([0, 1, 1, 3, 3, 3]))
+    _update(mem, torch.randn(6, 4, generator=_gen(26)), torch.tensor([0, 1, 1, 3, 3, 3]))
     sd = mem.state_dict()
     assert set(sd) == {"means", "seen"}
     fresh = ClassMeanMemory(5, 4, momentum=0.8)

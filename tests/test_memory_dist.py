@@ -1,6 +1,6 @@
 """ClassMeanMemory under data parallel training: two CPU processes (gloo), each with half of
 a fixed batch, must end with identical memory equal to one process that saw the whole batch,
-and a loss computed from ``batch_means`` must get the single-process gradient once the
+and a loss computed from the mixed batch means must get the single-process gradient once the
 gradients are averaged over ranks as DistributedDataParallel does."""
 import datetime
 import time
@@ -30,15 +30,16 @@ def _problem():
 
 
 def _step(x, y, P, W, state):
-    """One step: a P2P loss from batch_means, backward, then the memory update."""
+    """One step: a P2P loss from the mixed batch means, backward, then the memory update."""
     mem = ClassMeanMemory(K, D, momentum=0.9)
     mem.load_state_dict(state)
     P = P.clone().requires_grad_(True)
     feats = x @ P
-    means, present = mem.batch_means(feats, y)
-    loss = P2PLoss(tau=0.5)(means, W, valid=mem.valid(present))
+    stats = mem.batch_stats(feats, y)
+    means, present = mem.mix(*stats)
+    loss = P2PLoss(tau=0.5)(means, W, valid=mem.seen | present)
     loss.backward()
-    mem.update(feats.detach(), y)
+    mem.update_from_stats(*stats)
     return {
         "loss": loss.detach(),
         "grad": P.grad.clone(),

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from allnc.config import builtin_names, load_config
 from allnc.engine.checkpoint import load_checkpoint
 from allnc.engine.trainer import Trainer
-from allnc.methods.allnc import adaptor_alpha
+from allnc.methods.gbbn import adaptor_alpha
 from allnc.methods.base import DataInfo, StepState, build_method
 
 COUNTS = np.array([50, 30, 18, 11, 7, 4])

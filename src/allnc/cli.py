@@ -47,11 +47,11 @@ def cmd_train(a) -> int:
 
 
 def cmd_eval(a) -> int:
+    from .engine.context import load_run
     from .engine.evaluate import evaluate_accuracy
-    from .engine.trainer import load_run
 
     t = load_run(a.run_dir, device=a.device, overrides=a.overrides)
-    res = evaluate_accuracy(t.method, t.cfg, t.bundle, t.choice, t.device, t.amp)
+    res = evaluate_accuracy(t)
     print(f"{t.bundle.label}, checkpoint of epoch {t.ckpt_epoch}:")
     _print_result(res)
     if a.json:
@@ -79,13 +79,12 @@ def cmd_data(a) -> int:
 
 
 def cmd_nc(a) -> int:
+    from .engine.context import load_run
     from .engine.evaluate import neural_collapse
-    from .engine.trainer import load_run
     from .metrics import nc_summary, save_nc
 
     t = load_run(a.run_dir, device=a.device, overrides=a.overrides)
-    nc, mats = neural_collapse(t.method, t.cfg, t.bundle, t.choice, t.device, amp=t.amp,
-                               max_samples=a.max_samples)
+    nc, mats = neural_collapse(t, max_samples=a.max_samples)
     for split in nc:
         nc[split]["info"]["checkpoint_epoch"] = t.ckpt_epoch
     path = save_nc(a.run_dir, nc, mats)

@@ -24,6 +24,10 @@ def world_size() -> int:
 
 
 def is_main() -> bool:
+    """Rank 0; before the process group exists, what torchrun's RANK says (so a run can take
+    its directory's lock before it initialises the group)."""
+    if not is_dist() and launched_by_torchrun():
+        return int(os.environ.get("RANK", "0")) == 0
     return rank() == 0
 
 

@@ -10,18 +10,27 @@ T = TypeVar("T")
 
 
 class Registry(Generic[T]):
+    """``@REG.register("name", key=value...)`` records an object under a name, with optional
+    metadata (for example the config dataclass a method reads: ``meta(name)``)."""
+
     def __init__(self, kind: str):
         self.kind = kind
         self._items: dict[str, T] = {}
+        self._meta: dict[str, dict] = {}
 
-    def register(self, name: str) -> Callable[[T], T]:
+    def register(self, name: str, **meta) -> Callable[[T], T]:
         def deco(obj: T) -> T:
             if name in self._items:
                 raise ValueError(f"{self.kind} '{name}' is registered twice")
             self._items[name] = obj
+            self._meta[name] = dict(meta)
             return obj
 
         return deco
+
+    def meta(self, name: str) -> dict:
+        self.get(name)
+        return dict(self._meta[name])
 
     def get(self, name: str) -> T:
         try:

@@ -1,4 +1,5 @@
-"""Evaluation: accuracy of the last epoch, and neural-collapse statistics of a split."""
+"""Evaluation of a run context: accuracy on a split (the last epoch's model), and the
+neural-collapse statistics of a split's features and the classifier."""
 from __future__ import annotations
 
 import contextlib
@@ -21,15 +22,16 @@ def _prep(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate_accuracy(method, cfg, bundle, choice, device, amp=False, channels_last=False, split: str = "test") -> dict:
-    """Top-1, many/medium/few (groups from the training counts) and per-class accuracy on
-    ``split`` ("test", or "val" where the data have a validation split)."""
+def evaluate_accuracy(ctx, split: str = "test") -> dict:
+    """Top-1, many/medium/few (groups from the training counts) and per-class accuracy of
+    ``ctx.method`` on ``split`` ("test", or "val" where the data have a validation split)."""
+    method, bundle = ctx.method, ctx.bundle
     was = method.training
     method.eval()
     acc = AccuracyAccumulator(bundle.num_classes)
-    for x, y in iter_eval(cfg, bundle, split, choice, device):
-        with autocast_ctx(device, amp):
-            logits = method(_prep(x, channels_last))
+    for x, y in iter_eval(ctx.cfg, bundle, split, ctx.choice, ctx.device):
+        with autocast_ctx(ctx.device, ctx.amp):
+            logits = method(_prep(x, ctx.channels_last))
         acc.update(logits.float(), y)
     acc.all_reduce()
     method.train(was)
@@ -37,11 +39,11 @@ def evaluate_accuracy(method, cfg, bundle, choice, device, amp=False, channels_l
 
 
 @torch.no_grad()
-def neural_collapse(method, cfg, bundle, choice, device, splits=("train", "test"), amp=False,
-                    channels_last=False, max_samples: int = 0) -> tuple[dict, dict]:
+def neural_collapse(ctx, splits=("train", "test"), max_samples: int = 0) -> tuple[dict, dict]:
     """Neural-collapse metrics of the inference features (no augmentation) and the
     classifier that makes the predictions: one pass for class statistics, one for the
     nearest-class-mean check. Returns ({split: compute_nc}, {split: cosine matrices})."""
+    method, bundle, device = ctx.method, ctx.bundle, ctx.device
     was = method.training
     method.eval()
     W, b = method.classifier_weight()
@@ -54,11 +56,11 @@ def neural_collapse(method, cfg, bundle, choice, device, splits=("train", "test"
 
         def batches():
             seen = 0
-            for x, y in iter_eval(cfg, bundle, split, choice, device):
+            for x, y in iter_eval(ctx.cfg, bundle, split, ctx.choice, device):
                 if max_samples and seen >= max_samples:
                     return
-                with autocast_ctx(device, amp):
-                    h, _ = method.features(_prep(x, channels_last))
+                with autocast_ctx(device, ctx.amp):
+                    h, _ = method.features(_prep(x, ctx.channels_last))
                 seen += len(y)
                 yield h.float(), y
 

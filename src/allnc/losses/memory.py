@@ -1,17 +1,19 @@
 """Class-mean memory of AllNC: per-class exponential moving averages of batch class means.
 
-* ``batch_means(features, y)``: the batch class means ``m_k = s_k / n_k`` of the *global*
-  batch (per-class sums and counts summed over data-parallel ranks) where class k is present,
-  with gradient; the memory ``mu_k`` (detached) elsewhere.
-* ``update(features, y)`` (no gradient, after the step): for present classes
+One statistics pass per step serves both the losses and the update:
+
+* ``batch_stats(features, y)``: per-class sums and counts of the *global* batch (summed over
+  data-parallel ranks), the sums with gradient;
+* ``mix(sums, counts)``: the batch class mean ``m_k = s_k / n_k`` (with gradient) where class k
+  is present, the memory ``mu_k`` (detached) elsewhere, and the ``present`` mask;
+* ``update_from_stats(sums, counts)`` (no gradient, after the losses): for present classes
   ``mu_k <- beta mu_k + (1 - beta) m_k``; a class seen for the first time is set to ``m_k``;
-  absent classes keep their memory. The sums are all-reduced first, so every rank holds the
-  same memory.
+  absent classes keep their memory. Every rank holds the same memory.
 * ``centred_normalized(means) = normalize(mu_k - mean_j mu_j)``: the class-balanced centre.
 
 Gradient under data parallel training: the sums go through ``global_sum_with_local_grad``,
 which scales this rank's gradient by the world size; after DistributedDataParallel averages
-the gradients over ranks, a loss computed from ``batch_means`` gets exactly the gradient of a
+the gradients over ranks, a loss computed from the mixed means gets exactly the gradient of a
 single process that saw the whole global batch. (Every rank must compute the same loss from
 the means, which holds since every rank holds the same means.)
 """
@@ -92,30 +94,18 @@ class ClassMeanMemory(nn.Module):
                 all_reduce_sum(sums)
         return sums, counts
 
-    def batch_means(self, features: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(means_mixed (K x d, float32), present (K bool))``: the global batch mean (with
-        gradient) where class k is present in the global batch, the detached memory elsewhere.
-        Rows neither present nor ``seen`` are zeros (mask them with ``present | seen``)."""
-        return self.mix(*self.batch_stats(features, y, grad=True))
 
     def mix(self, sums: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``batch_means`` from statistics already computed by ``batch_stats``, so that a
-        step can form its means and later ``update_from_stats`` from one pass."""
+        """``(means (K x d, float32), present (K bool))`` from ``batch_stats``: the global batch
+        mean (with gradient) where class k is present, the detached memory elsewhere. Rows
+        neither present nor ``seen`` are zeros (mask them with ``present | seen``)."""
         present = counts > 0
         bm = sums / counts.clamp_min(1.0)[:, None]
         mem = self.means.detach().to(bm.device)
         return torch.where(present[:, None], bm, mem), present
 
-    def valid(self, present: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Classes with a usable mean: ``seen`` (or ``present``)."""
-        return self.seen.clone() if present is None else self.seen | present.to(self.seen.device)
 
     # ---------------------------------------------------------------- update
-    @torch.no_grad()
-    def update(self, features: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """EMA update from the (detached) global batch; returns the ``present`` mask."""
-        sums, counts = self.batch_stats(features.detach(), y, grad=False)
-        return self.update_from_stats(sums, counts)
 
     @torch.no_grad()
     def update_from_stats(self, sums: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,7 @@ one batch from each, and gets back a scalar loss.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -16,7 +16,11 @@ from torch import nn
 
 from ..registry import Registry
 
+#: name -> Method class; ``@METHODS.register(name, section=..., config=Dataclass)`` also
+#: carries the config dataclass the method reads (its ``method.<section>`` keys)
 METHODS: Registry[type["Method"]] = Registry("method")
+#: config sections shared by several methods (HyCon, P2P, the class-mean memory)
+SECTIONS: Registry[type] = Registry("method config section")
 
 
 @dataclass(frozen=True)
@@ -48,7 +52,6 @@ class StepState:
     epochs: int
     step: int = 0  # step within the epoch
     steps_per_epoch: int = 1
-    extras: dict = field(default_factory=dict)
 
     @property
     def progress(self) -> float:
@@ -105,12 +108,9 @@ class Method(nn.Module):
 
 
 def build_method(cfg: DictConfig, info: DataInfo) -> Method:
-    # Import the modules that register methods (kept here, so importing base stays light).
-    from . import allnc as _a  # noqa: F401
-    from . import baselines as _b  # noqa: F401
-
-    cls = METHODS.get(cfg.method.name)
-    return cls(cfg, info)
+    """The method named by ``cfg.method.name`` (every method module registers itself when
+    the package ``allnc.methods`` is imported)."""
+    return METHODS.get(cfg.method.name)(cfg, info)
 
 
 def mixup(x: torch.Tensor, y: torch.Tensor, alpha: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:

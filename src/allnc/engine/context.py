@@ -1,0 +1,125 @@
+"""A run's context: the config, the data, the method on its device, the data path and the
+precision: what training, evaluation, the NC metrics and the diagnostics all need. Built
+from a config (``RunContext.build``) or restored from a run directory (``load_run``)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from .. import dist
+from ..config import flatten, from_dict, parse_override, set_key, to_dict
+from ..data import DataBundle, build_data
+from ..errors import ConfigError, RunDirError
+from ..methods import DataInfo, Method, build_method
+from ..models import count_parameters
+from ..rundir import CHECKPOINT
+from .checkpoint import load_checkpoint
+from .loaders import PipelineChoice, choose_pipeline
+from .runtime import configure_backends, resolve_device, seed_everything
+
+
+@dataclass
+class RunContext:
+    cfg: DictConfig
+    device: torch.device
+    amp: bool  # bf16 autocast
+    channels_last: bool
+    bundle: DataBundle
+    info: DataInfo
+    method: Method
+    choice: PipelineChoice
+    n_params: int
+    run_dir: Optional[Path] = None  # set when restored from a run directory
+    ckpt_epoch: Optional[int] = None
+
+    @classmethod
+    def build(cls, cfg: DictConfig, init_from: Optional[str] = None) -> "RunContext":
+        """Device, precision, data, method (on the device) and data path of a config; the
+        method starts from ``init_from``'s backbone when given (cRT)."""
+        device = resolve_device(cfg.device)
+        dist.init_from_env(device.type)
+        on_gpu = device.type == "cuda"
+        amp = cfg.train.amp == "bf16" or (cfg.train.amp == "auto" and on_gpu)
+        channels_last = cfg.train.channels_last == "on" or (cfg.train.channels_last == "auto" and on_gpu)
+        configure_backends(device)
+        seed_everything(int(cfg.seed))
+        bundle = build_data(cfg)
+        info = DataInfo(np.asarray(bundle.class_counts), bundle.in_channels, tuple(bundle.image_hw))
+        method = build_method(cfg, info)
+        if init_from:
+            src = Path(init_from) / CHECKPOINT
+            if not src.is_file():
+                raise ConfigError(f"init_from={init_from}: no {CHECKPOINT} there; point it at a finished run directory")
+            method.load_backbone_from(load_checkpoint(src)["method"])
+        if cfg.train.sync_bn and dist.is_dist():
+            method = dist.convert_sync_batchnorm(method, device.type)
+        method.to(device)
+        if channels_last:
+            method.to(memory_format=torch.channels_last)
+        return cls(cfg=cfg, device=device, amp=amp, channels_last=channels_last, bundle=bundle, info=info,
+                   method=method, choice=choose_pipeline(cfg, bundle, method.loaders),
+                   n_params=count_parameters(method))
+
+    def prep(self, x: torch.Tensor) -> torch.Tensor:
+        """An input batch in the model's memory format."""
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x
+
+
+# runtime settings that may differ when a run is resumed or re-evaluated elsewhere
+RUNTIME_TOP = {"device"}
+RUNTIME_KEYS = {"data.root", "data.num_workers", "data.download", "data.cache_dir", "train.progress", "name"}
+
+
+def is_runtime(key: str) -> bool:
+    return key in RUNTIME_KEYS or key.split(".")[0] in RUNTIME_TOP
+
+
+def saved_with_runtime(saved: DictConfig, given: DictConfig | None, overrides=()) -> DictConfig:
+    """The saved config with the runtime keys of ``given`` and of ``overrides`` applied."""
+    if given is not None:
+        d = flatten(to_dict(given))
+        for k in d:
+            if is_runtime(k):
+                set_key(saved, k, d[k], "the command line")
+    for text in overrides:
+        k, v = parse_override(text)
+        if not is_runtime(k):
+            raise ConfigError(
+                f"'{k}' cannot change in a resumed run or a re-evaluation (only "
+                f"{', '.join(sorted(RUNTIME_KEYS | RUNTIME_TOP))}); start a new run to change it"
+            )
+        set_key(saved, k, v, "the command line")
+    return saved
+
+
+def check_resume_config(saved: DictConfig, given: DictConfig | None) -> None:
+    """A config given with --resume must equal the saved one outside the runtime keys."""
+    if given is None:
+        return
+    a, b = flatten(to_dict(saved)), flatten(to_dict(given))
+    diff = [k for k in a if not is_runtime(k) and a[k] != b.get(k)]
+    if diff:
+        k = diff[0]
+        raise ConfigError(
+            f"--resume: '{k}' is {b.get(k)!r} here but {a[k]!r} in the saved run; resume with the run's own "
+            "config (omit --config and overrides) or start a new run"
+        )
+
+
+def load_run(run_dir: str | Path, device: str = "auto", overrides=()) -> RunContext:
+    """The context of a run directory's last checkpoint (for eval, nc and report);
+    ``overrides`` may change runtime keys only (data.root where the data moved, ...)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / CHECKPOINT).is_file():
+        raise RunDirError(f"{run_dir} holds no {CHECKPOINT}: is it a run directory made by `allnc train`?")
+    ckpt: dict[str, Any] = load_checkpoint(run_dir / CHECKPOINT)
+    cfg = saved_with_runtime(from_dict(ckpt["config"]), None, [f"device={device}", *overrides])
+    ctx = RunContext.build(cfg)
+    ctx.method.load_state_dict(ckpt["method"])
+    ctx.run_dir, ctx.ckpt_epoch = run_dir, int(ckpt["epoch"])
+    return ctx

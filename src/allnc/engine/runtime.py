@@ -1,0 +1,77 @@
+"""The run's machine: device choice, backend settings, seeding, and provenance (library
+versions, commit, device name)."""
+from __future__ import annotations
+
+import os
+import platform
+import random
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import __version__, dist
+from ..errors import ConfigError
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={name} but no CUDA GPU is visible; use device=cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and dist.is_dist():
+        dev = torch.device("cuda", dist.rank() % torch.cuda.device_count())
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    return dev
+
+
+def configure_backends(device: torch.device) -> None:
+    """CPU: deterministic algorithms (runs repeat bit for bit); GPU: fixed shapes every step,
+    so cuDNN may pick its fastest kernels once."""
+    if device.type == "cpu":
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    else:
+        torch.backends.cudnn.benchmark = True
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def seed_epoch(seed: int, epoch: int) -> None:
+    """Every random stream of an epoch is a function of (seed, epoch): a resumed run draws
+    what a full run draws."""
+    torch.manual_seed(int(seed) * 1_000_003 + epoch)
+    np.random.seed((int(seed) * 1_000_003 + epoch) % 2**32)
+
+
+def versions() -> dict:
+    import torchvision
+
+    return {"allnc": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "python": platform.python_version()}
+
+
+def git_commit() -> str | None:
+    """The checkout's commit; where there is no git repository (a copied working tree on
+    another machine) the ALLNC_COMMIT environment variable says it."""
+    env = os.environ.get("ALLNC_COMMIT")
+    if env:
+        return env
+    try:
+        here = Path(__file__).resolve().parent
+        r = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        return r.stdout.strip() or None if r.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"

@@ -1,0 +1,167 @@
+"""The training step: the method's loss (through DistributedDataParallel when there are
+several processes), backward and the SGD step, optionally compiled, with the compilation
+probe and its fallback."""
+from __future__ import annotations
+
+import time
+from typing import Callable, Iterable
+
+import torch
+from torch import nn
+
+from .. import dist
+from ..methods import Method, StepState
+from .evaluate import autocast_ctx
+
+
+class _TrainStep(nn.Module):
+    """What DistributedDataParallel wraps: its forward is the method's training loss."""
+
+    def __init__(self, method: Method):
+        super().__init__()
+        self.method = method
+
+    def forward(self, batches, state):
+        return self.method.training_loss(batches, state)
+
+
+class Stepper:
+    """``step(batches, state)`` runs one training step and returns (loss, logs).
+
+    With compilation the method's step and the optimizer step go through ``torch.compile``
+    (``train.compile_backend``, ``train.compile_mode``); ``probe`` then runs the first steps
+    (compilation, CUDA-graph recording, the first replay), puts every value back, and falls
+    back from a CUDA-graph mode to the default mode to eager if anything fails, saying so
+    once through ``log`` and recording it in ``info``."""
+
+    def __init__(self, method: Method, cfg, device: torch.device, amp: bool, compile_: bool, log: Callable = print):
+        self.method, self.cfg, self.device, self.amp, self.log = method, cfg, device, amp, log
+        on_gpu = device.type == "cuda"
+        groups = method.parameter_groups(float(cfg.train.weight_decay))
+        # a compiled optimizer step reads the learning rate from a tensor on the device (no
+        # recompilation when it changes; CUDA graphs can hold it); otherwise a fused kernel on the GPU
+        lr0 = torch.tensor(float(cfg.train.lr), device=device) if compile_ else float(cfg.train.lr)
+        self.opt = torch.optim.SGD(groups, lr=lr0, momentum=float(cfg.train.momentum), nesterov=bool(cfg.train.nesterov),
+                                   **({"fused": True} if on_gpu and not compile_ else {}))
+        self.step_module: nn.Module = _TrainStep(method)
+        if dist.is_dist():
+            dev_ids = [device.index] if device.type == "cuda" else None
+            self.step_module = nn.parallel.DistributedDataParallel(self.step_module, device_ids=dev_ids)
+        self.step_fn = self.step_module
+        self.opt_step = self.opt.step
+        # what was asked for and what runs: a failed compilation falls back (see probe)
+        self.info = {"requested": bool(compile_), "used": False, "backend": str(cfg.train.compile_backend),
+                     "mode": str(cfg.train.compile_mode), "fallback": None, "probe_s": None}
+        self._mark_step = False
+        if compile_:
+            self.compile(str(cfg.train.compile_mode))
+
+    # ------------------------------------------------------------------ the step
+    def set_lr(self, lr: float) -> None:
+        for g in self.opt.param_groups:
+            if torch.is_tensor(g["lr"]):
+                g["lr"].fill_(lr)
+            else:
+                g["lr"] = lr
+
+    def step(self, batches: list[dict], state: StepState) -> tuple[torch.Tensor, dict]:
+        if self._mark_step:
+            torch.compiler.cudagraph_mark_step_begin()
+        with autocast_ctx(self.device, self.amp):
+            loss, logs = self.step_fn(batches, state)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt_step()
+        return loss, logs
+
+    # ------------------------------------------------------------------ compilation
+    def compile(self, mode: str) -> None:
+        backend = str(self.cfg.train.compile_backend)
+        kw = {"mode": mode} if backend == "inductor" and mode != "default" else {}
+        self.step_fn = torch.compile(self.step_module, backend=backend, **kw)
+        self.opt_step = torch.compile(self.opt.step, backend=backend, **kw)
+        self.info.update(used=True, mode=mode)
+        # CUDA graph trees want to know where a training iteration begins
+        self._mark_step = self.device.type == "cuda" and mode in ("reduce-overhead", "max-autotune")
+
+    def uncompile(self) -> None:
+        self.step_fn, self.opt_step = self.step_module, self.opt.step
+        self._mark_step = False
+        self.info["used"] = False
+        for g in self.opt.param_groups:  # eager SGD takes a plain float
+            if torch.is_tensor(g["lr"]):
+                g["lr"] = float(g["lr"])
+
+    def _state_tensors(self) -> list[torch.Tensor]:
+        return [*self.method.parameters(), *self.method.buffers()]
+
+    def _snapshot(self) -> dict:
+        """Every value a training step changes: parameters, buffers, optimizer state."""
+        return {
+            "tensors": [t.detach().clone() for t in self._state_tensors()],
+            "opt": {id(p): {k: (v.detach().clone() if torch.is_tensor(v) else v) for k, v in st.items()}
+                    for p, st in self.opt.state.items()},
+        }
+
+    @torch.no_grad()
+    def _restore(self, snap: dict) -> None:
+        """Put the snapshot back in place (the same tensor objects, so compiled code that
+        holds them stays valid). SGD momentum buffers created since the snapshot are zeroed:
+        SGD's first step sets the buffer to the gradient, and 0.9 * 0 + g is g, so a zero
+        buffer gives exactly the step that a missing one would."""
+        for t, v in zip(self._state_tensors(), snap["tensors"]):
+            t.copy_(v)
+        for p, st in self.opt.state.items():
+            old = snap["opt"].get(id(p), {})
+            for k, v in st.items():
+                if not torch.is_tensor(v):
+                    continue
+                if k in old and torch.is_tensor(old[k]):
+                    v.copy_(old[k])
+                elif k == "momentum_buffer":
+                    v.zero_()
+                else:
+                    raise RuntimeError(f"optimizer state '{k}' appeared during the compilation probe")
+
+    def probe(self, first_batches: Callable[[], Iterable[list[dict]]], epoch: int, steps_per_epoch: int,
+              steps: int = 3) -> None:
+        """Run the first ``steps`` compiled steps on ``first_batches()`` (batches of epoch
+        ``epoch``, already on the device), then put every parameter, buffer and optimizer value
+        back: the run is the one it would have been without the probe. On any failure, a
+        CUDA-graph mode falls back to the default mode, then to eager."""
+        if self.step_fn is self.step_module:
+            return
+        epochs = int(self.cfg.train.epochs)
+        modes = [self.info["mode"]]
+        if modes[0] != "default":
+            modes.append("default")
+        errors = []
+        t0 = time.time()
+        for i, mode in enumerate(modes):
+            if i:
+                torch._dynamo.reset()
+                self.compile(mode)
+            snap = self._snapshot()
+            try:
+                self.method.on_epoch_start(epoch, epochs)
+                self.method.train()
+                self.set_lr(float(self.cfg.train.lr) * 1e-3)
+                for step, batches in zip(range(steps), first_batches()):
+                    self.step(batches, StepState(epoch, epochs, step, steps_per_epoch))
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)
+                self._restore(snap)
+                self.info["probe_s"] = round(time.time() - t0, 2)
+                if errors:
+                    self.info["fallback"] = "; ".join(errors)
+                    self.log(f"compile  {errors[-1]}; using train.compile_mode={mode} instead")
+                return
+            except Exception as e:  # noqa: BLE001 - any compiler or CUDA-graph failure
+                self._restore(snap)
+                first = (str(e).strip().splitlines() or [""])[0][:300]
+                errors.append(f"train.compile_mode={mode} failed ({type(e).__name__}: {first})")
+        torch._dynamo.reset()
+        self.uncompile()
+        self.info["fallback"] = "; ".join(errors) + "; trained eagerly"
+        self.info["probe_s"] = round(time.time() - t0, 2)
+        self.log(f"compile  {errors[-1]}; training eagerly (not compiled)")

@@ -1,0 +1,44 @@
+"""A fixed simplex-ETF classifier with dot regression or cross-entropy (Yang et al. NeurIPS 2022)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch.nn.functional as F
+from torch import nn
+
+from ..losses import dot_regression_loss
+from .base import METHODS
+from .single import SingleBranch
+
+
+@dataclass
+class ETFConfig:
+    choices: ClassVar[dict] = {"loss": ("dr", "ce")}
+    # dr (dot regression, Yang et al. 2022) | ce
+    loss: str = "dr"
+    # normalize features before the fixed ETF classifier (as the paper)
+    normalize_features: bool = True
+    # batch norm on the features before the ETF (as the authors' code): post-ReLU features are
+    # non-negative and cannot reach ETF directions with negative entries without it
+    feature_bn: bool = True
+
+
+@METHODS.register("etf", section="etf", config=ETFConfig)
+class FixedETF(SingleBranch):
+    """Fixed simplex-ETF classifier (Yang et al. NeurIPS 2022) with dot regression or CE."""
+
+    classifier_kind = "etf"
+
+    def __init__(self, cfg, info):
+        super().__init__(cfg, info)
+        self.feature_bn = nn.BatchNorm1d(self.backbone.out_dim) if cfg.method.etf.feature_bn else nn.Identity()
+
+    def head_input(self, h):
+        h = self.feature_bn(h)
+        return F.normalize(h, dim=1) if self.cfg.method.etf.normalize_features else h
+
+    def loss_fn(self, logits, y, feats):
+        if self.cfg.method.etf.loss == "dr":
+            return dot_regression_loss(feats, y, self.classifier.weight)
+        return F.cross_entropy(logits, y)
