@@ -76,10 +76,13 @@ def cfg_get(cfg: Any, key: str, default: Any = None) -> Any:
     stubs) reads a setting."""
     node = cfg
     for part in key.split("."):
-        try:
-            node = getattr(node, part)
-        except AttributeError:
-            return default
+        if isinstance(node, dict):
+            node = node.get(part)
+        else:
+            try:
+                node = getattr(node, part)
+            except AttributeError:
+                return default
         if node is None:
             return default
     return node

@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import numpy as np
-import torch
 from torch.utils.data import Dataset
 
+from ..config_io import section
 from ..errors import ConfigError
 from . import augment as A
 from .augment import MultiView
@@ -42,13 +42,6 @@ class DataBundle:
     val_moved: Optional[dict] = None  # {class: images moved from training to validation}
 
 
-def _data_cfg(cfg: Any) -> Any:
-    try:
-        return cfg.data
-    except AttributeError:
-        return cfg
-
-
 def _load(d: Any) -> Source:
     name = d.name
     if not isinstance(name, str) or name not in SOURCES:
@@ -69,7 +62,7 @@ def build_data(cfg: Any) -> DataBundle:
     long-tailed training subset: counts ``lt_counts(n_max, K, IF, kind)`` with n_max the
     largest class of the source's training set, images ``lt_indices(..., data.lt_seed)``.
     ``imbalance_factor`` 1 keeps the whole training set; list files are kept as given."""
-    d = _data_cfg(cfg)
+    d = section(cfg, "data")
     src = _load(d)
     train = src.train
     k = train.num_classes
@@ -164,10 +157,3 @@ def make_dataset(split: Split, transform: Optional[Callable], views: int = 1) ->
     """A torch Dataset of ``split`` returning ``(x, y, index)``; with ``views`` > 1, ``x``
     is the list of ``views`` independently augmented tensors of the image."""
     return SplitDataset(split, transform, views)
-
-
-def as_tensor_images(split: Split) -> torch.Tensor:
-    """The in-memory images as a uint8 N x C x H x W tensor (shares memory when possible)."""
-    if split.images is None:
-        raise ValueError("the split keeps its images on disk; only small, in-memory splits have a tensor form")
-    return torch.from_numpy(split.images).permute(0, 3, 1, 2)

@@ -24,6 +24,7 @@ KINDS = ("exp", "step")
 #: group thresholds: many = more than 100 training images, few = fewer than 20
 MANY_ABOVE = 100
 FEW_BELOW = 20
+GROUP_NAMES = ("many", "medium", "few")
 
 
 def lt_counts(n_max: int, num_classes: int, imbalance_factor: float, kind: str = "exp") -> list[int]:
@@ -145,18 +146,23 @@ def val_split(
     return val_idx, kept, moved
 
 
+def group_of(count: int) -> str:
+    """The group of one class from its TRAINING count: many (> 100), few (< 20), medium."""
+    if count > MANY_ABOVE:
+        return "many"
+    if count < FEW_BELOW:
+        return "few"
+    return "medium"
+
+
 def groups(counts: Sequence[int]) -> dict[str, list[int]]:
     """Class ids per group: many (> 100 training images), medium (20 .. 100), few (< 20).
 
-    Groups come from the counts, never from class index ranges; a group may be empty.
+    Groups come from the counts, never from class index ranges; every key is present, a
+    group may be empty; ids are in increasing class order. The package's one home of this
+    convention (accuracy, NC figures and reports all use it).
     """
-    out: dict[str, list[int]] = {"many": [], "medium": [], "few": []}
-    for c, n in enumerate(counts):
-        n = int(n)
-        if n > MANY_ABOVE:
-            out["many"].append(c)
-        elif n < FEW_BELOW:
-            out["few"].append(c)
-        else:
-            out["medium"].append(c)
+    out: dict[str, list[int]] = {g: [] for g in GROUP_NAMES}
+    for c, n in enumerate(np.asarray(counts).reshape(-1).tolist()):
+        out[group_of(int(n))].append(c)
     return out

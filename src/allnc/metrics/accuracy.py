@@ -17,37 +17,15 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
+from ..data.longtail import FEW_BELOW, GROUP_NAMES, MANY_ABOVE, group_of, groups  # noqa: F401
 from ..dist import all_reduce_sum
-
-GROUP_NAMES = ("many", "medium", "few")
-MANY_ABOVE = 100  # many: n > 100
-FEW_BELOW = 20  # few: n < 20
 
 # Above this many classes the confusion matrix is off unless asked for (K*K int64 and a
 # K*K JSON list: 8 MB / a few MB at K = 1000, 530 MB at iNaturalist's 8142 classes).
 CONFUSION_AUTO_MAX_CLASSES = 1000
 
-
-def group_of(count: int) -> str:
-    """The group name of one class from its TRAINING count."""
-    if count > MANY_ABOVE:
-        return "many"
-    if count < FEW_BELOW:
-        return "few"
-    return "medium"
-
-
-def group_classes(counts: Sequence[int]) -> dict[str, list[int]]:
-    """Split class indices into many/medium/few by their TRAINING counts.
-
-    many: n_c > 100, few: n_c < 20, medium: 20 <= n_c <= 100. Every key is always present;
-    a group with no class is an empty list. Indices are in increasing class order.
-    """
-    counts = np.asarray(counts).reshape(-1)
-    out: dict[str, list[int]] = {g: [] for g in GROUP_NAMES}
-    for c, n in enumerate(counts.tolist()):
-        out[group_of(int(n))].append(c)
-    return out
+# the group convention has one home: the long-tail module
+group_classes = groups
 
 
 def _mean_or_none(values: list) -> Optional[float]:

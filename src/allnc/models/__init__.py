@@ -16,6 +16,7 @@ from typing import Any
 from torch import nn
 
 from .branched import BranchedNet
+from ..config_io import cfg_get
 from .heads import CLASSIFIERS, ETFClassifier, NormedLinear, build_classifier, simplex_etf
 from .resnet_cifar import BACKBONES, SPLIT_MODES, Backbone, CifarResNet, ShortcutA, resnet32, resnet_small
 from .torchvision_nets import TorchvisionResNet, load_backbone_state, resnet50, resnext50
@@ -53,23 +54,17 @@ def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
 
 
-def _get(cfg: Any, key: str, default: Any) -> Any:
-    if isinstance(cfg, dict):
-        return cfg.get(key, default)
-    return getattr(cfg, key, default)
-
-
 def build_backbone(model_cfg: Any, in_channels: int) -> Backbone:
     """The backbone named by ``model_cfg.name``; ``model_cfg.width`` sizes the CIFAR/small
     ResNets (ignored by the torchvision nets); ``model_cfg.pretrained`` is an optional local
     state_dict file (never a download), loaded with a strict key check."""
-    name = str(_get(model_cfg, "name", "resnet32"))
+    name = str(cfg_get(model_cfg, "name", "resnet32"))
     factory = BACKBONES.get(name)
     kwargs: dict[str, Any] = {"in_channels": int(in_channels)}
     if name in _WIDTH_BACKBONES:
-        kwargs["width"] = int(_get(model_cfg, "width", 16))
+        kwargs["width"] = int(cfg_get(model_cfg, "width", 16))
     backbone = factory(**kwargs)
-    pretrained = _get(model_cfg, "pretrained", None)
+    pretrained = cfg_get(model_cfg, "pretrained", None)
     if pretrained:
         load_backbone_state(backbone, str(pretrained))
     n = count_parameters(backbone)
