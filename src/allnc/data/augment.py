@@ -32,6 +32,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGENET_GREY_MEAN = (0.449,)
 IMAGENET_GREY_STD = (0.226,)
 
+# The one list of augmentation presets (data.augment, BCL's view presets). The fast path
+# implements a subset of them: allnc.data.fast.FAST_PRESETS.
 PRESETS = ("standard", "strong", "none", "sim")
 
 
