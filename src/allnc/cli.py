@@ -41,6 +41,14 @@ def cmd_train(a) -> int:
         if dist.is_main():
             _print_result(m)
             print(f"run directory: {t.out}")
+    except KeyboardInterrupt:
+        if t.last_ckpt_epoch:
+            print(f"allnc: interrupted; the checkpoint of epoch {t.last_ckpt_epoch} is kept: continue with "
+                  f"`allnc train --out {t.out} --resume`", file=sys.stderr)
+        else:
+            print(f"allnc: interrupted before the first checkpoint; nothing to resume: start again with "
+                  f"`allnc train --config ... --out {t.out} --overwrite`", file=sys.stderr)
+        return 130
     finally:
         dist.shutdown()
     return 0
@@ -197,8 +205,13 @@ def main(argv=None) -> int:
     except AllncError as e:
         print(f"allnc: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a file the command had to read or write
+        from .rundir import describe_os_error
+
+        print(f"allnc: error: {describe_os_error(e, 'the file operation on')}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
-        print("allnc: interrupted; the last checkpoint is kept (continue with --resume)", file=sys.stderr)
+        print("allnc: interrupted", file=sys.stderr)
         return 130
 
 

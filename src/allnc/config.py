@@ -11,6 +11,7 @@ every choice is checked against the registry or list it comes from.
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from dataclasses import MISSING as DC_MISSING
 from dataclasses import dataclass, field, fields, is_dataclass, make_dataclass
@@ -305,6 +306,13 @@ def _check_choices(node: DictConfig, cls: type, prefix: str) -> None:
 
 def validate(cfg: DictConfig) -> None:
     _check_choices(cfg, config_class(), "")
+    for k, v in flatten(to_dict(cfg)).items():
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ConfigError(f"{k}={v} is not a finite number; give a finite value")
+    if not 0 <= int(cfg.data.lt_seed) < 2**32:
+        raise ConfigError(f"data.lt_seed={cfg.data.lt_seed} must lie in 0 .. 2**32 - 1 (a NumPy seed)")
+    if not 0 <= int(cfg.seed) < 2**31:
+        raise ConfigError(f"seed={cfg.seed} must lie in 0 .. 2**31 - 1")
     if cfg.data.imbalance_factor < 1:
         raise ConfigError(
             f"data.imbalance_factor={cfg.data.imbalance_factor} is below 1; it is n_max/n_min, "

@@ -107,6 +107,15 @@ def read_jsonl(path: Path) -> list[dict]:
     return out
 
 
+def describe_os_error(e: OSError, doing: str) -> str:
+    """One line for a failed file operation: what was done, on which file, why."""
+    name = getattr(e, "filename", None)
+    why = {errno.ENOSPC: "no space left on device", errno.EROFS: "read-only file system",
+           errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
+           errno.EDQUOT: "disk quota exceeded"}.get(e.errno or -1, e.strerror or type(e).__name__)
+    return f"{doing}{f' {name}' if name else ''} failed: {why}"
+
+
 class RunLock:
     """An exclusive advisory lock on ``RUN_DIR/.lock`` for as long as a run writes there:
     a second process that tries to write the same run directory is refused at once (the lock

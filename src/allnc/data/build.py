@@ -87,6 +87,11 @@ def build_data(cfg: Any) -> DataBundle:
             raise ConfigError(f"data.imbalance_factor={factor} is below 1; use 1 for the balanced set or e.g. 100")
         n_max = int(train.counts().max())
         counts = lt_counts(n_max, k, factor, kind)
+        if min(counts) < 1:
+            c = int(np.argmin(counts))
+            raise ConfigError(
+                f"data.imbalance_factor={factor:g} leaves '{train.classes[c]}' (class {c}) with no training image "
+                f"(n_max is {n_max}); use an imbalance factor of at most {n_max}")
         kept = lt_indices(train.targets, counts, int(d.lt_seed), train.classes)
         label = f"{base}-LT (IF {factor:g}, {kind})"
     if not src.long_tailed:

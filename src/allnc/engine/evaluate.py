@@ -3,12 +3,14 @@ neural-collapse statistics of a split's features and the classifier."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 
 import numpy as np
 import torch
 
 from ..metrics import AccuracyAccumulator, ClassStatsAccumulator, NCMAccumulator, compute_nc, cosine_matrices
-from .loaders import iter_eval
+from ..errors import ConfigError
+from .loaders import PipelineChoice, iter_eval
 
 
 def autocast_ctx(device: torch.device, amp: bool):
@@ -38,11 +40,38 @@ def evaluate_accuracy(ctx, split: str = "test") -> dict:
     return acc.result(np.asarray(bundle.class_counts))
 
 
+def stratified_indices(targets: np.ndarray, max_samples: int, num_classes: int) -> np.ndarray:
+    """At most ``max_samples`` indices with every class present and each class's share of the
+    split kept (rounded, at least one image each): the first images of each class in the
+    split's order, so the subsample is deterministic. Sorted."""
+    targets = np.asarray(targets)
+    present = [c for c in range(num_classes) if (targets == c).any()]
+    if max_samples < len(present):
+        raise ConfigError(f"max samples {max_samples} is below the {len(present)} classes of the split; give at least "
+                          f"{len(present)} (or 0 for all)")
+    if max_samples >= len(targets):
+        return np.arange(len(targets))
+    counts = np.bincount(targets, minlength=num_classes)
+    quota = np.maximum(1, np.floor(counts * max_samples / len(targets))).astype(int) * (counts > 0)
+    # hand out what rounding down left, largest remainders first, never past a class's size
+    rest = max_samples - int(quota.sum())
+    frac = counts * max_samples / len(targets) - np.floor(counts * max_samples / len(targets))
+    for c in np.argsort(-frac, kind="stable"):
+        if rest <= 0:
+            break
+        if quota[c] < counts[c]:
+            quota[c] += 1
+            rest -= 1
+    keep = np.concatenate([np.flatnonzero(targets == c)[: quota[c]] for c in range(num_classes)])
+    return np.sort(keep)
+
+
 @torch.no_grad()
 def neural_collapse(ctx, splits=("train", "test"), max_samples: int = 0) -> tuple[dict, dict]:
     """Neural-collapse metrics of the inference features (no augmentation) and the
     classifier that makes the predictions: one pass for class statistics, one for the
-    nearest-class-mean check. Returns ({split: compute_nc}, {split: cosine matrices})."""
+    nearest-class-mean check. ``max_samples`` > 0 measures a class-stratified subsample of
+    each split (``stratified_indices``). Returns ({split: compute_nc}, {split: cosine matrices})."""
     method, bundle, device = ctx.method, ctx.bundle, ctx.device
     was = method.training
     method.eval()
@@ -52,20 +81,21 @@ def neural_collapse(ctx, splits=("train", "test"), max_samples: int = 0) -> tupl
     train_counts = np.asarray(bundle.class_counts)
     out, mats = {}, {}
     for split in splits:
-        split_counts = np.bincount(getattr(bundle, split).targets, minlength=bundle.num_classes)
+        data, choice = bundle, ctx.choice
+        if max_samples:
+            keep = stratified_indices(getattr(bundle, split).targets, max_samples, bundle.num_classes)
+            data = dataclasses.replace(bundle, **{split: getattr(bundle, split).subset(keep)})
+            choice = PipelineChoice(ctx.choice.fast, ctx.choice.reason)  # its own device copy of the subsample
+        split_counts = np.bincount(getattr(data, split).targets, minlength=bundle.num_classes)
 
         def batches():
-            seen = 0
-            for x, y in iter_eval(ctx.cfg, bundle, split, ctx.choice, device):
-                if max_samples and seen >= max_samples:
-                    return
+            for x, y in iter_eval(ctx.cfg, data, split, choice, device):
                 with autocast_ctx(device, ctx.amp):
                     h, _ = method.features(_prep(x, ctx.channels_last))
-                seen += len(y)
                 yield h.float(), y
 
-        acc = ClassStatsAccumulator(bundle.num_classes, W.shape[1], device=device,
-                                    class_counts=None if max_samples else split_counts, train_counts=train_counts)
+        acc = ClassStatsAccumulator(bundle.num_classes, W.shape[1], device=device, class_counts=split_counts,
+                                    train_counts=train_counts)
         for h, y in batches():
             acc.update(h, y)
         acc.all_reduce()

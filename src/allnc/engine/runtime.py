@@ -53,7 +53,8 @@ def seed_epoch(seed: int, epoch: int) -> None:
 def versions() -> dict:
     import torchvision
 
-    return {"allnc": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
+    # plain strings (torch's version is a str subclass that a weights-only load refuses)
+    return {"allnc": str(__version__), "torch": str(torch.__version__), "torchvision": str(torchvision.__version__),
             "python": platform.python_version()}
 
 

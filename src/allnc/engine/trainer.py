@@ -18,7 +18,8 @@ from ..data import groups as class_groups
 from ..errors import RunDirError, TrainingDiverged
 from ..methods import StepState
 from ..metrics import nc_summary
-from ..rundir import CHECKPOINT, CONFIG, METRICS, METRICS_LOG, TB_DIR, RunLock, atomic_write_json, atomic_write_text
+from ..rundir import (CHECKPOINT, CONFIG, METRICS, METRICS_LOG, TB_DIR, RunLock, atomic_write_json, atomic_write_text,
+                      describe_os_error)
 from .checkpoint import load_checkpoint, save_checkpoint
 from .context import RunContext, check_resume_config, load_run, saved_with_runtime  # noqa: F401 (load_run: public)
 from .evaluate import autocast_ctx, evaluate_accuracy, neural_collapse
@@ -33,7 +34,10 @@ def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
     """Refuse to write into an existing run unless asked: never an interactive prompt."""
     if resume:
         if not (out / CHECKPOINT).is_file():
-            raise RunDirError(f"--resume: no {CHECKPOINT} in {out}; drop --resume to start a new run there")
+            if out.is_dir() and any(p.name != ".lock" for p in out.iterdir()):
+                raise RunDirError(f"--resume: {out} holds no {CHECKPOINT} (the run stopped before its first "
+                                  "checkpoint); start it again with --overwrite")
+            raise RunDirError(f"--resume: no run in {out}; drop --resume to start a new run there")
         return
     if out.exists() and any(p.name != ".lock" for p in out.iterdir()):
         if not overwrite:
@@ -56,8 +60,12 @@ class Trainer:
         self.out = Path(out)
         self.log = log if dist.is_main() else (lambda *a, **k: None)
         self.resume = resume
+        self.last_ckpt_epoch = 0
         # one writer per run directory, from the check of the directory to the end of the run
-        self.lock = RunLock(self.out).acquire() if dist.is_main() else None
+        try:
+            self.lock = RunLock(self.out).acquire() if dist.is_main() else None
+        except OSError as e:
+            raise RunDirError(describe_os_error(e, "creating the run directory") + "; choose another --out") from None
         try:
             ckpt = None
             if resume:
@@ -163,6 +171,11 @@ class Trainer:
     def fit(self) -> dict:
         try:
             return self._fit()
+        except OSError as e:
+            kept = (f"the last good checkpoint (epoch {self.last_ckpt_epoch}) is kept: fix that and continue with "
+                    "--resume" if self.last_ckpt_epoch else "no checkpoint was written: fix that and start again "
+                    "with --overwrite")
+            raise RunDirError(describe_os_error(e, "writing") + f"; {kept}") from None
         finally:
             self.release()
 
@@ -187,7 +200,7 @@ class Trainer:
         bar = progress_bar(total=(epochs - self.start_epoch) * steps,
                            enabled=bool(cfg.train.progress) and dist.is_main() and sys.stderr.isatty())
         t_start = time.time()
-        last_ckpt_epoch = self.start_epoch
+        self.last_ckpt_epoch = self.start_epoch
         for epoch in range(self.start_epoch, epochs):
             t0 = time.time()
             seed_epoch(int(cfg.seed), epoch)
@@ -210,11 +223,13 @@ class Trainer:
                 check = self.device.type == "cpu" or (step + 1) % int(cfg.train.log_every_steps) == 0 or step == steps - 1
                 if check and not math.isfinite(float(sums["loss"])):
                     bar.close()
+                    kept = (f"the last good checkpoint (epoch {self.last_ckpt_epoch}) is kept in {self.out}; lower "
+                            "train.lr or the loss weights and start again, or --resume from it"
+                            if self.last_ckpt_epoch else
+                            "no checkpoint was written yet; lower train.lr or the loss weights and start again with "
+                            "--overwrite")
                     raise TrainingDiverged(
-                        f"the training loss became {float(loss.detach())} at epoch {epoch + 1} step {step + 1}; "
-                        f"the last good checkpoint (epoch {last_ckpt_epoch}) is kept in {self.out}; "
-                        "lower train.lr or the loss weights and start again, or --resume from it"
-                    )
+                        f"the training loss became {float(loss.detach())} at epoch {epoch + 1} step {step + 1}; {kept}")
                 bar.update(1)
                 if step % 10 == 0 or step == steps - 1:
                     bar.set_postfix_str(f"epoch {epoch + 1}/{epochs} loss {float(loss.detach()):.3f} lr {lr:.4f}")
@@ -239,7 +254,7 @@ class Trainer:
                 self.log(epoch_line(rec, epochs))
             if (epoch + 1) % int(cfg.train.ckpt_every) == 0 or last:
                 self._save(epoch + 1, self.wall_before + time.time() - t_start)
-                last_ckpt_epoch = epoch + 1
+                self.last_ckpt_epoch = epoch + 1
         bar.close()
         self._calibrate()
         wall = self.wall_before + time.time() - t_start

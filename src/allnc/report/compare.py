@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+from .. import rundir
 from ..errors import RunDirError
 from . import plots
 from .runreport import fmt, fmt_pct, read_json, read_jsonl, run_label
@@ -81,5 +82,5 @@ def compare_runs(run_dirs: Sequence, out_dir) -> Path:
     else:
         md += ["- no metrics.jsonl with test_top1 or nc entries: no curves.", ""]
     path = out / "compare.md"
-    path.write_text("\n".join(md).rstrip() + "\n")
+    rundir.atomic_write_text(path, "\n".join(md).rstrip() + "\n")
     return path

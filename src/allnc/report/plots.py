@@ -14,6 +14,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from .. import rundir
 from ..metrics.accuracy import FEW_BELOW, GROUP_NAMES, MANY_ABOVE, group_of
 from ..metrics.nc import nc_summary
 
@@ -42,8 +43,7 @@ def _new_figure(w: float, h: float) -> Figure:
 
 def _save(fig: Figure, path) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png")
+    rundir.atomic_write_bytes(path, lambda f: fig.savefig(f, format="png"))
     return path
 
 

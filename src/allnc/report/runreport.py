@@ -16,6 +16,7 @@ from typing import Any, Mapping, Optional
 
 import numpy as np
 
+from .. import rundir
 from ..errors import RunDirError
 from . import plots
 
@@ -248,7 +249,5 @@ def write_report(run_dir) -> Path:
                f"are made by `allnc nc {run_dir}`.", ""]
 
     path = out / "report.md"
-    tmp = out / "report.md.tmp"
-    tmp.write_text("\n".join(md).rstrip() + "\n")
-    tmp.replace(path)
+    rundir.atomic_write_text(path, "\n".join(md).rstrip() + "\n")
     return path
