@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 
 from .. import rundir
 from ..metrics.accuracy import FEW_BELOW, GROUP_NAMES, MANY_ABOVE, group_of
-from ..metrics.nc import nc_summary
+from ..metrics import nc_summary
 
 GROUP_COLORS = {"many": "tab:blue", "medium": "tab:orange", "few": "tab:red", None: "tab:gray"}
 
