@@ -62,7 +62,7 @@ def test_every_builtin_config_loads_and_follows_its_protocol():
     for n in names:
         cfg = load_config(n)
         if n.startswith("cifar") and not n.endswith("_crt"):
-            # the standard CIFAR-LT protocol of reference.md
+            # the standard CIFAR-LT protocol of docs/reference.md
             assert (cfg.model.name, cfg.train.epochs, cfg.train.batch_size) == ("resnet32", 200, 128), n
             # (BBN's own released schedule is the labelled exception)
             want = [120, 160] if n.endswith("_bbn_protocol") else [160, 180]

@@ -169,3 +169,17 @@ def test_cli_overrides_may_follow_the_options(tiny_learnable_fmnist, tmp_path, c
     saved = json.loads((out / "metrics.json").read_text())["config"]
     assert (saved["train"]["epochs"], saved["seed"], saved["model"]["width"]) == (1, 3, 8)
     assert "top-1" in capsys.readouterr().out
+
+
+def test_heartbeat_says_something_every_30_seconds():
+    from allnc.engine.progress import Heartbeat
+
+    t = [0.0]
+    lines = []
+    hb = Heartbeat(lines.append, epochs=2, start_epoch=0, steps=10, images_per_step=64, clock=lambda: t[0])
+    for step in range(10):  # 10 steps of 7 s: lines at 35 s and 70 s (>= 30 s after the last)
+        t[0] += 7.0
+        hb.tick(0, step, 10)
+    assert len(lines) == 2
+    # 5 steps in 35 s: 64 * 5 / 35 images/s; 15 steps left at 7 s each: 1:45
+    assert lines[0] == "epoch 1/2 step 5/10: 9 images/s, 1:45 left"

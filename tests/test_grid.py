@@ -144,8 +144,8 @@ def test_failing_run_is_reported_and_the_others_finish(tmp_path):
     assert not (bad / "metrics.json").exists()
     assert any("FAILED bad__fail=1__seed0" in ln for ln in lines)
     summary = (out / "summary.md").read_text()
-    assert summary == res.summary and "| prod__bonus=5 | 2/2 | 46.00 ± 1.41 |" in summary
-    assert "| bad__fail=1 | 0/2 | – | – | – | – |" in summary
+    assert summary == res.summary and "| prod__bonus=5 | – | 2/2 | 46.00 ± 1.41 |" in summary
+    assert "| bad__fail=1 | – | 0/2 | – | – | – | – |" in summary
 
     # running the grid again resumes it: finished runs are skipped, failed ones retried,
     # a run with a checkpoint but no metrics.json gets --resume
@@ -204,11 +204,11 @@ def test_summary_mean_and_std_over_seeds(tmp_path):
     ]
     table = summarize(dirs)
     rows = [ln for ln in table.splitlines() if ln.startswith("| ")]
-    assert rows[0] == "| run | seeds | top1 | many | medium | few |"
+    assert rows[0] == "| run | method | seeds | top1 | many | medium | few |"
     # top1 40, 42, 47: mean 43, sample std sqrt(13) = 3.61; few 10, 12 (a null is left out)
-    assert rows[1] == "| la__tau=1 | 3/3 | 43.00 ± 3.61 | 71.00 ± 1.00 | 32.00 ± 2.65 | 11.00 ± 1.41 |"
-    assert rows[2] == "| ce | 1/2 | 39.50 | 80.00 | 20.00 | 1.00 |"
-    assert rows[3] == "| single | 1/1 | 50.00 | – | – | – |"
+    assert rows[1] == "| la__tau=1 | – | 3/3 | 43.00 ± 3.61 | 71.00 ± 1.00 | 32.00 ± 2.65 | 11.00 ± 1.41 |"
+    assert rows[2] == "| ce | – | 1/2 | 39.50 | 80.00 | 20.00 | 1.00 |"
+    assert rows[3] == "| single | – | 1/1 | 50.00 | – | – | – |"
 
 
 def test_summary_md_csv_json_agree(tmp_path):
@@ -230,7 +230,7 @@ def test_summary_md_csv_json_agree(tmp_path):
     assert isinstance(rows, list) and [r["run"] for r in rows] == ["v__val=30__bonus=1", "plain__nofew=1", "bad__fail=1"]
     assert header == list(rows[0]) and len(cells) == len(rows)
     md_rows = [ln for ln in md.splitlines() if ln.startswith("| ")]
-    assert md_rows[0] == "| run | seeds | top1 | many | medium | few | val top1 |" and len(md_rows) == len(rows) + 1
+    assert md_rows[0] == "| run | method | seeds | top1 | many | medium | few | val top1 |" and len(md_rows) == len(rows) + 1
     cols = ("top1", "many", "medium", "few", "val_top1")
     for row, line, mdline in zip(rows, cells, md_rows[1:]):
         for key, cell in zip(header, line):  # CSV and JSON: the same values
@@ -241,7 +241,7 @@ def test_summary_md_csv_json_agree(tmp_path):
                 assert cell == v
             else:
                 assert isinstance(v, (int, float)) and float(cell) == v
-        expect = [row["run"], f"{row['seeds_finished']}/{row['seeds_total']}"]
+        expect = [row["run"], row["method"] or "–", f"{row['seeds_finished']}/{row['seeds_total']}"]
         for c in cols:  # markdown: the same numbers, rounded
             m, s = row[f"{c}_mean"], row[f"{c}_std"]
             expect.append("–" if m is None else f"{m:.2f}" if s is None else f"{m:.2f} ± {s:.2f}")

@@ -17,7 +17,7 @@ LAYERS = [
     {"config", "compose"},  # the default tree needs every method's registered section
     {"engine"},
     {"report", "grid"},
-    {"cli", "__main__"},
+    {"cli", "__main__", "api"},
 ]
 LAYER_OF = {name: i for i, names in enumerate(LAYERS) for name in names}
 

@@ -1,4 +1,4 @@
-"""The long-tailed convention of shared/docs/reference.md, number for number."""
+"""The long-tailed convention of docs/reference.md, number for number."""
 import numpy as np
 import pytest
 
@@ -11,7 +11,7 @@ def _group_sizes(counts):
     return len(g["many"]), len(g["medium"]), len(g["few"])
 
 
-# --- reference.md's table ---------------------------------------------------------------
+# --- docs/reference.md table ---------------------------------------------------------------
 @pytest.mark.parametrize(
     "factor,total,counts,n_min,gsizes",
     [

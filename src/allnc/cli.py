@@ -60,7 +60,8 @@ def cmd_eval(a) -> int:
 
     t = load_run(a.run_dir, device=a.device, overrides=a.overrides)
     res = evaluate_accuracy(t)
-    print(f"{t.bundle.label}, checkpoint of epoch {t.ckpt_epoch}:")
+    print(f"{t.cfg.display_name or t.cfg.method.name} ({t.cfg.config_name or a.run_dir}) on {t.bundle.label}, "
+          f"checkpoint of epoch {t.ckpt_epoch}:")
     _print_result(res)
     if a.json:
         print(json.dumps(res))
@@ -103,6 +104,26 @@ def cmd_nc(a) -> int:
     return 0
 
 
+def cmd_posthoc(a) -> int:
+    from .engine.posthoc import posthoc
+    from .rundir import POSTHOC
+
+    r = posthoc(a.run_dir, a.method, device=a.device, val_per_class=a.val_per_class, overrides=a.overrides)
+    print(f"{r['data']}, checkpoint of epoch {r['checkpoint_epoch']}: {r['row']}")
+    print(f"validation {r['validation']['source']}, {r['validation']['per_class']}/class")
+    print("val top-1 by tau: " + "  ".join(f"{t} {v:.2f}" for t, v in r["val_top1_by_tau"].items()))
+    print(f"chosen tau {r['tau']:g} (best validation top-1 {r['val_top1']:.2f}; ties go to the smaller tau)")
+    for name, m in (("run", r["run_test"]), (f"tau={r['tau']:g}", r["test"])):
+        if m is not None:
+            g = m["groups"] or {}
+            print(f"test {name:<9} top-1 {m['top1']:.2f}  many {_fmt(g.get('many'))}  medium {_fmt(g.get('medium'))}  "
+                  f"few {_fmt(g.get('few'))}")
+    for n in r["notes"]:
+        print(f"note: {n}")
+    print(f"wrote {Path(a.run_dir) / POSTHOC.format(method=r['method'])}")
+    return 0
+
+
 def cmd_report(a) -> int:
     from .report import write_report
 
@@ -130,8 +151,21 @@ def cmd_grid(a) -> int:
 def cmd_config(a) -> int:
     from .config import builtin_names, load_config, to_yaml
 
+    if a.keys:
+        from .config import key_docs
+
+        for key, default, meaning in key_docs():
+            print(f"{key} = {json.dumps(default)}" + (f"    # {meaning}" if meaning else ""))
+        return 0
     if a.list or not a.name:
-        print("\n".join(builtin_names()))
+        from .compose import describe
+
+        names = builtin_names()
+        width = max(len(n) for n in names)
+        for n in names:
+            print(f"{n:<{width}}  {describe(n)}")
+        print(f"({len(names)} configs: <dataset>[_<method>[_<preset>]]; `allnc config NAME` prints one, "
+              "`allnc config --keys` every key)")
         return 0
     print(to_yaml(load_config(a.name, a.overrides)), end="")
     return 0
@@ -170,6 +204,16 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("overrides", nargs="*", help="runtime key=value, e.g. data.root=DIR where the data moved")
     n.set_defaults(fn=cmd_nc)
 
+    ph = sub.add_parser("posthoc", help="tau-norm or post-hoc logit adjustment of a run, tau chosen on a balanced "
+                        "validation split -> RUN_DIR/posthoc_<method>.json")
+    ph.add_argument("run_dir")
+    ph.add_argument("--method", required=True, help="tau_norm | logit_adjust")
+    ph.add_argument("--device", default="auto")
+    ph.add_argument("--val-per-class", type=int, default=None,
+                    help="images per class of the validation split drawn when the run has none (default 20)")
+    ph.add_argument("overrides", nargs="*", help="runtime key=value, e.g. data.root=DIR where the data moved")
+    ph.set_defaults(fn=cmd_posthoc)
+
     r = sub.add_parser("report", help="pictures and report.md of a run -> RUN_DIR/report/")
     r.add_argument("run_dir")
     r.set_defaults(fn=cmd_report)
@@ -186,7 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("config", help="list built-in configs, or print a resolved config")
     s.add_argument("name", nargs="?")
-    s.add_argument("--list", action="store_true")
+    s.add_argument("--list", action="store_true", help="every built-in config with one line on what it is")
+    s.add_argument("--keys", action="store_true", help="every config key with its default and meaning")
     s.add_argument("overrides", nargs="*")
     s.set_defaults(fn=cmd_config)
     return p

@@ -24,7 +24,7 @@ from .config_io import read_yaml_mapping
 from .errors import ConfigError
 
 KINDS = ("datasets", "methods", "presets")
-_SPECIAL = ("_base_", "_methods_", "_only_", "_presets_")
+_SPECIAL = ("_base_", "_methods_", "_only_", "_presets_", "_display_")
 
 
 def _folder(kind: str) -> Path:
@@ -132,6 +132,18 @@ def compose(name: str) -> list[tuple[str, dict]]:
         for p_name, data in _chain("presets", preset):
             layers.append((f"configs/presets/{p_name}.yaml", _strip(data)))
     return layers
+
+
+def display_name(name: str) -> str:
+    """The method's display name of a built-in config (``AllNC``, ``BBN``, ``GBBN only``...)."""
+    parts = split_name(name)
+    if parts is None:
+        return ""
+    ds, method, preset = parts
+    disp = "CE"
+    for _, data in _chain("methods", method) if method else []:
+        disp = data.get("_display_", disp)
+    return disp + (f" ({preset})" if preset else "")
 
 
 def describe(name: str) -> str:

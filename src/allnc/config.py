@@ -47,24 +47,28 @@ class DataConfig:
     imbalance_factor: float = 100.0
     # exp | step
     imbalance_type: str = "exp"
-    # seed of the long-tail subset (the NumPy stream of reference.md)
+    # seed of the long-tail subset (the NumPy stream of docs/reference.md)
     lt_seed: int = 0
     # balanced validation split: this many images per class from the training images the long
     # tail leaves out (0 = none); choices are made on it, never on the test set
     val_per_class: int = 0
     # listfile sources: "relative/path label" files, relative to root
     train_list: Optional[str] = None
+    # the test list of a listfile source (relative to root)
     test_list: Optional[str] = None
     # standard | strong | none  (strong = AutoAugment CIFAR policy + Cutout)
     augment: str = "standard"
+    # Cutout square size in pixels (strong augmentation); 0 = off
     cutout: int = 16
     # training image size for large-image datasets (random resized crop); small data keeps its size
     image_size: int = 224
     # per-channel normalization; null = dataset default
     mean: Optional[list[float]] = None
+    # per-channel std for normalization; null = dataset default
     std: Optional[list[float]] = None
     # auto | fast | conventional: fast = device-resident tensors + batched augmentation
     pipeline: str = "auto"
+    # DataLoader worker processes of the conventional data path
     num_workers: int = 2
     # decoded small image folders are cached as .npz here (null = no cache)
     cache_dir: Optional[str] = None
@@ -80,6 +84,7 @@ class ModelConfig:
     width: int = 16
     # linear | normed (cosine, LDAM) | etf (fixed simplex ETF buffer)
     classifier: str = "linear"
+    # a bias in the linear classifier
     bias: bool = True
     # seed of a fixed ETF classifier
     etf_seed: int = 0
@@ -121,6 +126,10 @@ def config_class() -> type:
         ("init_from", Optional[str], field(default=None)),
         # free-form label written into metrics.json
         ("name", str, field(default="")),
+        # the config this run was made from (set by load_config: a built-in name or a YAML file's name)
+        ("config_name", str, field(default="")),
+        # the method as tables show it: AllNC, BBN, GBBN only, ... (set by load_config from the fragments)
+        ("display_name", str, field(default="")),
     ])
 
 
@@ -179,6 +188,19 @@ def _file_layers(ref: str, relative_to: Optional[Path] = None, depth: int = 0) -
     return layers + [(str(path), data)]
 
 
+def _builtin_bases(ref: str, relative_to: Optional[Path] = None, depth: int = 0):
+    """The built-in configs a name or YAML file rests on, nearest first."""
+    if ref in set(compose.builtin_names()) and not (relative_to and (relative_to / ref).is_file()):
+        yield ref
+        return
+    p = Path(ref) if Path(ref).is_file() else (relative_to / ref if relative_to else Path(ref))
+    if depth > 20 or not p.is_file():
+        return
+    bases = read_yaml_mapping(p, "config file", "keys").get("_base_")
+    for b in reversed([] if bases is None else [bases] if isinstance(bases, str) else list(bases)):
+        yield from _builtin_bases(str(b), p.parent, depth + 1)
+
+
 def set_key(cfg: DictConfig, key: str, value: Any, where: str = "the command line") -> None:
     """Set one dotted key; unknown keys and bad values are one-line ConfigErrors."""
     try:
@@ -202,20 +224,31 @@ class TrainConfig:
         "compile": ("auto", "on", "off"),
         "compile_mode": ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
         "compile_backend": ("inductor", "aot_eager", "eager"),
+        "logger": ("tensorboard", "wandb", "none"), "wandb_mode": ("auto", "online", "offline"),
     }
+    # training epochs
     epochs: int = 200
+    # the global batch size (split across data-parallel processes)
     batch_size: int = 128
+    # base learning rate of SGD
     lr: float = 0.1
+    # SGD momentum
     momentum: float = 0.9
+    # Nesterov momentum
     nesterov: bool = False
+    # L2 weight decay
     weight_decay: float = 2e-4
+    # linear learning-rate warm-up, in epochs (per step)
     warmup_epochs: int = 5
     # step | cosine | constant
     schedule: str = "step"
+    # step schedule: epochs at which the learning rate is multiplied by lr_decay
     milestones: list[int] = field(default_factory=lambda: [160, 180])
+    # step schedule: the factor at each milestone
     lr_decay: float = 0.01
     # mixup alpha; 0 = off
     mixup: float = 0.0
+    # drop the last partial batch of an epoch (the fast path always does)
     drop_last: bool = True
     # auto (bf16 on GPU, off on CPU) | bf16 | off
     amp: str = "auto"
@@ -227,14 +260,26 @@ class TrainConfig:
     compile_mode: str = "default"
     # torch.compile backend: inductor (generated kernels) | aot_eager (capture only, for checks)
     compile_backend: str = "inductor"
+    # batch norm over the global batch under data parallel training
     sync_bn: bool = False
+    # write the checkpoint every N epochs (and at the last)
     ckpt_every: int = 10
     # evaluate on the test set every N epochs (the last epoch always)
     eval_every: int = 10
     # false: never read the test set (model selection on data.val_per_class's split only)
     eval_test: bool = True
+    # on a GPU, check the loss for NaN every N steps (every step on the CPU)
     log_every_steps: int = 50
+    # a progress bar at a terminal
     progress: bool = True
+    # where each epoch's numbers go besides metrics.jsonl: tensorboard (RUN_DIR/tb) |
+    # wandb (Weights & Biases, pip install allnc[wandb]) | none
+    logger: str = "tensorboard"
+    # the W&B project of train.logger=wandb
+    wandb_project: str = "allnc"
+    # W&B mode: auto (online with WANDB_API_KEY or `wandb login` and a reachable server,
+    # else offline; $WANDB_MODE wins) | online | offline
+    wandb_mode: str = "auto"
 
 
 @dataclass
@@ -243,6 +288,7 @@ class NCConfig:
     every: int = 0
     # at most this many training samples for tracking (0 = all)
     max_samples: int = 0
+    # batch size of the NC feature passes
     batch_size: int = 512
 
 
@@ -277,9 +323,13 @@ def load_config(name_or_path: Optional[str] = None, overrides: Optional[list[str
         name_or_path, cell_overrides = parse_cell_name(name_or_path)
         overrides = cell_overrides + list(overrides or [])
     if name_or_path:
-        for where, data in _file_layers(name_or_path):
+        layers = _file_layers(name_or_path)
+        for where, data in layers:
             for k, v in flatten(data).items():
                 set_key(cfg, k, v, where)
+        builtin = next((b for b in _builtin_bases(name_or_path)), None)
+        cfg.config_name = name_or_path if name_or_path in set(compose.builtin_names()) else Path(name_or_path).stem
+        cfg.display_name = compose.display_name(builtin) if builtin else cfg.method.name
     for text in overrides or []:
         k, v = parse_override(text)
         set_key(cfg, k, v, "the command line")
@@ -350,3 +400,53 @@ def from_dict(d: dict) -> DictConfig:
         set_key(cfg, k, v, "the saved run config")
     validate(cfg)
     return cfg
+
+
+def key_docs() -> list[tuple[str, Any, str]]:
+    """(dotted key, default, meaning) of every key of the tree, meanings read from the comments
+    above each field in the dataclasses' source (the one place they are written)."""
+    import inspect
+
+    out: list[tuple[str, Any, str]] = []
+    top = {"seed": "the run's seed (data order, augmentation, initialisation)",
+           "device": "auto | cpu | cuda | cuda:N",
+           "init_from": "cRT: the run directory whose checkpoint initialises the model",
+           "name": "a free-form label written into metrics.json",
+           "config_name": "the config the run was made from (set by load_config)",
+           "display_name": "the method as tables show it: AllNC, BBN, GBBN only, ... (set by load_config)"}
+
+    def comments(cls) -> dict[str, str]:
+        try:
+            src = inspect.getsource(cls).splitlines()
+        except (OSError, TypeError):
+            return {}
+        docs, pending = {}, []
+        for line in src:
+            t = line.strip()
+            if t.startswith("#"):
+                pending.append(t.lstrip("# ").strip())
+            elif ":" in t and not t.startswith(("class ", "@", "choices")):
+                docs[t.split(":")[0].strip()] = " ".join(pending)
+                pending = []
+            else:
+                pending = []
+        return docs
+
+    def walk(cls, prefix: str, defaults: DictConfig) -> None:
+        docs = comments(cls)
+        for f in fields(cls):
+            sub = f.default_factory if f.default_factory is not DC_MISSING else None
+            if isinstance(sub, type) and is_dataclass(sub):
+                walk(sub, f"{prefix}{f.name}.", defaults[f.name])
+                continue
+            meaning = docs.get(f.name) or top.get(f.name, "")
+            choices = getattr(cls, "choices", {}).get(f.name)
+            if choices is not None:
+                allowed = choices() if callable(choices) else choices
+                meaning = (meaning + "; " if meaning else "") + "one of: " + ", ".join(
+                    "null" if a is None else str(a) for a in allowed)
+            out.append((f"{prefix}{f.name}", OmegaConf.to_container(defaults, resolve=True)[f.name]
+                        if isinstance(defaults, DictConfig) else None, meaning))
+
+    walk(config_class(), "", default_config())
+    return out

@@ -1,7 +1,7 @@
 """The long-tailed training subset: per-class counts, the seeded selection, the groups.
 
 This follows the convention of LDAM-DRW, BBN, MiSLAS and PaCo bit for bit
-(``shared/docs/reference.md``):
+(``docs/reference.md``):
 
 * ``n_i = int(n_max * (1 / IF) ** (i / (C - 1)))`` for class ``i = 0 .. C-1`` ("exp"), or
   ``n_max`` for the first half of the classes and ``int(n_max / IF)`` for the rest ("step");

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 
@@ -24,8 +25,41 @@ class NullBar:
     def set_postfix_str(self, s):
         pass
 
+    def write(self, s):
+        pass
+
     def close(self):
         pass
+
+
+def _hms(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    h, rem = divmod(seconds, 3600)
+    return f"{h}:{rem // 60:02d}:{rem % 60:02d}" if h else f"{rem // 60}:{rem % 60:02d}"
+
+
+class Heartbeat:
+    """Where there is no bar (logs, pipes, grid runs): a line at least every ``every_s``
+    seconds inside an epoch with the step, the images per second and the time left."""
+
+    def __init__(self, log, epochs: int, start_epoch: int, steps: int, images_per_step: int, every_s: float = 30.0,
+                 clock=time.monotonic):
+        self.log, self.epochs, self.steps, self.images_per_step = log, epochs, steps, images_per_step
+        self.every_s, self.clock = every_s, clock
+        self.t0 = self.last = clock()
+        self.done = 0  # steps since the start of this process
+        self.total = (epochs - start_epoch) * steps
+
+    def tick(self, epoch: int, step: int, steps: int) -> None:
+        self.done += 1
+        now = self.clock()
+        if now - self.last < self.every_s:
+            return
+        self.last = now
+        rate = self.done / max(now - self.t0, 1e-9)
+        eta = (self.total - self.done) / max(rate, 1e-9)
+        self.log(f"epoch {epoch + 1}/{self.epochs} step {step + 1}/{steps}: {rate * self.images_per_step:.0f} images/s, "
+                 f"{_hms(eta)} left")
 
 
 def progress_bar(total: int, enabled: bool):

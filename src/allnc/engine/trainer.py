@@ -13,18 +13,19 @@ import torch
 from omegaconf import DictConfig
 
 from .. import dist
-from ..config import flatten, from_dict, to_dict, to_yaml
+from ..config import from_dict, to_dict, to_yaml
 from ..data import groups as class_groups
 from ..errors import RunDirError, TrainingDiverged
 from ..methods import StepState
 from ..metrics import nc_summary
-from ..rundir import (CHECKPOINT, CONFIG, METRICS, METRICS_LOG, TB_DIR, RunLock, atomic_write_json, atomic_write_text,
+from ..rundir import (CHECKPOINT, CONFIG, METRICS, METRICS_LOG, RunLock, atomic_write_json, atomic_write_text,
                       describe_os_error)
 from .checkpoint import load_checkpoint, save_checkpoint
 from .context import RunContext, check_resume_config, load_run, saved_with_runtime  # noqa: F401 (load_run: public)
 from .evaluate import autocast_ctx, evaluate_accuracy, neural_collapse
 from .loaders import build_train_loaders, iter_eval
-from .progress import epoch_line, progress_bar, tensorboard
+from .loggers import NullLogger, make_logger
+from .progress import Heartbeat, epoch_line, progress_bar
 from .runtime import device_name, git_commit, resolve_device, seed_epoch, versions  # noqa: F401 (public here too)
 from .schedule import lr_at
 from .stepper import Stepper
@@ -82,6 +83,8 @@ class Trainer:
             raise
 
     def _setup(self, cfg: DictConfig, ckpt: dict | None) -> None:
+        # train.logger (a missing wandb is a one-line error here, before any data is read)
+        self.run_logger = make_logger(cfg) if dist.is_main() else NullLogger()
         self.ctx = ctx = RunContext.build(cfg, init_from=cfg.init_from if ckpt is None else None)
         self.cfg, self.device, self.amp, self.channels_last = ctx.cfg, ctx.device, ctx.amp, ctx.channels_last
         self.bundle, self.info, self.method, self.choice, self.n_params = (ctx.bundle, ctx.info, ctx.method, ctx.choice,
@@ -116,6 +119,7 @@ class Trainer:
         self.log(f"data     {b.label}: {len(b.train.targets)} train / {len(b.test.targets)} test images, "
                  f"{b.num_classes} classes, n_max {counts.max()} n_min {counts.min()}, "
                  f"groups many/medium/few {len(g['many'])}/{len(g['medium'])}/{len(g['few'])}")
+        self.log(f"run      {c.display_name or c.method.name} ({c.config_name or 'no named config'})")
         self.log(f"model    {c.model.name} (width {c.model.width}) + {c.method.name}: {self.n_params:,} parameters")
         self.log(f"device   {device_name(self.device)}; pipeline {self.choice.name} [{self.choice.reason}]; "
                  f"{'bf16 autocast' if self.amp else 'fp32'}"
@@ -127,6 +131,9 @@ class Trainer:
         if c.train.schedule == "step" and any(m >= c.train.epochs for m in c.train.milestones):
             self.log(f"warning  train.milestones {list(c.train.milestones)} reach beyond train.epochs="
                      f"{c.train.epochs}: those decays never happen")
+        if c.train.warmup_epochs >= c.train.epochs:
+            self.log(f"warning  train.warmup_epochs={c.train.warmup_epochs} is not shorter than train.epochs="
+                     f"{c.train.epochs}: the learning rate never reaches train.lr={c.train.lr}")
 
     def _save(self, epoch_done: int, wall: float) -> None:
         if not dist.is_main():
@@ -136,17 +143,13 @@ class Trainer:
             "config": to_dict(self.cfg), "history": self.history, "wall_time": wall, "versions": versions(),
         })
 
-    def _log_epoch(self, rec: dict, tb) -> None:
+    def _log_epoch(self, rec: dict) -> None:
         self.history.append(rec)
         if not dist.is_main():
             return
         with open(self.out / METRICS_LOG, "a") as f:
             f.write(json.dumps(rec) + "\n")
-        if tb is not None:
-            for k, v in flatten(rec).items():
-                if isinstance(v, (int, float)) and v is not None and k != "epoch":
-                    tb.add_scalar(k.replace(".", "/"), v, rec["epoch"])
-            tb.flush()
+        self.run_logger.log_epoch(rec)
 
     def _to_device(self, b: dict) -> dict:
         def mv(x):
@@ -177,6 +180,8 @@ class Trainer:
                     "with --overwrite")
             raise RunDirError(describe_os_error(e, "writing") + f"; {kept}") from None
         finally:
+            if getattr(self, "run_logger", None) is not None:
+                self.run_logger.close(exit_code=1)  # after a failure; nothing left to close after success
             self.release()
 
     def _fit(self) -> dict:
@@ -190,7 +195,7 @@ class Trainer:
         if self.start_epoch < int(cfg.train.epochs):
             self.stepper.probe(self._first_batches(self.start_epoch), self.start_epoch, self.steps)
         self.describe()
-        tb = tensorboard(self.out / TB_DIR) if dist.is_main() else None
+        self.run_logger.start(self.out, cfg, resume=self.resume)  # tensorboard | wandb | none (train.logger)
         epochs, steps = int(cfg.train.epochs), self.steps
         if self.start_epoch >= epochs:
             self.log(f"resume   the run already finished its {epochs} epochs; evaluating it again")
@@ -201,6 +206,9 @@ class Trainer:
                            enabled=bool(cfg.train.progress) and dist.is_main() and sys.stderr.isatty())
         t_start = time.time()
         self.last_ckpt_epoch = self.start_epoch
+        # in logs and pipes a line at least every 30 s inside an epoch: step, images/s, ETA
+        heartbeat = Heartbeat(self.log, epochs, self.start_epoch, steps,
+                              images_per_step=int(cfg.train.batch_size) * len(self.loaders))
         for epoch in range(self.start_epoch, epochs):
             t0 = time.time()
             seed_epoch(int(cfg.seed), epoch)
@@ -233,6 +241,8 @@ class Trainer:
                 bar.update(1)
                 if step % 10 == 0 or step == steps - 1:
                     bar.set_postfix_str(f"epoch {epoch + 1}/{epochs} loss {float(loss.detach()):.3f} lr {lr:.4f}")
+                if not bar.enabled and dist.is_main():
+                    heartbeat.tick(epoch, step, steps)
             t1 = time.time()
             rec = {"epoch": epoch + 1, "lr": lr, "time_s": round(t1 - t0, 3), "t_end": round(t1, 3)}
             keys = sorted(sums)
@@ -249,9 +259,9 @@ class Trainer:
             if int(cfg.nc.every) and ((epoch + 1) % int(cfg.nc.every) == 0 or last):
                 nc, _ = neural_collapse(self.ctx, splits=("train",), max_samples=int(cfg.nc.max_samples))
                 rec["nc"] = nc_summary(nc["train"])
-            self._log_epoch(rec, tb)
-            if not bar.enabled and dist.is_main():
-                self.log(epoch_line(rec, epochs))
+            self._log_epoch(rec)
+            if dist.is_main():  # at a terminal above the bar, else a plain line
+                (bar.write if bar.enabled else self.log)(epoch_line(rec, epochs))
             if (epoch + 1) % int(cfg.train.ckpt_every) == 0 or last:
                 self._save(epoch + 1, self.wall_before + time.time() - t_start)
                 self.last_ckpt_epoch = epoch + 1
@@ -259,8 +269,9 @@ class Trainer:
         self._calibrate()
         wall = self.wall_before + time.time() - t_start
         result = self.final_metrics(wall)
-        if tb is not None:
-            tb.close()
+        last_nc = self.history[-1].get("nc") if self.history and self.history[-1]["epoch"] == epochs else None
+        self.run_logger.log_final(result, last_nc)
+        self.run_logger.close()
         return result
 
     def _calibrate(self) -> None:
@@ -300,7 +311,14 @@ class Trainer:
         out = {
             **res,
             "test_evaluated": "test" in ev,
+            "config_name": str(self.cfg.config_name),
+            "display_name": str(self.cfg.display_name),
+            "classes": list(self.bundle.classes),
             "class_counts": [int(c) for c in self.bundle.class_counts],
+            "classes": list(self.bundle.classes),  # what `allnc predict` needs without the training data
+            "preprocessing": {"mean": list(self.bundle.mean), "std": list(self.bundle.std),
+                              "image_hw": list(self.bundle.image_hw), "in_channels": int(self.bundle.in_channels),
+                              "small": bool(self.bundle.small)},
             **({"val": ev["val"], "val_per_class": int(self.cfg.data.val_per_class),
                 "val_moved_from_train": self.bundle.val_moved} if "val" in ev else {}),
             "epoch": int(self.cfg.train.epochs),

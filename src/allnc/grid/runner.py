@@ -158,6 +158,7 @@ def run_grid(
     log: Callable[[str], None] = print,
     poll_s: float = 0.05,
     deadline: Optional[float] = None,
+    status_every_s: float = 60.0,
     on_done: Optional[Callable[[RunSpec, float], None]] = None,
 ) -> GridResult:
     """Expand and run a grid (the format: ``allnc.grid.expand``); returns a ``GridResult`` whose
@@ -213,6 +214,7 @@ def run_grid(
     free = deque(devices) if devices else None
     running: dict[subprocess.Popen, tuple[RunSpec, float, _LogPump, Optional[str]]] = {}
     started = 0
+    t_grid = last_status = time.monotonic()
     try:
         while pending or running:
             if deadline is not None and time.monotonic() >= deadline:
@@ -285,6 +287,12 @@ def run_grid(
                     log(tail)
             if running:
                 time.sleep(poll_s)
+                now = time.monotonic()
+                if now - last_status >= status_every_s:  # a grid of long runs says what it is doing
+                    last_status = now
+                    names = ", ".join(f"{r[0].name} ({now - r[1]:.0f} s)" for r in running.values())
+                    log(f"grid: {len(result.done)} done, {len(running)} running ({names}), {len(pending)} waiting, "
+                        f"{len(result.failed)} failed; {now - t_grid:.0f} s so far")
     except BaseException:
         _stop(list(running))
         for _, _, pump, _ in running.values():

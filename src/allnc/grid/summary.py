@@ -22,7 +22,7 @@ __all__ = ["summarize", "summary_rows", "summary_markdown", "summary_csv", "writ
 _COLUMNS = (("top1", ("top1",)), ("many", ("groups", "many")), ("medium", ("groups", "medium")),
             ("few", ("groups", "few")), ("val_top1", ("val", "top1")))
 _OPTIONAL = ("val_top1",)
-FIELDS = ["run", "seeds_finished", "seeds_total"] + [f"{c}_{s}" for c, _ in _COLUMNS for s in ("mean", "std")]
+FIELDS = ["run", "method", "seeds_finished", "seeds_total"] + [f"{c}_{s}" for c, _ in _COLUMNS for s in ("mean", "std")]
 
 
 def _get(d: Any, path: Sequence[str]) -> Optional[float]:
@@ -69,7 +69,9 @@ def summary_rows(run_dirs: Sequence[Union[str, Path]]) -> list[dict]:
                 continue
             if isinstance(m, dict):
                 metrics.append(m)
-        row: dict[str, Any] = {"run": name, "seeds_finished": len(metrics), "seeds_total": len(dirs)}
+        shown = sorted({str(m.get("display_name") or "") for m in metrics} - {""})
+        row: dict[str, Any] = {"run": name, "method": ", ".join(shown), "seeds_finished": len(metrics),
+                               "seeds_total": len(dirs)}
         for col, path in _COLUMNS:
             row[f"{col}_mean"], row[f"{col}_std"] = _stats([v for v in (_get(m, path) for m in metrics) if v is not None])
         rows.append(row)
@@ -80,10 +82,11 @@ def summary_markdown(rows: Sequence[dict]) -> str:
     """The markdown table of ``summary_rows`` (an optional column only when a row has it)."""
     cols = [c for c, _ in _COLUMNS if c not in _OPTIONAL or any(r[f"{c}_mean"] is not None for r in rows)]
     head = [c.replace("_", " ") for c in cols]
-    lines = ["| run | seeds | " + " | ".join(head) + " |", "|---|---|" + "---|" * len(cols)]
+    lines = ["| run | method | seeds | " + " | ".join(head) + " |", "|---|---|---|" + "---|" * len(cols)]
     for r in rows:
         cells = [_cell(r[f"{c}_mean"], r[f"{c}_std"]) for c in cols]
-        lines.append(f"| {r['run']} | {r['seeds_finished']}/{r['seeds_total']} | " + " | ".join(cells) + " |")
+        lines.append(f"| {r['run']} | {r.get('method') or '–'} | {r['seeds_finished']}/{r['seeds_total']} | "
+                     + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -19,15 +19,21 @@ from .single import SingleBranch
 class BCLConfig:
     choices: ClassVar[dict] = {"classifier": ("normed", "linear"), "view_augment": PRESETS,
                                "ce_augment": (None, *PRESETS)}
+    # temperature of the balanced supervised contrastive loss
     tau: float = 0.1
+    # weight of the logit-adjusted cross-entropy
     lambda_ce: float = 2.0
+    # weight of the balanced contrastive loss
     lambda_scl: float = 0.6
+    # output width of the projection heads
     proj_dim: int = 128
     # hidden width of the projection heads; 0 = the feature width (as the released code)
     proj_hidden: int = 0
+    # logit adjustment's tau in the cross-entropy term
     la_tau: float = 1.0
     # normed: the released code's cosine classifier with its scale built in; linear: a plain one
     classifier: str = "normed"
+    # logit scale of the cosine classifier
     scale: float = 30.0
     # preset of the two contrastive views: sim (SimAugment, as the released code) | standard | strong | none
     view_augment: str = "sim"

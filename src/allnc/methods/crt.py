@@ -17,6 +17,7 @@ class CRTConfig:
     choices: ClassVar[dict] = {"sampler": MODES}
     # the sampler of the re-training (class-balanced in the paper)
     sampler: str = "balanced"
+    # start the classifier afresh (false: from the source run's)
     reset_classifier: bool = True
 
 

@@ -62,6 +62,7 @@ class GBBNConfig:
     sampler: str = "reversed"
     # parabolic | linear | cosine | step
     schedule: str = "parabolic"
+    # exponent of the parabolic adaptor alpha = 1 - (t/T)^gamma (2 = BBN)
     gamma: float = 2.0
     # epoch fraction where the step schedule switches from branch c to branch r
     step_at: float = 0.8

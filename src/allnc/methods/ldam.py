@@ -13,11 +13,14 @@ from .single import SingleBranch
 
 @dataclass
 class LDAMConfig:
+    # the largest class margin (the rarest class); others scale as n^-1/4
     max_margin: float = 0.5
+    # logit scale s of the cosine classifier
     scale: float = 30.0
     # deferred re-weighting starts at this fraction of the epochs; null = at the first
     # learning-rate decay (LDAM-DRW's recipe: epoch 160 of 200)
     drw_start: Optional[float] = None
+    # beta of the effective-number class weights of DRW
     drw_beta: float = 0.9999
 
 

@@ -21,10 +21,15 @@ from .base import SECTIONS
 @dataclass
 class HyConConfig:
     choices: ClassVar[dict] = {"anchors": ("conventional", "both")}
+    # HyCon on (AllNC; the CE + HyCon ablation)
     enabled: bool = False
+    # lambda_H, its weight in the loss
     weight: float = 1.0
+    # temperature
     tau: float = 0.1
+    # sample-to-sample pairs besides anchor-to-mean (false: the pure anchor-to-mean contrast)
     sample_pairs: bool = True
+    # average each class's candidates in the denominator (Balanced Contrastive Learning's rule)
     class_average: bool = True
     # contrast directions about the class-balanced global mean of the memory (the centred
     # geometry of P2P and the NC metrics) instead of about the origin
@@ -38,8 +43,11 @@ class HyConConfig:
 @dataclass
 class P2PConfig:
     choices: ClassVar[dict] = {"form": FORMS}
+    # P2P on (AllNC; the CE + P2P ablation)
     enabled: bool = False
+    # lambda_P, its weight in the loss
     weight: float = 1.0
+    # temperature of the peer contrast
     tau: float = 0.1
     # contrast | regression
     form: str = "contrast"
@@ -51,6 +59,7 @@ class P2PConfig:
 @SECTIONS.register("memory")
 @dataclass
 class MemoryConfig:
+    # beta of the class-mean EMA: mu <- beta mu + (1 - beta) batch mean
     momentum: float = 0.9
 
 

@@ -1,0 +1,78 @@
+"""The Python API: train a config, load a finished run.
+
+    from allnc.api import train, load_run
+
+    metrics = train("fmnist_lt_allnc", "runs/a", {"train.epochs": 2}, device="cpu")
+    run = load_run("runs/a")
+    run.evaluate("test")["top1"]
+
+Overrides are Python values keyed by dotted config keys (a dict), or keyword arguments where
+``__`` stands for the dot (``train__epochs=2``); they are checked like ``key=value`` on the
+command line (unknown keys and bad values raise ``allnc.errors.ConfigError``).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import DictConfig
+
+from .config import load_config, set_key, validate
+from .engine.context import RunContext
+from .engine.context import load_run as _load_run
+from .engine.evaluate import evaluate_accuracy, neural_collapse
+from .engine.trainer import Trainer
+
+
+def _apply(cfg: DictConfig, overrides: Optional[dict], kwargs: dict) -> DictConfig:
+    items = dict(overrides or {})
+    items.update({k.replace("__", "."): v for k, v in kwargs.items()})
+    for key, value in items.items():
+        set_key(cfg, key, value, "the Python call")
+    validate(cfg)
+    return cfg
+
+
+def config(name_or_path: str, overrides: Optional[dict] = None, **kwargs: Any) -> DictConfig:
+    """A resolved config: a built-in name, a cell name or a YAML file, then the overrides."""
+    return _apply(load_config(name_or_path), overrides, kwargs)
+
+
+def train(config_or_name: str | DictConfig, out: str | Path, overrides: Optional[dict] = None, *,
+          resume: bool = False, overwrite: bool = False, log=print, **kwargs: Any) -> dict:
+    """Train and return the final metrics (the content of ``out/metrics.json``)."""
+    cfg = config_or_name if isinstance(config_or_name, DictConfig) else load_config(config_or_name)
+    cfg = _apply(cfg, overrides, kwargs)
+    return Trainer(cfg, out, resume=resume, overwrite=overwrite, log=log).fit()
+
+
+class Run:
+    """A finished (or checkpointed) run loaded for use: ``method`` (the model, in eval mode on
+    ``device``), ``cfg``, ``classes``, ``evaluate(split)``, ``neural_collapse(...)``,
+    ``predict(x)`` for a batch of already preprocessed images."""
+
+    def __init__(self, ctx: RunContext):
+        self.ctx = ctx
+        self.method, self.cfg, self.device = ctx.method, ctx.cfg, ctx.device
+        self.classes = list(ctx.bundle.classes)
+        self.epoch = ctx.ckpt_epoch
+        self.method.eval()
+
+    def evaluate(self, split: str = "test") -> dict:
+        return evaluate_accuracy(self.ctx, split=split)
+
+    def neural_collapse(self, splits=("train", "test"), max_samples: int = 0) -> dict:
+        return neural_collapse(self.ctx, splits=splits, max_samples=max_samples)[0]
+
+    def predict(self, x):
+        """Class probabilities of a batch (B x C x H x W, normalised as in evaluation)."""
+        import torch
+
+        with torch.no_grad():
+            return torch.softmax(self.method(self.ctx.prep(x.to(self.device))).float(), dim=1)
+
+
+def load_run(run_dir: str | Path, device: str = "auto", **runtime: Any) -> Run:
+    """A run directory's last checkpoint, ready to evaluate or predict; ``runtime`` may change
+    runtime keys only (``data__root="..."`` where the data moved)."""
+    return Run(_load_run(run_dir, device=device, overrides=[f"{k.replace('__', '.')}={v}" for k, v in runtime.items()]))
