@@ -148,6 +148,28 @@ def cmd_grid(a) -> int:
     return 1 if failed else 0
 
 
+def cmd_predict(a) -> int:
+    from .engine.predict import predict_to_files
+
+    res = predict_to_files(a.source, a.input, a.out, topk=a.topk, batch_size=a.batch_size, device=a.device)
+    print(f"{res['rows']} images -> {res['csv']}")
+    r = res["accuracy"]
+    if r is not None:
+        g = r["groups"]
+        print(f"labelled {r['num_samples']}: top-1 {r['top1']:.2f}  many {_fmt(g['many'])}  "
+              f"medium {_fmt(g['medium'])}  few {_fmt(g['few'])}  (percent; groups from the training counts) "
+              f"-> {res['json']}")
+    return 0
+
+
+def cmd_export(a) -> int:
+    from .engine.predict import export_run
+
+    out = export_run(a.run_dir, a.out_dir)
+    print(f"wrote {out}/model.safetensors and {out}/model.json")
+    return 0
+
+
 def cmd_config(a) -> int:
     from .config import builtin_names, load_config, to_yaml
 
@@ -227,6 +249,22 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("grid", help="grid YAML")
     g.add_argument("--dry-run", action="store_true", help="list the runs without starting them")
     g.set_defaults(fn=cmd_grid)
+
+    pr = sub.add_parser("predict", help="classify images with a run or an export -> CSV (+ accuracy JSON)",
+                        epilog="example: allnc predict runs/a photos/ --out predictions.csv --topk 3")
+    pr.add_argument("source", metavar="RUN_DIR", help="run directory or `allnc export` folder")
+    pr.add_argument("input", metavar="INPUT", help="image folder (class sub-folders give labels), "
+                    "'relative/path label' list file, or one image")
+    pr.add_argument("--out", default="predictions.csv", help="CSV file; accuracy goes beside it as .json")
+    pr.add_argument("--topk", type=int, default=5)
+    pr.add_argument("--batch-size", type=int, default=256)
+    pr.add_argument("--device", default="auto")
+    pr.set_defaults(fn=cmd_predict)
+
+    x = sub.add_parser("export", help="a run's model as model.safetensors + model.json (loads without pickle)")
+    x.add_argument("run_dir")
+    x.add_argument("out_dir")
+    x.set_defaults(fn=cmd_export)
 
     s = sub.add_parser("config", help="list built-in configs, or print a resolved config")
     s.add_argument("name", nargs="?")

@@ -315,7 +315,7 @@ class Trainer:
             "display_name": str(self.cfg.display_name),
             "classes": list(self.bundle.classes),
             "class_counts": [int(c) for c in self.bundle.class_counts],
-            "classes": list(self.bundle.classes),  # what `allnc predict` needs without the training data
+            # with classes and class_counts: what `allnc predict` needs without the training data
             "preprocessing": {"mean": list(self.bundle.mean), "std": list(self.bundle.std),
                               "image_hw": list(self.bundle.image_hw), "in_channels": int(self.bundle.in_channels),
                               "small": bool(self.bundle.small)},
