@@ -7,6 +7,7 @@ A run directory holds::
     metrics.jsonl     one line per epoch             checkpoint.pt  the last checkpoint
     nc.json, nc.npz   neural-collapse figures        report/        pictures and report.md
     log.txt           the output of a grid run       tb/            TensorBoard events
+    posthoc_<method>.json   a post-hoc correction (tau-norm, logit adjustment) of the run
     .lock             held by the process writing the run
 
 Atomic writes go to a temporary file in the same folder, are flushed to disk, and replace
@@ -30,6 +31,7 @@ METRICS_LOG = "metrics.jsonl"
 CHECKPOINT = "checkpoint.pt"
 NC_JSON = "nc.json"
 NC_NPZ = "nc.npz"
+POSTHOC = "posthoc_{method}.json"  # .format(method=...)
 LOG = "log.txt"
 REPORT_DIR = "report"
 TB_DIR = "tb"

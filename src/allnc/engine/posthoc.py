@@ -1,0 +1,200 @@
+"""Post-hoc corrections of a finished run's classifier: tau chosen on a balanced validation
+split, the test set read once, after the choice.
+
+- ``tau_norm`` (Kang et al., ICLR 2020, "Decoupling representation and classifier for
+  long-tailed recognition"): every class vector ``w_k <- w_k / ||w_k||^tau``, logits
+  ``h . w_k / ||w_k||^tau``. The bias is dropped, as in the paper's tau-normalised classifier,
+  so tau = 0 is the run's classifier without its bias. A cosine (``normed``) classifier
+  normalises every ``w_k`` itself, and rows of equal norm (the fixed ETF's unit rows) only scale
+  all logits alike: tau-norm is then the identity, and the result says so (grid: tau = 0 only).
+- ``logit_adjust`` (Menon et al., ICLR 2021, "Long-tail learning via logit adjustment"):
+  ``logits - tau * log(prior)``, prior = the run's training class frequencies; any classifier;
+  tau = 0 is the run's model.
+
+The validation split is the run's own (``data.val_per_class`` when it was trained) or else one
+drawn by the same rule (``val_split``) with ``val_per_class`` images per class; for classes
+whose left-out images are too few that split takes images the run trained on (the result
+names them). Features are computed once per split (``method.features``) and the corrected
+logits from them with ``method.classifier_weight()``; ties in validation top-1 go to the
+smaller tau (the lesser correction).
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import loaders
+from ..config import from_dict, set_key, to_dict
+from ..data import build_data
+from ..errors import ConfigError
+from ..metrics import AccuracyAccumulator
+from ..models.heads import NormedLinear
+from ..registry import Registry
+from ..rundir import METRICS, POSTHOC, RunLock, atomic_write_json, read_json
+from .context import RunContext, load_run
+from .evaluate import autocast_ctx
+
+#: method -> (tau grid, the row name a results table would show)
+CORRECTIONS = Registry("post-hoc correction")
+CORRECTIONS.register("tau_norm")(([round(0.1 * i, 1) for i in range(21)], "tau-norm (post hoc)"))
+CORRECTIONS.register("logit_adjust")(([0.25 * i for i in range(13)], "post-hoc LA"))
+DEFAULT_VAL_PER_CLASS = 20
+KEEP = ("top1", "class_mean", "groups", "group_sizes", "per_class", "num_samples")
+
+
+def tau_normalised(W: torch.Tensor, tau: float) -> torch.Tensor:
+    """Rows ``w_k / ||w_k||^tau`` (Kang et al. 2020)."""
+    return W / W.norm(dim=1, keepdim=True).clamp_min(1e-12).pow(tau)
+
+
+def corrected_logits(h: torch.Tensor, W: torch.Tensor, b: Optional[torch.Tensor], method: str, tau: float,
+                     log_prior: Optional[torch.Tensor] = None, cosine_scale: Optional[float] = None) -> torch.Tensor:
+    """Logits of features ``h`` (N x d) under the corrected classifier. ``cosine_scale``:
+    None for a linear head (``h W^T + b``), s for a cosine head (``s cos(h, w_k)``, no bias)."""
+    if method == "tau_norm":
+        W, b = tau_normalised(W, tau), None
+    if cosine_scale is None:
+        z = h @ W.t() + (b if b is not None else 0.0)
+    else:
+        z = cosine_scale * (F.normalize(h, dim=1) @ F.normalize(W, dim=1).t())
+    if method == "logit_adjust":
+        z = z - tau * log_prior
+    return z
+
+
+def choose_tau(val_top1: dict[float, float]) -> float:
+    """The tau with the best validation top-1; ties go to the smaller tau."""
+    best = max(val_top1.values())
+    return min(t for t, a in val_top1.items() if a == best)
+
+
+def _accuracy(z: torch.Tensor, y: torch.Tensor, counts) -> dict:
+    acc = AccuracyAccumulator(z.shape[1], confusion=False, device=z.device)
+    acc.update(z, y)
+    r = acc.result(counts)
+    return {k: r[k] for k in KEEP}
+
+
+@torch.no_grad()
+def _features(ctx: RunContext, bundle, choice, split: str):
+    """(features, labels, (features, logits) of the first batch) of a split: one pass."""
+    hs, ys, first = [], [], None
+    for x, y in loaders.iter_eval(ctx.cfg, bundle, split, choice, ctx.device, shard=False):
+        with autocast_ctx(ctx.device, ctx.amp):
+            h, z = ctx.method.features(ctx.prep(x))
+        hs.append(h.float())
+        ys.append(y)
+        if first is None:
+            first = (h.float(), z.float())
+    return torch.cat(hs), torch.cat(ys), first
+
+
+def _validation(ctx: RunContext, val_per_class: Optional[int], notes: list[str]):
+    """(bundle, data path, description) whose ``val`` is the split tau is chosen on."""
+    own = int(ctx.cfg.data.val_per_class or 0)
+    if own and ctx.bundle.val is not None:
+        if val_per_class and int(val_per_class) != own:
+            notes.append(f"--val-per-class {val_per_class} ignored: the run has its own validation split "
+                         f"({own}/class)")
+        return ctx.bundle, ctx.choice, {"source": "the run's own (data.val_per_class)", "per_class": own,
+                                        "trained_on": {}}
+    n = int(val_per_class or DEFAULT_VAL_PER_CLASS)
+    if n < 1:
+        raise ConfigError(f"--val-per-class {n}: give at least 1 image per class")
+    cfg = from_dict(to_dict(ctx.cfg))
+    set_key(cfg, "data.val_per_class", n, "--val-per-class")
+    try:
+        drawn = build_data(cfg)
+    except ConfigError as e:
+        raise ConfigError(f"post-hoc correction needs a balanced validation split, but: {e}") from None
+    moved = {int(c): int(k) for c, k in (drawn.val_moved or {}).items()}
+    if moved:
+        notes.append(f"the run had no validation split; the one drawn (data.val_per_class={n}) takes "
+                     f"{sum(moved.values())} images the run trained on, for the {len(moved)} class(es) with too few "
+                     f"left-out images ({', '.join(map(str, sorted(moved)))}): their validation accuracy is optimistic")
+    bundle = dataclasses.replace(ctx.bundle, val=drawn.val)
+    choice = loaders.PipelineChoice(ctx.choice.fast, ctx.choice.reason)  # its own device copy of the new split
+    return bundle, choice, {"source": f"drawn with data.val_per_class={n} (the run had none)", "per_class": n,
+                            "trained_on": moved}
+
+
+def _run_figures(run_dir: Path) -> Optional[dict]:
+    """The run's own test figures from its metrics.json (None where it has none)."""
+    if not (run_dir / METRICS).is_file():
+        return None
+    m = read_json(run_dir / METRICS, "the run's final metrics")
+    if not m.get("test_evaluated", "top1" in m) or m.get("top1") is None:
+        return None
+    return {"top1": m["top1"], "groups": m.get("groups")}
+
+
+def posthoc(run_dir, method: str, device: str = "auto", val_per_class: Optional[int] = None,
+            overrides=()) -> dict:
+    """Correct a run's classifier with ``method`` (tau_norm | logit_adjust), choose tau on a
+    balanced validation split, read the test set once, write RUN_DIR/posthoc_<method>.json
+    (atomically) and return what it holds."""
+    grid, row = CORRECTIONS.get(method)  # unknown names: a one-line error with the closest name
+    run_dir = Path(run_dir)
+    ctx = load_run(run_dir, device=device, overrides=overrides)
+    with RunLock(run_dir):
+        ctx.method.eval()
+        try:
+            W, b = ctx.method.classifier_weight()
+        except (NotImplementedError, AttributeError):
+            W = None
+        if not isinstance(W, torch.Tensor) or W.dim() != 2:
+            raise ConfigError(f"method '{ctx.cfg.method.name}' of {run_dir} exposes no classifier weight (K x d); "
+                              "post-hoc corrections need one")
+        W = W.detach().float()
+        b = None if b is None else b.detach().float()
+        clf = getattr(ctx.method, "classifier", None)
+        scale = float(clf.scale) if isinstance(clf, NormedLinear) else None
+        counts = np.asarray(ctx.bundle.class_counts)
+        log_prior = torch.log(torch.as_tensor(counts / counts.sum(), dtype=torch.float32, device=W.device)
+                              .clamp_min(1e-12))
+        notes: list[str] = []
+        if method == "tau_norm":
+            norms = W.norm(dim=1)
+            if scale is not None or float(norms.max() / norms.min().clamp_min(1e-12)) - 1 < 1e-5:
+                why = ("a cosine classifier normalises every w_k itself" if scale is not None
+                       else "every w_k has the same norm (a fixed ETF has unit rows), so tau scales all logits alike")
+                notes.append(f"tau-norm is the identity here: {why}; no tau is searched (tau = 0)")
+                grid = [0.0]
+            if b is not None and scale is None:
+                notes.append("the classifier's bias is dropped, as in Kang et al.'s tau-norm: tau = 0 is the run's "
+                             "classifier without its bias")
+
+        def logits(h, tau):
+            return corrected_logits(h, W, b, method, tau, log_prior, scale)
+
+        vbundle, vchoice, vinfo = _validation(ctx, val_per_class, notes)
+        hv, yv, first = _features(ctx, vbundle, vchoice, "val")
+        same = corrected_logits(first[0], W, b, "logit_adjust", 0.0, log_prior, scale)
+        if not torch.allclose(same, first[1], rtol=5e-2 if ctx.amp else 1e-3, atol=5e-2 if ctx.amp else 1e-3):
+            raise ConfigError(f"method '{ctx.cfg.method.name}': its logits are not its classifier_weight() applied to "
+                              "its features(); post-hoc corrections cannot be computed from them")
+        val_top1 = {float(t): _accuracy(logits(hv, t), yv, counts)["top1"] for t in grid}
+        tau = choose_tau(val_top1)
+        ht, yt, _ = _features(ctx, ctx.bundle, ctx.choice, "test")  # the one read of the test set
+        out = {
+            "method": method,
+            "row": row,
+            "tau": tau,
+            "tau_grid": [float(t) for t in grid],
+            "val_top1_by_tau": {f"{t:g}": a for t, a in val_top1.items()},
+            "val_top1": val_top1[tau],
+            "validation": vinfo,
+            "test": _accuracy(logits(ht, tau), yt, counts),
+            "run_test": _run_figures(run_dir),
+            "notes": notes,
+            "checkpoint_epoch": ctx.ckpt_epoch,
+            "data": ctx.bundle.label,
+            "class_counts": [int(c) for c in counts],
+        }
+        atomic_write_json(run_dir / POSTHOC.format(method=method), out)
+    return out
