@@ -12,9 +12,12 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"
 fi
 "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-# the package with its test extra, every dependency at the version pinned in ci-constraints.txt
+# the package with its test extra (test mode: also the wandb and submitit extras, so their tests
+# run), every dependency at the version pinned in ci-constraints.txt
 # (the package itself only asks for ranges: torch >= 2.11, torchvision >= 0.26)
-"$VENV/bin/python" -m pip install -q -c ci-constraints.txt -e ".[test]"
+extras="test"
+if [ "$mode" = test ]; then extras="test,wandb,submitit"; fi
+"$VENV/bin/python" -m pip install -q -c ci-constraints.txt -e ".[$extras]"
 
 case "$mode" in
   demo)

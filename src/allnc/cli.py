@@ -141,9 +141,14 @@ def cmd_compare(a) -> int:
 
 
 def cmd_grid(a) -> int:
-    from .grid import run_grid
+    if a.executor == "process":
+        from .grid import run_grid
 
-    res = run_grid(a.grid, dry_run=a.dry_run)
+        res = run_grid(a.grid, dry_run=a.dry_run)
+    else:
+        from .grid.submit import submit_grid
+
+        res = submit_grid(a.grid, executor=a.executor, dry_run=a.dry_run)
     failed = getattr(res, "failed", [])
     return 1 if failed else 0
 
@@ -248,6 +253,10 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("grid", help="run a grid of configs x overrides x seeds as concurrent processes")
     g.add_argument("grid", help="grid YAML")
     g.add_argument("--dry-run", action="store_true", help="list the runs without starting them")
+    g.add_argument("--executor", choices=("process", "slurm", "local"), default="process",
+                   help="process: concurrent processes here (default); slurm: one Slurm job per run through "
+                   "submitit (options from the grid's slurm:); local: submitit's local executor "
+                   "(pip install allnc[submitit])")
     g.set_defaults(fn=cmd_grid)
 
     pr = sub.add_parser("predict", help="classify images with a run or an export -> CSV (+ accuracy JSON)",

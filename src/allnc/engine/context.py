@@ -75,7 +75,8 @@ class RunContext:
 
 # runtime settings that may differ when a run is resumed or re-evaluated elsewhere
 RUNTIME_TOP = {"device"}
-RUNTIME_KEYS = {"data.root", "data.num_workers", "data.download", "data.cache_dir", "train.progress", "name"}
+RUNTIME_KEYS = {"data.root", "data.num_workers", "data.download", "data.cache_dir", "train.progress", "name",
+                "train.logger", "train.wandb_project", "train.wandb_mode"}
 
 
 def is_runtime(key: str) -> bool:

@@ -11,6 +11,14 @@ A grid YAML holds an explicit ``runs:`` list and/or a product form::
       - {config: fmnist_lt_ce, overrides: [method.sampler=balanced], name: ce_bal}
     configs: [fmnist_lt_ce, fmnist_lt_la]      # product form: configs x overrides x seeds
     overrides: {train.lr: [0.1, 0.05], train.batch_size: [64, 128]}
+    slurm:                     # only for `--executor slurm|local` (allnc.grid.submit, pip install allnc[submitit])
+      partition: gpu           # Slurm partition
+      time: 240                # time limit of each job: minutes or D-HH:MM:SS (required on Slurm)
+      gpus_per_node: 1         # GPUs of each job (local executor: jobs see GPUs 0..N-1; none when unset)
+      cpus_per_task: 8         # CPU cores of each job (also its OMP_NUM_THREADS)
+      mem_gb: 32               # memory of each job
+      # also: account, qos, constraint, setup (shell lines run before each job),
+      # additional (any other sbatch option, e.g. {reservation: r1})
 
 Each run gets the directory ``OUT/<config>__<k=v>__...__seed<S>`` (``OUT/<name>__seed<S>``
 when named) and is started as ``python -m allnc train --config C --out RUNDIR k=v ...``
@@ -22,6 +30,13 @@ failed run is reported and the others go on (``allnc.grid.runner``). At the end 
 top-1 and many/medium/few accuracy (mean ± sample std over seeds; validation top-1 too
 where runs have it) is written to ``OUT/summary.md``, ``OUT/summary.csv`` and
 ``OUT/summary.json`` and printed (``allnc.grid.summary``).
+
+``allnc grid GRID.yaml --executor process`` (the default) runs the processes here;
+``--executor slurm`` submits one Slurm job per run through submitit (``--executor local``:
+submitit's local executor), with the same skipping, resuming and summaries, the job options
+from ``slurm:`` and ``max_concurrent`` as the job array's parallelism (``allnc.grid.submit``).
+``devices:`` applies to the process executor only. A data-parallel run inside a job is
+started with torchrun, as without a grid (docs/tracking_and_clusters.md).
 """
 from __future__ import annotations
 
@@ -40,7 +55,7 @@ from ..errors import ConfigError
 
 __all__ = ["RunSpec", "expand_grid", "load_grid"]
 
-_KEYS = ("runs", "configs", "overrides", "seeds", "out", "max_concurrent", "extra_overrides", "devices")
+_KEYS = ("runs", "configs", "overrides", "seeds", "out", "max_concurrent", "extra_overrides", "devices", "slurm")
 _RUN_KEYS = ("config", "overrides", "name")
 SEED_RE = re.compile(r"__seed-?\d+$")  # the seed suffix of a run name; without it: the run's group
 
