@@ -43,6 +43,22 @@ def test_nc_command_measures_the_inference_features_and_classifier(two_runs, cap
     assert nc["test"]["nc4"]["classifier_acc"] == pytest.approx(m["top1"], abs=1e-6)  # percent
     mats = np.load(run / "nc.npz")
     assert mats["train_w_cos"].shape == (10, 10) and np.allclose(np.diag(mats["train_w_cos"]), 1)
+    # the printout gives every non-empty group's minority-collapse figures and names the empty ones
+    from allnc.report.runreport import fmt
+
+    out = capsys.readouterr().out
+    for split in ("train", "test"):
+        part = out.split(f"{split:<5} minority collapse by group")[1].split("minority collapse")[0]
+        gb = nc[split]["groups"]
+        assert sum(gb[g]["num_classes"] for g in ("many", "medium", "few")) == 10
+        for g in ("many", "medium", "few"):
+            line = [l for l in part.splitlines() if l.strip().startswith(g)][0]
+            if gb[g]["num_classes"] == 0:
+                assert "no class in this group" in line
+            else:
+                assert f"{gb[g]['num_classes']} classes" in line
+                assert f"cos w {fmt(gb[g]['w_cos_mean'])}" in line
+                assert f"self-duality {fmt(gb[g]['self_duality_cos_mean'])}" in line
 
 
 def test_report_and_compare_write_every_picture(two_runs, tmp_path):

@@ -33,20 +33,21 @@ def _features(n_per, rng, spread, mu=None):
     return mu, h, y
 
 
-def _nc_of(h, y, W, b, class_counts):
-    acc = ClassStatsAccumulator(K, D, class_counts=class_counts, train_counts=TRAIN_COUNTS)
+def _nc_of(h, y, W, b, class_counts, train_counts=TRAIN_COUNTS):
+    acc = ClassStatsAccumulator(K, D, class_counts=class_counts, train_counts=train_counts)
     for s in range(0, len(y), 256):
         acc.update(torch.as_tensor(h[s:s + 256]), torch.as_tensor(y[s:s + 256]))
     st = acc.result()
     ncm = NCMAccumulator(st, W, b)
     ncm.update(torch.as_tensor(h), torch.as_tensor(y))
-    return st, compute_nc(st, W, b, TRAIN_COUNTS, ncm=ncm), cosine_matrices(st, W)
+    return st, compute_nc(st, W, b, train_counts, ncm=ncm), cosine_matrices(st, W)
 
 
-def make_run(run_dir: Path, seed: int = 0, with_nc: bool = True, epochs: int = 5) -> Path:
+def make_run(run_dir: Path, seed: int = 0, with_nc: bool = True, epochs: int = 5,
+             counts=TRAIN_COUNTS, classes=None, val: bool = False) -> Path:
     rng = np.random.default_rng(seed)
     run_dir.mkdir(parents=True)
-    mu, h, y = _features(TRAIN_COUNTS, rng, 0.8)
+    mu, h, y = _features(counts, rng, 0.8)
     W = mu - mu.mean(0) + 0.3 * rng.standard_normal((K, D))
     b = 0.1 * rng.standard_normal(K)
     # per-epoch log: loss, lr, test_top1 and (every other epoch) NC figures
@@ -54,9 +55,13 @@ def make_run(run_dir: Path, seed: int = 0, with_nc: bool = True, epochs: int = 5
     for e in range(epochs):
         rec = {"epoch": e + 1, "loss": 2.0 / (e + 1), "lr": 0.1 * 0.5 ** e, "test_top1": 40 + 5 * e + seed}
         if e % 2 == 0:
-            _, nc_e, _ = _nc_of(h * (1 + 0.1 * e), y, W, b, np.bincount(y, minlength=K))
+            _, nc_e, _ = _nc_of(h * (1 + 0.1 * e), y, W, b, np.bincount(y, minlength=K), counts)
             # the engine may log the full dict or its flat summary: both are accepted
             rec["nc"] = nc_e if e == 0 else nc_summary(nc_e)
+        rec["test_groups"] = {"many": 50 + e, "medium": 30 + 2 * e, "few": 10 + 3 * e if min(counts) < 20 else None}
+        if val:
+            rec["val_top1"] = 45 + 4 * e
+            rec["val_groups"] = {"many": 55 + e, "medium": 35 + e, "few": None}
         lines.append(json.dumps(rec))
     lines.append('{"epoch": 99, "loss": ')  # a partial line of a run in progress
     (run_dir / "metrics.jsonl").write_text("\n".join(lines) + "\n")
@@ -65,15 +70,17 @@ def make_run(run_dir: Path, seed: int = 0, with_nc: bool = True, epochs: int = 5
     acc = AccuracyAccumulator(K)
     logits = torch.as_tensor(ht) @ torch.as_tensor(W).T + torch.as_tensor(b)
     acc.update(logits, torch.as_tensor(yt))
-    res = acc.result(TRAIN_COUNTS)
-    res["class_counts"] = TRAIN_COUNTS
+    res = acc.result(counts)
+    res["class_counts"] = list(counts)
+    if classes is not None:
+        res["classes"] = list(classes)
     res["config"] = {"name": f"fake{seed}", "method": {"name": "ce"},
                      "data": {"name": "cifar10", "imbalance_factor": 50.0, "augment": "standard"},
                      "model": {"name": "resnet32", "width": 16}, "train": {"epochs": epochs}}
     (run_dir / "metrics.json").write_text(json.dumps(res))
     if with_nc:
-        _, nc_tr, cos_tr = _nc_of(h, y, W, b, np.bincount(y, minlength=K))
-        _, nc_te, cos_te = _nc_of(ht, yt, W, b, np.bincount(yt, minlength=K))
+        _, nc_tr, cos_tr = _nc_of(h, y, W, b, np.bincount(y, minlength=K), counts)
+        _, nc_te, cos_te = _nc_of(ht, yt, W, b, np.bincount(yt, minlength=K), counts)
         save_nc(run_dir, {"train": nc_tr, "test": nc_te}, {"train": cos_tr, "test": cos_te})
     return run_dir
 
@@ -107,8 +114,8 @@ def test_report_writes_every_png(tmp_path):
     md = write_report(run)
     assert md == run / "report" / "report.md"
     text = _check_pngs(md, {"per_class_acc.png", "curves.png", "nc_epochs.png", "cos_train.png",
-                            "cos_test.png", "norms_train.png"})
-    assert "| top-1 | many | medium | few |" in text
+                            "cos_test.png", "norms_train.png", "norms_test.png"})
+    assert "| split | top-1 | many | medium | few |" in text
     assert "(3 classes)" in text and "(2 classes)" in text
     assert "NC1 class-balanced" in text and "allnc nc" not in text
     assert "unreadable line" in text  # the partial last line was skipped and said so
@@ -136,7 +143,7 @@ def test_report_of_a_bare_run_dir(tmp_path):
                                                   "per_class": [60.0, 40.0], "class_counts": [500, 200]}))
     text = _check_pngs(write_report(run), {"per_class_acc.png"})
     assert "metrics.jsonl not found" in text and "allnc nc" in text
-    assert "| 50.00 | 60.00 | – | – |" in text
+    assert "| test | 50.00 | 60.00 (2 classes) | no class in this group | no class in this group |" in text
 
 
 def test_compare_runs(tmp_path):
@@ -144,9 +151,141 @@ def test_compare_runs(tmp_path):
     b = make_run(tmp_path / "y" / "run", seed=2, with_nc=False)
     md = compare_runs([a, b], tmp_path / "cmp")
     text = _check_pngs(md, {"compare_curves.png"})
-    rows = [l for l in text.splitlines() if l.startswith("| x/run") or l.startswith("| y/run")]
+    first_table = text.split("## Minority collapse")[0]
+    rows = [l for l in first_table.splitlines() if l.startswith("| x/run") or l.startswith("| y/run")]
     assert len(rows) == 2  # same directory names are told apart by their parents
     m = json.loads((a / "metrics.json").read_text())
     assert f"| {m['top1']:.2f} |" in rows[0]
-    assert rows[1].count("–") >= 8  # no nc.json: NC cells are empty
+    assert rows[1].count("–") >= 5  # no nc.json: NC cells are empty
     assert "NC1 cb" in text
+
+
+# ---------------------------------------------------------------- groups, class names, figures
+NO_FEW = [300, 180, 120, 90, 50, 25, 40, 30]  # many 3 / medium 5 / few none (like Fashion-MNIST-LT)
+NAMES = ["T-shirt", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker"]
+
+
+def _group_row(text: str, first: str, group: str) -> list[str]:
+    rows = [l for l in text.splitlines() if l.startswith(f"| {first}") and f"| {group} |" in l]
+    assert len(rows) == 1, (group, rows)
+    return [c.strip() for c in rows[0].strip("|").split("|")]
+
+
+def _expected_cells(entry: dict) -> list[str]:
+    from allnc.report.runreport import GROUP_COLUMNS, fmt
+
+    return [fmt(entry.get(k)) for _, k in GROUP_COLUMNS]
+
+
+def test_report_shows_every_nonempty_group_and_names_the_empty_one(tmp_path):
+    run = make_run(tmp_path / "nofew", counts=NO_FEW)
+    nc = json.loads((run / "nc.json").read_text())
+    assert nc["train"]["groups"]["few"]["num_classes"] == 0
+    text = write_report(run).read_text()
+    for split in ("train", "test"):
+        section = text.split(f"### Minority collapse by group ({split} features)")[1].split("###")[0]
+        for g, n in (("many", 3), ("medium", 5)):
+            cells = _group_row(section, g, g)
+            assert cells[1] == str(n)
+            assert cells[2:] == _expected_cells(nc[split]["groups"][g])
+        assert "few: no class in this group" in section
+        assert not any(l.startswith("| few") for l in section.splitlines())  # no row of dashes
+        ratio = nc[split]["groups"]["norm_ratios"]["w_many_over_medium"]
+        assert f"‖w‖ many/medium {ratio:.3g}" in section
+        assert "many/few" not in section
+    # the accuracy table says so too
+    assert "| no class in this group |" in text
+
+
+def test_compare_shows_the_medium_group_of_a_run_without_few(tmp_path):
+    a = make_run(tmp_path / "a", counts=NO_FEW, seed=1)
+    b = make_run(tmp_path / "b", seed=2)
+    text = compare_runs([a, b], tmp_path / "cmp").read_text()
+    nc_a = json.loads((a / "nc.json").read_text())["train"]["groups"]
+    nc_b = json.loads((b / "nc.json").read_text())["train"]["groups"]
+    section = text.split("## Minority collapse by group")[1]
+    for g in ("many", "medium"):
+        assert _group_row(section, "a", g)[3:] == _expected_cells(nc_a[g])
+    for g in ("many", "medium", "few"):
+        assert _group_row(section, "b", g)[3:] == _expected_cells(nc_b[g])
+    assert "**a**, few: no class in this group" in section
+    assert not any(l.startswith("| a | few") for l in section.splitlines())
+    row_a = [l for l in text.split("## Minority")[0].splitlines() if l.startswith("| a |")][0]
+    assert "no class in this group" in row_a  # few accuracy of run a
+
+
+class _Figures:
+    """Record every figure the plots save (by file name)."""
+
+    def __init__(self, monkeypatch):
+        from allnc.report import plots
+
+        self.figs = {}
+        orig = plots._save
+
+        def save(fig, path):
+            self.figs[Path(path).name] = fig
+            return orig(fig, path)
+
+        monkeypatch.setattr(plots, "_save", save)
+
+    @staticmethod
+    def ticks(ax, axis="x"):
+        return [t.get_text() for t in (ax.get_xticklabels() if axis == "x" else ax.get_yticklabels())]
+
+    @staticmethod
+    def legend(ax):
+        leg = ax.get_legend()
+        return [t.get_text() for t in leg.get_texts()] if leg else []
+
+
+def test_plots_use_class_names_from_metrics_json(tmp_path, monkeypatch):
+    rec = _Figures(monkeypatch)
+    run = make_run(tmp_path / "named", classes=NAMES)
+    text = write_report(run).read_text()
+    order = np.argsort(-np.asarray(TRAIN_COUNTS), kind="stable")
+    want = [NAMES[c] for c in order]
+    ax = rec.figs["per_class_acc.png"].axes[0]
+    assert rec.ticks(ax) == want
+    assert not ax.texts  # the group labels are in the legend, not drawn over the bars
+    assert any(t.startswith("many (3 classes): mean") for t in rec.legend(ax))
+    for name in ("cos_train.png", "cos_test.png"):
+        assert rec.ticks(rec.figs[name].axes[0]) == want and rec.ticks(rec.figs[name].axes[0], "y") == want
+    for name in ("norms_train.png", "norms_test.png"):
+        ax = rec.figs[name].axes[0]
+        assert {t.get_text() for t in ax.texts} == set(NAMES)
+        legend = [t.get_text() for leg in rec.figs[name].legends for t in leg.get_texts()]
+        assert any("group boundaries" in t for t in legend)  # the dashed lines are explained
+    assert "| T-shirt (0) | 300 | many |" in text and "shown by index" not in text
+
+
+def test_plots_fall_back_to_indices_with_a_note(tmp_path, monkeypatch):
+    rec = _Figures(monkeypatch)
+    text = write_report(make_run(tmp_path / "plain")).read_text()
+    assert "classes are shown by index: this run's metrics.json has no `classes` list" in text
+    ax = rec.figs["per_class_acc.png"].axes[0]
+    assert rec.ticks(ax) == [str(c) for c in np.argsort(-np.asarray(TRAIN_COUNTS), kind="stable")]
+    assert ax.get_xlabel().startswith("class index")
+
+
+def test_curves_draw_groups_and_validation(tmp_path, monkeypatch):
+    rec = _Figures(monkeypatch)
+    write_report(make_run(tmp_path / "val", counts=NO_FEW, val=True))
+    axes = {ax.get_title(): ax for ax in rec.figs["curves.png"].axes}
+    test_ax = axes["test accuracy: top-1 and group means"]
+    val_ax = axes["validation accuracy: top-1 and group means"]
+    for ax in (test_ax, val_ax):
+        leg = rec.legend(ax)
+        assert {"top-1", "many", "medium"} <= set(leg) and "few: no class in this group" in leg
+        assert ax.get_ylabel() == "accuracy (%)"
+    a = make_run(tmp_path / "c1", seed=1, val=True)
+    b = make_run(tmp_path / "c2", counts=NO_FEW, seed=2)
+    compare_runs([a, b], tmp_path / "cmp")
+    titles = [ax.get_title() for ax in rec.figs["compare_curves.png"].axes]
+    for t in ("top-1 accuracy (%)", "many group: mean accuracy (%)", "medium group: mean accuracy (%)",
+              "few group: mean accuracy (%)", "NC1 class-balanced (train features)"):
+        assert t in titles
+    top = rec.figs["compare_curves.png"].axes[titles.index("top-1 accuracy (%)")]
+    assert set(rec.legend(top)) == {"c1", "c1 (validation)", "c2"}
+    few = rec.figs["compare_curves.png"].axes[titles.index("few group: mean accuracy (%)")]
+    assert "c2: no class in this group" in rec.legend(few)

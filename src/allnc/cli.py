@@ -97,9 +97,17 @@ def cmd_nc(a) -> int:
     for split in nc:
         nc[split]["info"]["checkpoint_epoch"] = t.ckpt_epoch
     path = save_nc(a.run_dir, nc, mats)
+    from .report.runreport import group_text_lines
+
+    names = getattr(t.bundle, "classes", None)
+    names = list(names) if names is not None and len(names) == t.bundle.num_classes else None
     for split in ("train", "test"):
         s = nc_summary(nc[split])
-        print(f"{split:<5} " + "  ".join(f"{k} {v:.4g}" for k, v in s.items() if v is not None))
+        print(f"{split:<5} " + "  ".join(f"{k} {v:.4g}" for k, v in s.items()
+                                          if v is not None and not k.startswith(("many_", "few_", "w_norm_ratio",
+                                                                                 "means_norm_ratio"))))
+        print(f"{split:<5} minority collapse by group (groups from the training counts):")
+        print("\n".join(group_text_lines(nc[split], names, indent="      ")))
     print(f"wrote {path} and nc.npz")
     return 0
 

@@ -1,4 +1,4 @@
-"""Comparison of several runs: a markdown table and overlaid curves.
+"""Comparison of several runs: markdown tables and overlaid curves.
 
 ``compare_runs(run_dirs, out_dir)`` reads each run's metrics.json, metrics.jsonl and nc.json
 (any may be missing; its cells are "–") and writes OUT_DIR/compare.md and
@@ -7,23 +7,38 @@ OUT_DIR/compare_curves.png.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from .. import rundir
 from ..errors import RunDirError
+from ..metrics.accuracy import FEW_BELOW, GROUP_NAMES, MANY_ABOVE
 from . import plots
-from .runreport import fmt, fmt_pct, read_json, read_jsonl, run_label
+from .runreport import (
+    EMPTY_GROUP,
+    GROUP_COLUMNS,
+    GROUP_NOTE,
+    GROUP_RULE,
+    _acc_cells,
+    fmt,
+    group_pair_figures,
+    group_size,
+    group_sizes_of,
+    nc_groups,
+    nonempty_groups,
+    read_json,
+    read_jsonl,
+    run_label,
+    train_counts_of,
+)
 
-# NC columns of the table: (header, summary key), from the TRAINING split of nc.json
+# NC columns of the table: (header, summary key), from the TRAINING split of nc.json;
+# the many/medium/few figures have their own table
 NC_COLUMNS = [
     ("NC1 cb", "nc1_cb"),
     ("NC2 angle W", "nc2_equiangular_w"),
     ("NC2 angle means cb", "nc2_equiangular_means_cb"),
     ("NC3 cb", "nc3_cb"),
     ("NC4", "nc4"),
-    ("cos W few", "few_w_cos"),
-    ("cos means few", "few_means_cos"),
-    ("‖w‖ many/few", "w_norm_ratio_many_few"),
 ]
 
 
@@ -37,12 +52,34 @@ def _names(run_dirs: Sequence[Path]) -> list[str]:
         depth += 1
 
 
+def _group_rows(name: str, nc: Mapping) -> tuple[list[str], list[str]]:
+    """(table rows of one run's non-empty groups, lines naming its empty groups) from the
+    training split of nc.json."""
+    gb = nc_groups(nc.get("train")) if isinstance(nc, Mapping) else None
+    if gb is None:
+        return [], [f"- **{name}**: " + ("no nc.json (`allnc nc RUN_DIR` makes it)" if not nc
+                                          else "nc.json has no many/medium/few figures") + "."]
+    rows = []
+    for g in nonempty_groups(gb):
+        e = gb[g]
+        rows.append(f"| {name} | {g} | {group_size(gb, g)} | "
+                    + " | ".join(fmt(e.get(k)) for _, k in GROUP_COLUMNS) + " |")
+    lines = [f"- **{name}**, {g}: {EMPTY_GROUP} (no class has {GROUP_RULE[g]} training samples)."
+             for g in GROUP_NAMES if group_size(gb, g) == 0]
+    pairs = group_pair_figures(gb)
+    if pairs:
+        lines.append(f"- **{name}**, between groups: " + "; ".join(f"{lab} {fmt(v)}" for lab, v in pairs) + ".")
+    return rows, lines
+
+
 def compare_runs(run_dirs: Sequence, out_dir) -> Path:
     """Write OUT_DIR/compare.md (and compare_curves.png) comparing the given runs.
 
-    Table columns: top-1, many/medium/few accuracy (test set, last epoch) and key NC
-    figures of the training features (class-balanced where it matters, see docs/metrics.md).
-    Returns the path of compare.md.
+    First table: top-1, many/medium/few accuracy (test set, last epoch; an empty group says
+    so) and key NC figures of the training features (class-balanced where it matters, see
+    docs/metrics.md). Second table: the minority-collapse figures of every non-empty group
+    of every run (nc.json, training features), then each run's empty groups and the ratios
+    and cross-group cosines between its non-empty groups. Returns the path of compare.md.
     """
     dirs = [Path(d) for d in run_dirs]
     if not dirs:
@@ -55,30 +92,42 @@ def compare_runs(run_dirs: Sequence, out_dir) -> Path:
     names = _names(dirs)
 
     md = ["# Comparison of runs", "",
-          "Accuracy: test set, last epoch, percent; groups from the training counts "
-          "(many > 100, medium 20-100, few < 20). NC figures: training features of the final "
-          "model (nc.json, made by `allnc nc RUN_DIR`); cb = class-balanced. – = not available.", ""]
+          f"Accuracy: test set, last epoch, percent; groups from the training counts "
+          f"(many > {MANY_ABOVE}, medium {FEW_BELOW}-{MANY_ABOVE}, few < {FEW_BELOW} samples). NC figures: "
+          f"training features of the final model (nc.json, made by `allnc nc RUN_DIR`); "
+          f"cb = class-balanced. – = not available.", ""]
     header = ["run", "top-1", "many", "medium", "few"] + [h for h, _ in NC_COLUMNS]
     md += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    labels = []
-    curves = {}
+    labels, group_rows, group_lines = [], [], []
+    curves, sizes_by_run = {}, {}
     for name, d in zip(names, dirs):
         metrics = read_json(d / "metrics.json") or {}
         records, _ = read_jsonl(d / "metrics.jsonl")
         nc = read_json(d / "nc.json") or {}
-        groups = metrics.get("groups") or {}
+        sizes = group_sizes_of(metrics, nc, train_counts_of(metrics, nc))
         summ = plots.flat_nc(nc) if nc else {}
-        row = [name, fmt_pct(metrics.get("top1"))] + [fmt_pct(groups.get(g)) for g in ("many", "medium", "few")]
+        row = [name] + _acc_cells(metrics, sizes)
         row += [fmt(summ.get(k)) for _, k in NC_COLUMNS]
         md.append("| " + " | ".join(row) + " |")
+        rows, lines = _group_rows(name, nc)
+        group_rows += rows
+        group_lines += lines
         lab = run_label(metrics.get("config"))
         labels.append(f"- **{name}**: {lab or 'no config in metrics.json'} ({d})")
         if records:
             curves[name] = records
-    md += ["", "Runs:", ""] + labels + [""]
-    p = plots.plot_overlaid_curves(curves, out / "compare_curves.png") if curves else None
+            sizes_by_run[name] = sizes
+    md += ["", "## Minority collapse by group (training features)", ""]
+    if group_rows:
+        md += ["| run | group | classes | " + " | ".join(h for h, _ in GROUP_COLUMNS) + " |",
+               "|---|---|---|" + "---|" * len(GROUP_COLUMNS)] + group_rows + [""]
+    md += group_lines + ["", GROUP_NOTE, ""]
+    md += ["## Runs", ""] + labels + [""]
+    p = plots.plot_overlaid_curves(curves, out / "compare_curves.png", group_sizes=sizes_by_run) if curves else None
     if p:
-        md += ["![test top-1 and NC metrics over epochs](compare_curves.png)", ""]
+        md += ["Top-1 and group accuracies (test solid, validation dashed) and the NC figures "
+               "logged during training, one colour per run:", "",
+               "![accuracy and NC metrics over epochs](compare_curves.png)", ""]
     else:
         md += ["- no metrics.jsonl with test_top1 or nc entries: no curves.", ""]
     path = out / "compare.md"

@@ -13,6 +13,7 @@ from typing import Iterable, Mapping, Optional, Sequence
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
 from .. import rundir
 from ..metrics.accuracy import FEW_BELOW, GROUP_NAMES, MANY_ABOVE, group_of
@@ -28,10 +29,14 @@ NC_PANELS: list[tuple[str, list[tuple[str, str]], bool]] = [
     ("NC2 Gram distance to ETF", [("nc2_gram_means_cb", "means (cb)"), ("nc2_gram_w", "W")], False),
     ("NC3 self-duality", [("nc3", "sample-weighted"), ("nc3_cb", "class-balanced")], False),
     ("NC4 classifier vs NCM", [("nc4", "disagreement")], False),
-    ("Minority collapse: mean cos in group",
-     [("many_w_cos", "W many"), ("few_w_cos", "W few"), ("many_means_cos", "means many"),
-      ("few_means_cos", "means few")], False),
-    ("Norm ratio many/few", [("w_norm_ratio_many_few", "||w||"), ("means_norm_ratio_many_few", "||mu-muG||")], False),
+    ("Minority collapse: mean cos of w_c in group",
+     [("many_w_cos", "many"), ("medium_w_cos", "medium"), ("few_w_cos", "few")], False),
+    ("Minority collapse: mean cos of mu_c - mu_G in group",
+     [("many_means_cos", "many"), ("medium_means_cos", "medium"), ("few_means_cos", "few")], False),
+    ("Norm ratios between groups",
+     [("w_norm_ratio_many_medium", "||w|| many/medium"), ("w_norm_ratio_many_few", "||w|| many/few"),
+      ("means_norm_ratio_many_medium", "||mu-muG|| many/medium"),
+      ("means_norm_ratio_many_few", "||mu-muG|| many/few")], False),
 ]
 
 
@@ -51,14 +56,37 @@ def _finite(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
+# per-group figures of a ``compute_nc`` "groups" entry -> flat key suffix (``<group>_<suffix>``)
+GROUP_FLAT = {"w_cos_mean": "w_cos", "means_cos_mean": "means_cos", "nc1_class_balanced": "nc1_cb",
+              "self_duality_cos_mean": "self_duality", "w_norm_mean": "w_norm", "means_norm_mean": "means_norm"}
+GROUP_PAIRS = (("many", "medium"), ("many", "few"), ("medium", "few"))
+
+
 def flat_nc(nc: Mapping, split: str = "train") -> dict:
     """Key NC figures (flat, ``nc_summary`` names) of one "nc" entry: a ``compute_nc`` dict,
-    a {split: compute_nc dict} dict, or an already flat summary."""
+    a {split: compute_nc dict} dict, or an already flat summary.
+
+    From a full ``compute_nc`` dict every group's figures are added as well
+    (``<group>_w_cos``, ``<group>_means_cos``, ``<group>_nc1_cb``, ``<group>_self_duality``,
+    ``<group>_w_norm``, ``<group>_means_norm``, ``w_norm_ratio_<a>_<b>``,
+    ``means_norm_ratio_<a>_<b>`` for the three group pairs); a flat summary has what it has."""
     if not isinstance(nc, Mapping):
         return {}
     if "sample_weighted" not in nc and isinstance(nc.get(split), Mapping):
         nc = nc[split]
-    return nc_summary(dict(nc))
+    out = nc_summary(dict(nc))
+    gb = nc.get("groups") if "sample_weighted" in nc else None
+    if isinstance(gb, Mapping):
+        for g in GROUP_NAMES:
+            e = gb.get(g) if isinstance(gb.get(g), Mapping) else {}
+            for k, suffix in GROUP_FLAT.items():
+                out[f"{g}_{suffix}"] = e.get(k) if _finite(e.get(k)) else None
+        ratios = gb.get("norm_ratios") if isinstance(gb.get("norm_ratios"), Mapping) else {}
+        for a, b in GROUP_PAIRS:
+            for kind in ("w", "means"):
+                v = ratios.get(f"{kind}_{a}_over_{b}")
+                out[f"{kind}_norm_ratio_{a}_{b}"] = v if _finite(v) else None
+    return out
 
 
 def nc_series(records: Iterable[Mapping], split: str = "train") -> tuple[list[float], dict[str, list]]:
@@ -88,12 +116,15 @@ def _panel_grid(n: int, ncols: int = 3, w: float = 4.4, h: float = 3.2):
     nrows = math.ceil(n / ncols)
     fig = _new_figure(w * ncols, h * nrows)
     axes = [fig.add_subplot(nrows, ncols, i + 1) for i in range(n)]
+    for ax in axes:  # epochs are whole numbers (the norm plots set their own log locator)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     return fig, axes
 
 
 def plot_nc_over_epochs(records: Sequence[Mapping], path, split: str = "train",
-                        title: Optional[str] = None) -> Optional[Path]:
-    """NC metrics against epoch, from metrics.jsonl records that carry an "nc" key."""
+                        title: Optional[str] = None, group_sizes: Optional[Mapping] = None) -> Optional[Path]:
+    """NC metrics against epoch, from metrics.jsonl records that carry an "nc" key. Group
+    curves are drawn in their group's colour; ``group_sizes`` names the empty groups."""
     epochs, series = nc_series(records, split)
     panels = [(t, [(k, lab) for k, lab in keys if any(_finite(v) for v in series.get(k, []))], log)
               for t, keys, log in NC_PANELS]
@@ -103,7 +134,13 @@ def plot_nc_over_epochs(records: Sequence[Mapping], path, split: str = "train",
     fig, axes = _panel_grid(len(panels))
     for ax, (t, keys, log) in zip(axes, panels):
         for k, lab in keys:
-            _plot_xy(ax, epochs, series[k], lab)
+            _plot_xy(ax, epochs, series[k], lab, **({"color": GROUP_COLORS[lab]} if lab in GROUP_COLORS else {}))
+        if any(lab in GROUP_NAMES for _, lab in keys):
+            drawn = {lab for _, lab in keys}
+            for g in GROUP_NAMES:
+                if isinstance(group_sizes, Mapping) and (group_sizes.get(g) or 0) > 0 and g not in drawn:
+                    ax.plot([], [], " ", label=f"{g}: not logged per epoch")
+                _empty_group_note(ax, g, group_sizes)
         if log and all(v is None or v > 0 for k, _ in keys for v in series[k]):
             ax.set_yscale("log")
         ax.set_title(t, fontsize=9)
@@ -115,19 +152,61 @@ def plot_nc_over_epochs(records: Sequence[Mapping], path, split: str = "train",
     return _save(fig, path)
 
 
-def plot_training_curves(records: Sequence[Mapping], path, title: Optional[str] = None) -> Optional[Path]:
-    """Loss, learning rate and test top-1 against epoch (metrics.jsonl records)."""
-    keys = [("loss", "training loss", False), ("lr", "learning rate", True), ("test_top1", "test top-1 (%)", False)]
+def _empty_group_note(ax, g: str, group_sizes: Optional[Mapping]) -> None:
+    """A legend entry (no line) saying that group ``g`` has no class, when the sizes say so."""
+    if isinstance(group_sizes, Mapping) and group_sizes.get(g) == 0:
+        ax.plot([], [], " ", label=f"{g}: no class in this group")
+
+
+def plot_training_curves(records: Sequence[Mapping], path, title: Optional[str] = None,
+                         group_sizes: Optional[Mapping] = None) -> Optional[Path]:
+    """Training loss (and its terms), learning rate, and the test / validation accuracy
+    (top-1 and the many/medium/few group means: ``<split>_top1``, ``<split>_groups``)
+    against epoch, from metrics.jsonl records. ``group_sizes`` (metrics.json) names the
+    empty groups in the legends."""
     x = [r.get("epoch", i) for i, r in enumerate(records)]
-    keys = [k for k in keys if any(_finite(r.get(k[0])) for r in records)]
-    if not keys:
+
+    def has(k):
+        return any(_finite(r.get(k)) for r in records)
+
+    panels: list[tuple[str, str]] = []  # (kind, split or key)
+    if has("loss"):
+        panels.append(("loss", "loss"))
+    if has("lr"):
+        panels.append(("lr", "lr"))
+    for split in ("test", "val"):
+        if has(f"{split}_top1"):
+            panels.append(("acc", split))
+    if not panels:
         return None
-    fig, axes = _panel_grid(len(keys), ncols=3, w=4.2, h=3.0)
-    for ax, (k, lab, log) in zip(axes, keys):
-        _plot_xy(ax, x, [r.get(k) for r in records], lab)
-        if log and all(_finite(r.get(k)) and r[k] > 0 for r in records if k in r and r[k] is not None):
-            ax.set_yscale("log")
-        ax.set_title(lab, fontsize=9)
+    fig, axes = _panel_grid(len(panels), ncols=2 if len(panels) == 4 else 3, w=4.6, h=3.4)
+    for ax, (kind, what) in zip(axes, panels):
+        if kind == "loss":
+            _plot_xy(ax, x, [r.get("loss") for r in records], "loss (total)", color="k")
+            terms = sorted({k for r in records for k in r if k.startswith("loss_") and _finite(r.get(k))})
+            for k in terms:
+                _plot_xy(ax, x, [r.get(k) for r in records], k[5:], lw=1)
+            ax.set_title("training loss (mean over the epoch)", fontsize=9)
+            ax.set_ylabel("loss")
+            if terms:
+                ax.legend(fontsize=7)
+        elif kind == "lr":
+            _plot_xy(ax, x, [r.get("lr") for r in records], "learning rate")
+            if all(r["lr"] > 0 for r in records if _finite(r.get("lr"))):
+                ax.set_yscale("log")
+            ax.set_title("learning rate", fontsize=9)
+            ax.set_ylabel("lr")
+        else:
+            name = "test" if what == "test" else "validation"
+            _plot_xy(ax, x, [r.get(f"{what}_top1") for r in records], "top-1", color="k", lw=2)
+            for g in GROUP_NAMES:
+                ys = [(r.get(f"{what}_groups") or {}).get(g) if isinstance(r.get(f"{what}_groups"), Mapping)
+                      else None for r in records]
+                if not _plot_xy(ax, x, ys, g, color=GROUP_COLORS[g], lw=1.2):
+                    _empty_group_note(ax, g, group_sizes)
+            ax.set_title(f"{name} accuracy: top-1 and group means", fontsize=9)
+            ax.set_ylabel("accuracy (%)")
+            ax.legend(fontsize=7)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
     fig.suptitle(title or "Training curves")
@@ -150,42 +229,61 @@ def _group_boundaries(sorted_counts: np.ndarray) -> list[tuple[float, str]]:
     return out
 
 
+def _tick_labels(order: Sequence[int], class_names: Optional[Sequence[str]]) -> list[str]:
+    """Tick labels of the classes in ``order``: their names when given, else their indices."""
+    return [str(class_names[c]) if class_names is not None else str(c) for c in order]
+
+
+def _class_axis_label(class_names: Optional[Sequence[str]]) -> str:
+    return ("class" if class_names is not None else "class index") + " (largest training count first)"
+
+
+def _rotate_ticks(labels: Sequence[str]) -> int:
+    """90 degrees when the tick labels would collide side by side, else 0."""
+    return 90 if len(labels) > 12 or max((len(t) for t in labels), default=0) > 3 else 0
+
+
 def plot_cosine_heatmaps(mats: Mapping[str, np.ndarray], train_counts: Sequence[int], path,
-                         title: Optional[str] = None) -> Optional[Path]:
+                         title: Optional[str] = None,
+                         class_names: Optional[Sequence[str]] = None) -> Optional[Path]:
     """Heat maps of the K x K cosine matrices ("means_cos", "w_cos", "cross_cos"), classes
-    ordered by training-set size (largest first), many/medium/few boundaries drawn."""
+    ordered by training-set size (largest first), many/medium/few boundaries drawn, classes
+    labelled by ``class_names`` (else by index) when K <= 40."""
     names = [("means_cos", "cos(mu_c - mu_G, mu_c' - mu_G)"), ("w_cos", "cos(w_c, w_c')"),
-             ("cross_cos", "cos(mu_c - mu_G, w_c')")]
+             ("cross_cos", "cos(mu_c - mu_G, w_c')  (rows: means, columns: w)")]
     names = [(k, t) for k, t in names if k in mats and mats[k] is not None]
     if not names:
         return None
     order = order_by_size(train_counts)
     bounds = _group_boundaries(np.asarray(train_counts)[order])
-    fig = _new_figure(5.0 * len(names) + 1.0, 4.8)
+    labels = _tick_labels(order, class_names)
+    fig = _new_figure(5.0 * len(names) + 1.2, 5.0 if len(order) <= 40 else 4.6)
     im = None
     for i, (k, t) in enumerate(names):
         ax = fig.add_subplot(1, len(names), i + 1)
         m = np.asarray(mats[k], dtype=float)[np.ix_(order, order)]
         im = ax.imshow(np.ma.masked_invalid(m), cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest")
         for pos, _ in bounds:
-            ax.axhline(pos, color="k", lw=0.8)
-            ax.axvline(pos, color="k", lw=0.8)
+            ax.axhline(pos, color="k", lw=1.4)
+            ax.axvline(pos, color="k", lw=1.4)
         ax.set_title(t, fontsize=9)
-        ax.set_xlabel("class (largest training count first)")
+        ax.set_xlabel(_class_axis_label(class_names), fontsize=8)
         if len(order) <= 40:
-            ax.set_xticks(range(len(order)), [str(c) for c in order], fontsize=7,
-                          rotation=90 if len(order) > 12 else 0)
-            ax.set_yticks(range(len(order)), [str(c) for c in order], fontsize=7)
+            ax.set_xticks(range(len(order)), labels, fontsize=7, rotation=_rotate_ticks(labels))
+            ax.set_yticks(range(len(order)), labels if i == 0 else [], fontsize=7)
         if i == 0:
-            ax.set_ylabel("class")
-    fig.colorbar(im, ax=fig.axes, shrink=0.8)
+            ax.set_ylabel("class" if class_names is not None else "class index")
+    fig.colorbar(im, ax=fig.axes, shrink=0.8, label="cosine")
     fig.suptitle(title or "Cosine similarities (lines: many | medium | few)")
     return _save(fig, path)
 
 
 def plot_norms_vs_size(per_class: Mapping, path, train_counts: Optional[Sequence[int]] = None,
-                       title: Optional[str] = None) -> Optional[Path]:
-    """||w_c|| and ||mu_c - mu_G|| against the class's training count (log x axis).
+                       title: Optional[str] = None,
+                       class_names: Optional[Sequence[str]] = None) -> Optional[Path]:
+    """||w_c|| and ||mu_c - mu_G|| against the class's training count (log x axis), points
+    coloured by group, the group boundaries dashed (explained in the legend), each point
+    named (``class_names``, else the index) when K <= 20.
 
     ``per_class``: the "per_class" block of ``compute_nc`` (w_norm, means_norm, train_count).
     """
@@ -193,107 +291,160 @@ def plot_norms_vs_size(per_class: Mapping, path, train_counts: Optional[Sequence
     if tc is None:
         return None
     tc = np.asarray(tc, dtype=float)
-    panels = [(k, lab) for k, lab in (("w_norm", "||w_c||"), ("means_norm", "||mu_c - mu_G|| (class-balanced mu_G)"))
+    panels = [(k, lab) for k, lab in (("w_norm", "||w_c||  (classifier row)"),
+                                      ("means_norm", "||mu_c - mu_G||  (class-balanced mu_G)"))
               if per_class.get(k) is not None]
     if not panels:
         return None
-    fig, axes = _panel_grid(len(panels), ncols=2, w=5.0, h=3.8)
+    K = len(tc)
+    fig, axes = _panel_grid(len(panels), ncols=2, w=5.2, h=4.2)
     for ax, (k, lab) in zip(axes, panels):
         vals = np.asarray([v if _finite(v) else np.nan for v in per_class[k]], dtype=float)
         for g in GROUP_NAMES:
             sel = np.array([group_of(int(n)) == g for n in tc]) & np.isfinite(vals) & (tc > 0)
             if sel.any():
-                ax.scatter(tc[sel], vals[sel], s=14, color=GROUP_COLORS[g], label=g)
+                ax.scatter(tc[sel], vals[sel], s=16, color=GROUP_COLORS[g], label=f"{g} ({int(sel.sum())})")
+        if K <= 20:
+            for c in range(K):
+                if np.isfinite(vals[c]) and tc[c] > 0:
+                    ax.annotate(str(class_names[c]) if class_names is not None else str(c), (tc[c], vals[c]),
+                                xytext=(3, 3), textcoords="offset points", fontsize=6, color="0.25")
         ax.set_xscale("log")
-        for b in (FEW_BELOW, MANY_ABOVE):
-            ax.axvline(b, color="k", ls="--", lw=0.7)
-        ax.set_xlabel("training samples of the class (log)")
+        for j, b in enumerate((FEW_BELOW, MANY_ABOVE)):
+            ax.axvline(b, color="k", ls="--", lw=0.7,
+                       label=f"group boundaries: few < {FEW_BELOW} <= medium <= {MANY_ABOVE} < many"
+                       if j == 0 else None)
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.margins(y=0.08)  # room for the point names
+        ax.set_xlabel("training samples of the class (log scale)")
+        ax.set_ylabel("norm")
         ax.set_title(lab, fontsize=9)
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=7)
+    # one legend for both panels, below them: it never hides a point
+    handles, labs = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labs, fontsize=8, loc="lower center", ncol=len(labs), frameon=False)
     fig.suptitle(title or "Per-class norms against class size")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     return _save(fig, path)
 
 
 def plot_per_class_accuracy(per_class_acc: Sequence[Optional[float]], train_counts: Sequence[int], path,
-                            title: Optional[str] = None) -> Optional[Path]:
-    """Per-class accuracy bars, classes ordered by training count (largest first), with the
-    many/medium/few boundaries and each group's mean accuracy marked. Classes without
-    test samples get no bar."""
+                            title: Optional[str] = None,
+                            class_names: Optional[Sequence[str]] = None) -> Optional[Path]:
+    """Per-class accuracy bars, classes ordered by training count (largest first) and named
+    by ``class_names`` (else by index), coloured by group, with the group boundaries and each
+    group's mean accuracy (a line across the group, its value in the legend beside the axes,
+    never over the bars). Classes without test samples get no bar."""
     if not per_class_acc or train_counts is None or len(per_class_acc) != len(train_counts):
         return None
     order = order_by_size(train_counts)
     tc = np.asarray(train_counts)[order]
     acc = np.asarray([per_class_acc[i] if _finite(per_class_acc[i]) else np.nan for i in order], dtype=float)
     K = len(acc)
-    fig = _new_figure(min(4 + 0.12 * K, 24), 4.0)
+    labels = _tick_labels(order, class_names)
+    fig = _new_figure(min(6.5 + 0.14 * K, 26), 4.6)
     ax = fig.add_subplot(1, 1, 1)
     colors = [GROUP_COLORS[group_of(int(n))] for n in tc]
     ax.bar(np.arange(K), np.nan_to_num(acc, nan=0.0), color=colors, width=0.85 if K < 200 else 1.0)
-    for pos, g in _group_boundaries(tc):
-        ax.axvline(pos, color="k", ls="--", lw=0.8)
+    for j, (pos, g) in enumerate(_group_boundaries(tc)):
+        ax.axvline(pos, color="k", ls="--", lw=0.8, label="group boundary" if j == 0 else None)
     for g in GROUP_NAMES:
         idx = np.nonzero([group_of(int(n)) == g for n in tc])[0]
-        if idx.size and np.isfinite(acc[idx]).any():
+        if not idx.size:
+            ax.bar([0], [0], width=0, color=GROUP_COLORS[g], label=f"{g}: no class in this group")
+            continue
+        lab = f"{g} ({idx.size} classes)"
+        if np.isfinite(acc[idx]).any():
             m = float(np.nanmean(acc[idx]))
             ax.hlines(m, idx[0] - 0.5, idx[-1] + 0.5, color="k", lw=1.5)
-            ax.text((idx[0] + idx[-1]) / 2, min(m + 2, 103), f"{g} {m:.1f}", ha="center", fontsize=8)
+            lab += f": mean {m:.1f}%"
+        ax.bar([idx[0]], [0], width=0, color=GROUP_COLORS[g], label=lab)
+    ax.plot([], [], color="k", lw=1.5, label="group mean (line)")
     ax.set_xlim(-0.5, K - 0.5)
-    ax.set_ylim(0, 108)
+    ax.set_ylim(0, 100)
     if K <= 60:
-        ax.set_xticks(range(K), [str(c) for c in order], fontsize=7, rotation=90 if K > 20 else 0)
-    ax.set_xlabel("class (largest training count first)")
+        ax.set_xticks(range(K), labels, fontsize=7, rotation=_rotate_ticks(labels))
+    ax.set_xlabel(_class_axis_label(class_names))
     ax.set_ylabel("test accuracy (%)")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     ax.set_title(title or "Per-class accuracy (dashed: many | medium | few)", fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
 
 
-# the NC curves of a comparison: (title, summary key, log scale)
+# the NC curves of a comparison: (title, summary key, log scale); panels without data are dropped
 COMPARE_PANELS = [
     ("NC1 class-balanced", "nc1_cb", True),
     ("NC2 equiangularity, W", "nc2_equiangular_w", False),
     ("NC2 equiangularity, centred means (cb)", "nc2_equiangular_means_cb", False),
     ("NC3 self-duality (cb)", "nc3_cb", False),
     ("NC4 classifier vs NCM", "nc4", False),
-    ("mean cos of W, few group", "few_w_cos", False),
-    ("mean cos of centred means, few group", "few_means_cos", False),
-    ("mean ||w|| many / few", "w_norm_ratio_many_few", False),
+    *[(f"mean cos of W, {g} group", f"{g}_w_cos", False) for g in GROUP_NAMES],
+    *[(f"mean cos of centred means, {g} group", f"{g}_means_cos", False) for g in GROUP_NAMES],
+    *[(f"mean ||w|| {a} / {b}", f"w_norm_ratio_{a}_{b}", False) for a, b in GROUP_PAIRS],
 ]
 
 
+def _acc_series(recs: Sequence[Mapping], split: str, g: Optional[str]) -> tuple[list, list]:
+    """(epochs, accuracy) of ``<split>_top1`` (g None) or of group g in ``<split>_groups``."""
+    xs, ys = [], []
+    for i, r in enumerate(recs):
+        if g is None:
+            v = r.get(f"{split}_top1")
+        else:
+            gr = r.get(f"{split}_groups")
+            v = gr.get(g) if isinstance(gr, Mapping) else None
+        if _finite(v):
+            xs.append(r.get("epoch", i))
+            ys.append(v)
+    return xs, ys
+
+
 def plot_overlaid_curves(runs: Mapping[str, Sequence[Mapping]], path, split: str = "train",
-                         title: Optional[str] = None) -> Optional[Path]:
-    """Overlay several runs: test top-1 and key NC metrics (``COMPARE_PANELS``) against
-    epoch, one line per run. Panels without data are left out."""
-    panels: list[tuple[str, dict[str, tuple[list, list]], bool]] = []
-    acc = {}
-    for name, recs in runs.items():
-        x = [r.get("epoch", i) for i, r in enumerate(recs) if _finite(r.get("test_top1"))]
-        y = [r["test_top1"] for r in recs if _finite(r.get("test_top1"))]
-        if x:
-            acc[name] = (x, y)
-    if acc:
-        panels.append(("test top-1 (%)", acc, False))
+                         title: Optional[str] = None,
+                         group_sizes: Optional[Mapping[str, Optional[Mapping]]] = None) -> Optional[Path]:
+    """Overlay several runs against epoch, one colour per run: top-1 and each group's mean
+    accuracy (test solid, validation dashed when logged), then the key NC figures
+    (``COMPARE_PANELS``) of the ``split`` features logged during training. Panels without
+    data are left out. ``group_sizes`` ({run: {group: classes}}) names in the group panels
+    the runs whose group is empty."""
+    colors = {name: f"C{i % 10}" for i, name in enumerate(runs)}
+    group_sizes = group_sizes or {}
+    # panel: (title, [(run, x, y, linestyle, label)], log)
+    panels: list[tuple[str, list[tuple], bool]] = []
+    for g in (None, *GROUP_NAMES):
+        lines = []
+        for name, recs in runs.items():
+            for acc_split, ls in (("test", "-"), ("val", "--")):
+                x, y = _acc_series(recs, acc_split, g)
+                if x:
+                    lines.append((name, x, y, ls, name + (" (validation)" if acc_split == "val" else "")))
+        if lines:
+            lines += [(name, [], [], "-", f"{name}: no class in this group") for name in runs
+                      if g is not None and isinstance(group_sizes.get(name), Mapping) and group_sizes[name].get(g) == 0]
+            panels.append(("top-1 accuracy (%)" if g is None else f"{g} group: mean accuracy (%)", lines, False))
     nc_by_run = {name: nc_series(recs, split) for name, recs in runs.items()}
     for t, k, log in COMPARE_PANELS:
-        data = {name: (ep, s[k]) for name, (ep, s) in nc_by_run.items()
-                if k in s and any(_finite(v) for v in s[k])}
-        if data:
-            panels.append((t, data, log))
+        lines = [(name, ep, s[k], "-", name) for name, (ep, s) in nc_by_run.items()
+                 if k in s and any(_finite(v) for v in s[k])]
+        if lines:
+            panels.append((t + f" ({split} features)", lines, log))
     if not panels:
         return None
-    fig, axes = _panel_grid(len(panels), ncols=3, w=4.4, h=3.2)
-    for ax, (t, data, log) in zip(axes, panels):
-        for name, (x, y) in data.items():
-            _plot_xy(ax, x, y, name)
-        if log and all(v is None or v > 0 for _, y in data.values() for v in y):
+    fig, axes = _panel_grid(len(panels), ncols=min(4, len(panels)), w=4.4, h=3.3)
+    for ax, (t, lines, log) in zip(axes, panels):
+        for name, x, y, ls, lab in lines:
+            if not x:
+                ax.plot([], [], " ", label=lab)
+            _plot_xy(ax, x, y, lab, color=colors[name], ls=ls)
+        if log and all(v is None or v > 0 for *_, y, _ls, _lab in lines for v in y):
             ax.set_yscale("log")
         ax.set_title(t, fontsize=9)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle(title or "Comparison of runs")
+    fig.suptitle(title or "Comparison of runs (test solid, validation dashed)")
     fig.tight_layout(rect=(0, 0, 1, 0.96))
     return _save(fig, path)
