@@ -443,16 +443,21 @@ def test_fast_path_applicable():
     assert ok, why
     assert not fast_path_applicable(bundle, SimpleNamespace(augment="strong", pipeline="conventional"))[0]
     assert not fast_path_applicable(bundle, SimpleNamespace(augment="randaug", pipeline="auto"))[0]
-    # "sim" is a preset of the conventional pipeline only
-    assert fast.FAST_PRESETS == ("standard", "strong", "none")
+    # every preset of allnc.data.augment.PRESETS has a batched implementation, "sim" included
+    assert fast.FAST_PRESETS == ("standard", "strong", "none", "sim")
     ok, why = fast_path_applicable(bundle, SimpleNamespace(augment="standard", pipeline="auto"), view_presets=("sim",))
-    assert not ok and "'sim' has no batched implementation" in why
+    assert ok, why
+    ok, why = fast_path_applicable(bundle, SimpleNamespace(augment="sim", pipeline="auto"))
+    assert ok, why
     big = SimpleNamespace(small=False, train=SimpleNamespace(images=None), test=SimpleNamespace(images=None))
     ok, why = fast_path_applicable(big, SimpleNamespace(augment="standard", pipeline="fast"))
     assert not ok and "memory" in why
     four = SimpleNamespace(images=np.zeros((4, 8, 8, 4), np.uint8))
     assert not fast_path_applicable(SimpleNamespace(small=True, train=four, test=four),
                                     SimpleNamespace(augment="strong", pipeline="auto"))[0]
+    ok, why = fast_path_applicable(SimpleNamespace(small=True, train=four, test=four),
+                                   SimpleNamespace(augment="standard", pipeline="auto"), view_presets=("sim",))
+    assert not ok and "sim" in why
 
 
 def test_strong_order_is_autoaugment_then_crop_flip():
@@ -492,3 +497,242 @@ def test_loader_with_a_plain_iterable_sampler():
     assert torch.equal(torch.cat([b["index"] for b in batches]),
                        torch.randperm(50, generator=torch.Generator().manual_seed(4))[:48])
     assert batches[0]["x"].dtype == torch.uint8  # augment=None: the raw gathered batch
+
+
+# ------------------------------------------------------------ sim (SimAugment) preset
+from allnc.data.fast import sim as fsim  # noqa: E402
+
+
+def _tv_boxes(u_area, u_ratio, u_offset, h, w, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
+    """torchvision's RandomResizedCrop.get_params, line by line, with its random draws
+    replaced by the given uniforms (one row per sample)."""
+    import math
+
+    out = []
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for ua, ur, uo in zip(u_area.tolist(), u_ratio.tolist(), u_offset.tolist()):
+        for a, r in zip(ua, ur):
+            target_area = h * w * (scale[0] + (scale[1] - scale[0]) * a)
+            aspect_ratio = math.exp(log_ratio[0] + (log_ratio[1] - log_ratio[0]) * r)
+            cw = int(round(math.sqrt(target_area * aspect_ratio)))
+            ch = int(round(math.sqrt(target_area / aspect_ratio)))
+            if 0 < cw <= w and 0 < ch <= h:
+                out.append([int(uo[0] * (h - ch + 1)), int(uo[1] * (w - cw + 1)), ch, cw])
+                break
+        else:
+            in_ratio = float(w) / float(h)
+            if in_ratio < min(ratio):
+                cw, ch = w, int(round(w / min(ratio)))
+            elif in_ratio > max(ratio):
+                ch, cw = h, int(round(h * max(ratio)))
+            else:
+                cw, ch = w, h
+            out.append([(h - ch) // 2, (w - cw) // 2, ch, cw])
+    return torch.tensor(out, dtype=torch.int64)
+
+
+@pytest.mark.parametrize("h,w", [(32, 32), (8, 20), (20, 8)])
+def test_sim_crop_boxes_follow_the_get_params_rule(h, w):
+    g = torch.Generator().manual_seed(h * 100 + w)
+    n = 300
+    u_area = torch.rand(n, 10, generator=g, dtype=torch.float64)
+    u_ratio = torch.rand(n, 10, generator=g, dtype=torch.float64)
+    u_offset = torch.rand(n, 2, generator=g, dtype=torch.float64)
+    # rows whose first tries all fail (the whole area at the extreme ratios), and rows that
+    # fail every try (the central-crop fallback)
+    u_area[:100, :5], u_ratio[:50, :5], u_ratio[50:100, :5] = 1.0 - 1e-12, 1.0 - 1e-12, 0.0
+    u_area[100:120], u_ratio[100:110], u_ratio[110:120] = 1.0 - 1e-12, 1.0 - 1e-12, 0.0
+    boxes = fsim.resized_crop_boxes(u_area, u_ratio, u_offset, h, w)
+    assert torch.equal(boxes, _tv_boxes(u_area, u_ratio, u_offset, h, w))
+    top, left, bh, bw = boxes.unbind(1)
+    assert bool(((top >= 0) & (left >= 0) & (bh >= 1) & (bw >= 1) & (top + bh <= h) & (left + bw <= w)).all())
+
+
+def test_sim_crop_boxes_distribution_matches_torchvision():
+    from torchvision.transforms import RandomResizedCrop
+
+    n, h, w = 2000, 32, 32
+    torch.manual_seed(0)
+    img = torch.zeros(1, h, w)
+    ref = torch.tensor([RandomResizedCrop.get_params(img, [0.08, 1.0], [3 / 4, 4 / 3]) for _ in range(n)]).double()
+    ours = fsim.sample_sim(n, h, w, torch.Generator().manual_seed(1))["crop"].double()
+    for t in (ref, ours):
+        t[:, 0] = (t[:, 0] + t[:, 2] / 2) / h  # box centres and area fraction
+        t[:, 1] = (t[:, 1] + t[:, 3] / 2) / w
+        t[:, 2] = t[:, 2] * t[:, 3] / (h * w)
+        t[:, 3] = torch.log(t[:, 3] / (t[:, 2] * h * w / t[:, 3]))  # log(width / height)
+    assert torch.allclose(ours.mean(0), ref.mean(0), atol=0.03), (ours.mean(0), ref.mean(0))
+    assert torch.allclose(ours.std(0), ref.std(0), atol=0.03), (ours.std(0), ref.std(0))
+
+
+def test_sim_resized_crop_flip_equals_torchvision_per_sample():
+    import torchvision.transforms.v2.functional as F2
+
+    x = _images(8, h=13, w=17, seed=20).float() / 255
+    boxes = torch.tensor([[0, 0, 13, 17], [2, 3, 5, 7], [1, 0, 12, 4], [0, 5, 9, 12],
+                          [7, 9, 6, 8], [3, 3, 1, 1], [0, 0, 13, 1], [12, 0, 1, 17]])
+    flips = torch.tensor([0, 1, 0, 1, 1, 0, 1, 0], dtype=torch.bool)
+    y = fsim.resized_crop_flip(x, boxes, flips)
+    for i in range(8):
+        t, l, bh, bw = boxes[i].tolist()
+        r1 = TF.resized_crop(x[i], t, l, bh, bw, [13, 17], antialias=False)
+        r2 = F2.resized_crop(x[i], t, l, bh, bw, [13, 17], antialias=False)
+        if flips[i]:
+            r1, r2 = TF.hflip(r1), F2.horizontal_flip(r2)
+        assert torch.allclose(y[i], r1, atol=1e-5, rtol=0), (i, (y[i] - r1).abs().max())
+        assert torch.allclose(y[i], r2, atol=1e-5, rtol=0), (i, (y[i] - r2).abs().max())
+
+
+def test_sim_crop_matches_pil_resize_within_a_grey_level():
+    """The crop never exceeds the image, so resizing it back only upsamples: PIL's
+    (antialiased) bilinear resize of the conventional pipeline gives the same values up to
+    its uint8 rounding."""
+    from PIL import Image
+
+    x = _images(24, seed=21)
+    p = fsim.sample_sim(24, 32, 32, torch.Generator().manual_seed(22))
+    y = fsim.resized_crop_flip(x.float() / 255, p["crop"], p["flip"]) * 255
+    for i in range(24):
+        t, l, bh, bw = p["crop"][i].tolist()
+        im = TF.resized_crop(Image.fromarray(x[i].permute(1, 2, 0).numpy()), t, l, bh, bw, [32, 32])
+        ref = torch.from_numpy(np.array(TF.hflip(im) if p["flip"][i] else im)).permute(2, 0, 1).float()
+        assert (y[i] - ref).abs().max() <= 1.0 + 1e-3
+
+
+_TV_JITTER = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue)
+_SIM_JITTER = (fsim.adjust_brightness, fsim.adjust_contrast, fsim.adjust_saturation, fsim.adjust_hue)
+
+
+@pytest.mark.parametrize("channels", [3, 1])
+@pytest.mark.parametrize("op", range(4))
+def test_sim_colour_op_equals_torchvision_per_sample(op, channels):
+    x = _images(12, c=channels, h=9, w=11, seed=23).float() / 255
+    g = torch.Generator().manual_seed(24 + op)
+    f = torch.rand(12, generator=g) * 0.8 + 0.6 if op < 3 else torch.rand(12, generator=g) * 0.4 - 0.2
+    if op == 3:
+        f[:4] = torch.tensor([0.0, 0.5, -0.5, 0.1])
+    y = _SIM_JITTER[op](x, f)
+    tol = 1e-6 if op < 3 else 1e-5  # hue: the closed form of torchvision's _hsv2rgb
+    for i in range(12):
+        ref = _TV_JITTER[op](x[i], float(f[i]))
+        assert torch.allclose(y[i], ref, atol=tol, rtol=0), (i, (y[i] - ref).abs().max())
+
+
+def test_sim_grayscale_equals_torchvision():
+    x = _images(6, seed=25).float() / 255
+    gray = torch.tensor([1, 0, 1, 0, 0, 1], dtype=torch.bool)
+    y = fsim.random_grayscale(x, gray)
+    for i in range(6):
+        ref = TF.rgb_to_grayscale(x[i], num_output_channels=3) if gray[i] else x[i]
+        assert torch.equal(y[i], ref)
+
+
+def _tv_sim(img, p, i):
+    """SimAugment of sample i with its drawn parameters, torchvision's functional ops one
+    sample at a time: resized crop (bilinear, no antialias) + flip, the jitter ops in the
+    drawn order, greyscale, on a float image in [0, 1]."""
+    c, h, w = img.shape
+    t, l, bh, bw = p["crop"][i].tolist()
+    r = TF.resized_crop(img, t, l, bh, bw, [h, w], antialias=False)
+    r = (TF.hflip(r) if p["flip"][i] else r).clamp(0, 1)
+    return _tv_jitter_gray(r, p, i)
+
+
+def _tv_jitter_gray(r, p, i):
+    c = r.shape[0]
+    if p["jitter"][i]:
+        for op in p["order"][i].tolist():
+            if op < 2 or c == 3:
+                r = _TV_JITTER[op](r, float(p["factors"][i, op]))
+    if c == 3 and p["gray"][i]:
+        r = TF.rgb_to_grayscale(r, num_output_channels=3)
+    return r
+
+
+@pytest.mark.parametrize("channels", [3, 1])
+def test_sim_color_jitter_in_random_order_equals_torchvision_chain(channels):
+    n = 32
+    x = _images(n, c=channels, h=8, w=8, seed=26).float() / 255
+    p = fsim.sample_sim(n, 8, 8, torch.Generator().manual_seed(27))
+    p["gray"][:] = False
+    assert len({tuple(o) for o in p["order"].tolist()}) > 8  # many different orders
+    y = fsim.color_jitter(x, p["jitter"], p["factors"], p["order"])
+    for i in range(n):
+        ref = _tv_jitter_gray(x[i], p, i)
+        assert torch.allclose(y[i], ref, atol=1e-5, rtol=0), (i, (y[i] - ref).abs().max())
+
+
+@pytest.mark.parametrize("channels", [3, 1])
+def test_sim_preset_equals_torchvision_per_sample(channels):
+    n = 32
+    mean, std = (CIFAR_MEAN, CIFAR_STD) if channels == 3 else ((0.286,), (0.353,))
+    x = _images(n, c=channels, h=12, w=10, seed=28)
+    aug = BatchAugment("sim", mean, std)
+    assert aug.pad == 0 and aug.cutout == 0
+    p = aug.sample_params(n, 12, 10, torch.Generator().manual_seed(29))
+    y = aug.apply(x, p)
+    assert y.shape == (n, channels, 12, 10) and y.dtype == torch.float32
+    for i in range(n):
+        ref = TF.normalize(_tv_sim(x[i].float() / 255, p, i), list(mean), list(std))
+        assert torch.allclose(y[i], ref, atol=1e-4, rtol=0), (i, (y[i] - ref).abs().max())
+
+
+def test_sim_params_fractions_and_ranges():
+    n = 4000
+    p = fsim.sample_sim(n, 32, 32, torch.Generator().manual_seed(30))
+    assert abs(p["jitter"].float().mean().item() - 0.8) < 0.03
+    assert abs(p["gray"].float().mean().item() - 0.2) < 0.03
+    assert abs(p["flip"].float().mean().item() - 0.5) < 0.03
+    f = p["factors"]
+    assert bool((f[:, :3] >= 0.6).all() and (f[:, :3] <= 1.4).all() and (f[:, 3].abs() <= 0.1).all())
+    assert torch.allclose(f.mean(0), torch.tensor([1.0, 1.0, 1.0, 0.0]), atol=0.02)
+    assert torch.equal(p["order"].sort(1).values, torch.arange(4).expand(n, 4))
+    first = torch.bincount(p["order"][:, 0], minlength=4).float() / n  # each op first 1/4 of the time
+    assert torch.allclose(first, torch.full((4,), 0.25), atol=0.03)
+
+
+def test_sim_jitters_about_80_percent_greys_about_20_and_leaves_the_rest():
+    n = 1000
+    x = _images(n, h=8, w=8, seed=31)
+    x[1:4] = _images(3, h=8, w=8, seed=32)  # no constant or low-contrast samples here
+    aug = BatchAugment("sim", CIFAR_MEAN, CIFAR_STD)
+    p = aug.sample_params(n, 8, 8, torch.Generator().manual_seed(33))
+    y = aug.apply(x, p)
+    z = fsim.apply_sim(x.float() / 255, p)  # before normalization
+    m, s = torch.tensor(CIFAR_MEAN).view(1, 3, 1, 1), torch.tensor(CIFAR_STD).view(1, 3, 1, 1)
+    assert torch.allclose(y, (z - m) / s, atol=1e-5, rtol=0)
+    crop = fsim.resized_crop_flip(x.float() / 255, p["crop"], p["flip"]).clamp(0, 1)
+    grey = (z.amax(1) - z.amin(1)).amax(dim=(1, 2)) == 0
+    changed = ~(z == crop).flatten(1).all(1)
+    assert torch.equal(grey, p["gray"])
+    assert abs(grey.float().mean().item() - 0.2) < 0.04
+    colour = ~grey
+    assert torch.equal(changed[colour], p["jitter"][colour])
+    assert abs(changed[colour].float().mean().item() - 0.8) < 0.04
+    # a sample without jitter or greyscale is its crop + flip alone, exactly
+    plain = ~p["jitter"] & ~p["gray"]
+    assert plain.sum() > 100
+    assert torch.equal(z[plain], crop[plain])
+
+
+def test_sim_rejects_other_channel_counts():
+    aug = BatchAugment("sim")
+    x = torch.zeros(2, 4, 8, 8, dtype=torch.uint8)
+    with pytest.raises(ValueError):
+        aug(x, torch.Generator().manual_seed(0))
+
+
+def test_sim_loader_reproducible_and_two_ranks_equal_one_rank():
+    images = _data(n=64)
+    one, _ = _loader(images, world=1, rank=0, gbs=16, preset="sim", views=2)
+    again, _ = _loader(images, world=1, rank=0, gbs=16, preset="sim", views=2)
+    r0, _ = _loader(images, world=2, rank=0, gbs=16, preset="sim", views=2)
+    r1, _ = _loader(images, world=2, rank=1, gbs=16, preset="sim", views=2)
+    for ld in (one, again, r0, r1):
+        ld.set_epoch(3)
+    for full, same, a, b in zip(one, again, r0, r1):
+        assert torch.equal(torch.cat([a["index"], b["index"]]), full["index"])
+        for v in range(2):
+            assert torch.equal(full["x"][v], same["x"][v])
+            assert torch.equal(torch.cat([a["x"][v], b["x"][v]]), full["x"][v])
+        assert not torch.equal(full["x"][0], full["x"][1])  # two independent views

@@ -8,13 +8,15 @@ batches. See docs/fast_path.md for how the batched pipeline corresponds to the
 conventional torchvision one.
 
 Modules: ``images`` (DeviceImages, eval_batches), ``ops`` (the batched building blocks),
-``autoaugment`` (the CIFAR-10 policy, apply_op, autoaugment), ``augment`` (BatchAugment,
+``autoaugment`` (the CIFAR-10 policy, apply_op, autoaugment), ``sim`` (SimAugment's batched
+crop, colour jitter and greyscale), ``augment`` (BatchAugment,
 FAST_PRESETS), ``loader`` (FastLoader, fast_path_applicable).
 """
 from .augment import FAST_PRESETS, BatchAugment, slice_params
 from .autoaugment import CIFAR10_POLICY, apply_op, autoaugment, magnitude_bins
 from .images import DeviceImages, eval_batches
 from .loader import FastLoader, fast_path_applicable
+from .sim import color_jitter, random_grayscale, resized_crop_boxes, resized_crop_flip
 from .ops import (
     OPS,
     affine_batch,
@@ -50,6 +52,10 @@ __all__ = [
     "affine_batch",
     "magnitude_bins",
     "slice_params",
+    "resized_crop_boxes",
+    "resized_crop_flip",
+    "color_jitter",
+    "random_grayscale",
     "CIFAR10_POLICY",
     "OPS",
     "FAST_PRESETS",

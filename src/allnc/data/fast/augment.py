@@ -11,10 +11,10 @@ import torch
 from ..augment import PRESETS
 from .autoaugment import CIFAR10_POLICY, _policy_tables, _PolicyTables, autoaugment
 from .ops import _stats, crop_flip, cutout
+from .sim import apply_sim, sample_sim
 
-# The presets of allnc.data.augment.PRESETS that the fast path implements: "sim" (SimAugment,
-# the contrastive views) has no batched implementation yet and takes the conventional path.
-FAST_PRESETS = tuple(p for p in PRESETS if p != "sim")
+# The presets of allnc.data.augment.PRESETS that the fast path implements: all of them.
+FAST_PRESETS = tuple(PRESETS)
 
 
 class BatchAugment:
@@ -28,6 +28,10 @@ class BatchAugment:
       ``cutout=0`` disables it). Cutout belongs to the strong preset only. (The
       conventional torchvision pipeline runs AutoAugment after crop + flip; see
       docs/fast_path.md for why the orders agree in distribution up to border details.)
+    - ``sim``: SimAugment (BCL's contrastive views, ``allnc.data.augment.sim_ops``) on float
+      images in [0, 1]: random resized crop (scale 0.08-1, bilinear) + flip, ColorJitter(0.4,
+      0.4, 0.4, 0.1) in a random order with p = 0.8, greyscale with p = 0.2 (1 channel:
+      brightness and contrast only), then normalize (``allnc.data.fast.sim``).
 
     ``params = sample_params(n, h, w, generator)`` draws every random choice (a dict of
     per-sample tensors that can be sliced along dim 0); ``apply(x, params)`` is
@@ -48,7 +52,7 @@ class BatchAugment:
         self.preset = preset
         self.mean = [float(v) for v in mean]
         self.std = [float(v) for v in std]
-        self.pad = int(pad) if preset != "none" else 0
+        self.pad = int(pad) if preset in ("standard", "strong") else 0
         self.flip = bool(flip) and preset != "none"
         self.cutout = int(cutout) if preset == "strong" else 0
         self._cache: dict = {}
@@ -73,6 +77,8 @@ class BatchAugment:
         """Every random choice of a batch of ``n`` images of size (h, w), in a fixed order."""
         dev = generator.device
         g = generator
+        if self.preset == "sim":
+            return sample_sim(n, h, w, g, flip=self.flip)
         p: dict[str, torch.Tensor] = {}
         if self.preset == "strong":
             p["policy"] = torch.randint(len(CIFAR10_POLICY), (n,), generator=g, device=dev)
@@ -92,6 +98,9 @@ class BatchAugment:
         if x.dtype != torch.uint8 or x.dim() != 4:
             raise TypeError(f"BatchAugment needs a uint8 (B, C, H, W) batch, got {x.dtype} {tuple(x.shape)}")
         b, c, h, w = x.shape
+        if self.preset == "sim":
+            scale, shift = self._norm(c, x.device)
+            return apply_sim(x.float().div_(255.0), params) * (scale * 255.0) + shift
         strong = self.preset == "strong"
         if strong:
             x = autoaugment(x, params["policy"], params["u"], params["sign"], self._tables(h, w, x.device))

@@ -136,4 +136,6 @@ def fast_path_applicable(bundle: Any, data_cfg: Any, view_presets: Sequence[str]
     c = imgs.shape[3] if imgs.ndim == 4 else 1
     if augment == "strong" and c not in (1, 3):
         return False, f"AutoAugment needs 1 or 3 channels, the images have {c}"
+    if "sim" in (augment, *view_presets) and c not in (1, 3):
+        return False, f"the sim preset (colour jitter) needs 1 or 3 channels, the images have {c}"
     return True, f"{len(imgs)} training images of {imgs.shape[1]}x{imgs.shape[2]}x{c} in memory, augment={augment}"
