@@ -23,6 +23,8 @@ def resolve_device(name: str) -> torch.device:
     dev = torch.device(name)
     if dev.type == "cuda" and dist.is_dist():
         dev = torch.device("cuda", dist.rank() % torch.cuda.device_count())
+    elif dev.type == "cuda" and dev.index is None:  # set_device wants an index (torch 2.11)
+        dev = torch.device("cuda", torch.cuda.current_device())
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     return dev
