@@ -4,7 +4,8 @@ probe and its fallback."""
 from __future__ import annotations
 
 import time
-from typing import Callable, Iterable
+from pathlib import Path
+from typing import Callable, Iterable, Optional
 
 import torch
 from torch import nn
@@ -53,7 +54,9 @@ class Stepper:
         self.info = {"requested": bool(compile_), "used": False, "backend": str(cfg.train.compile_backend),
                      "mode": str(cfg.train.compile_mode), "fallback": None, "probe_s": None}
         self._mark_step = False
+        self.error_log: Optional[Path] = None  # where the probe writes a compiler failure in full
         if compile_:
+            self._init_momentum()
             self.compile(str(cfg.train.compile_mode))
 
     # ------------------------------------------------------------------ the step
@@ -75,11 +78,26 @@ class Stepper:
         return loss, logs
 
     # ------------------------------------------------------------------ compilation
+    @torch.no_grad()
+    def _init_momentum(self) -> None:
+        """Create SGD's momentum buffers now, as zeros, outside any compiled code: a buffer
+        created inside a CUDA-graph step would live in the graph's memory and be overwritten
+        by the next replay. SGD treats a zero buffer exactly like a missing one
+        (0.9 * 0 + g = g), so the steps are unchanged."""
+        if float(self.cfg.train.momentum) == 0:
+            return
+        for g in self.opt.param_groups:
+            for p in g["params"]:
+                if p.requires_grad and "momentum_buffer" not in self.opt.state[p]:
+                    self.opt.state[p]["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+
     def compile(self, mode: str) -> None:
         backend = str(self.cfg.train.compile_backend)
         kw = {"mode": mode} if backend == "inductor" and mode != "default" else {}
         self.step_fn = torch.compile(self.step_module, backend=backend, **kw)
-        self.opt_step = torch.compile(self.opt.step, backend=backend, **kw)
+        # the optimizer step is a few fused element-wise kernels: compiled without CUDA graphs,
+        # so that its state stays in ordinary memory
+        self.opt_step = torch.compile(self.opt.step, backend=backend)
         self.info.update(used=True, mode=mode)
         # CUDA graph trees want to know where a training iteration begins
         self._mark_step = self.device.type == "cuda" and mode in ("reduce-overhead", "max-autotune")
@@ -110,18 +128,33 @@ class Stepper:
         SGD's first step sets the buffer to the gradient, and 0.9 * 0 + g is g, so a zero
         buffer gives exactly the step that a missing one would."""
         for t, v in zip(self._state_tensors(), snap["tensors"]):
-            t.copy_(v)
+            try:
+                t.copy_(v)
+            except RuntimeError:  # a tensor a failed CUDA graph left unusable: replace its storage
+                t.data = v.clone()
         for p, st in self.opt.state.items():
             old = snap["opt"].get(id(p), {})
             for k, v in st.items():
                 if not torch.is_tensor(v):
                     continue
                 if k in old and torch.is_tensor(old[k]):
-                    v.copy_(old[k])
+                    st[k] = _copied_into(v, old[k])
                 elif k == "momentum_buffer":
-                    v.zero_()
+                    st[k] = _copied_into(v, torch.zeros_like(v))
                 else:
                     raise RuntimeError(f"optimizer state '{k}' appeared during the compilation probe")
+
+    def _keep_error(self, mode: str, e: BaseException) -> None:
+        """The whole traceback of a compiler failure, for whoever debugs it (the console gets one line)."""
+        if self.error_log is None:
+            return
+        import traceback
+
+        try:
+            with open(self.error_log, "a") as f:
+                f.write(f"== train.compile_mode={mode}\n{''.join(traceback.format_exception(e))}\n")
+        except OSError:
+            pass
 
     def probe(self, first_batches: Callable[[], Iterable[list[dict]]], epoch: int, steps_per_epoch: int,
               steps: int = 3) -> None:
@@ -158,10 +191,30 @@ class Stepper:
                 return
             except Exception as e:  # noqa: BLE001 - any compiler or CUDA-graph failure
                 self._restore(snap)
-                first = (str(e).strip().splitlines() or [""])[0][:300]
-                errors.append(f"train.compile_mode={mode} failed ({type(e).__name__}: {first})")
+                errors.append(f"train.compile_mode={mode} failed ({type(e).__name__}: {_reason(e)})")
+                self._keep_error(mode, e)
         torch._dynamo.reset()
         self.uncompile()
         self.info["fallback"] = "; ".join(errors) + "; trained eagerly"
         self.info["probe_s"] = round(time.time() - t0, 2)
-        self.log(f"compile  {errors[-1]}; training eagerly (not compiled)")
+        self.log(f"compile  {errors[-1]}; training eagerly (not compiled)"
+                 + (f"; the full error is in {self.error_log}" if self.error_log else ""))
+
+
+def _copied_into(dst: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
+    """``src`` copied into ``dst`` in place where ``dst`` is usable, else a fresh copy."""
+    try:
+        dst.copy_(src)
+        return dst
+    except RuntimeError:
+        return src.clone()
+
+
+def _reason(e: BaseException) -> str:
+    """The message that says why: compiler errors wrap the cause, whose text follows the
+    first line (``backend='inductor' raised:``) or sits in ``__cause__``."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip() and not ln.strip().startswith("Set TORCH")]
+    cause = e.__cause__ or e.__context__
+    if cause is not None and len(lines) <= 1:
+        lines.append(f"{type(cause).__name__}: {str(cause).strip().splitlines()[0] if str(cause).strip() else ''}")
+    return " ".join(lines[:3])[:400]

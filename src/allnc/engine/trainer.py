@@ -193,6 +193,7 @@ class Trainer:
                 # keep exactly the epochs the checkpoint knows about
                 atomic_write_text(self.out / METRICS_LOG, "".join(json.dumps(r) + "\n" for r in self.history))
         if self.start_epoch < int(cfg.train.epochs):
+            self.stepper.error_log = self.out / "compile_error.txt" if dist.is_main() else None
             self.stepper.probe(self._first_batches(self.start_epoch), self.start_epoch, self.steps)
         self.describe()
         self.run_logger.start(self.out, cfg, resume=self.resume)  # tensorboard | wandb | none (train.logger)
