@@ -405,4 +405,4 @@ def test_build_data_mean_override_checked(tmp_path, tiny_fmnist):
     b = build_data(_cfg(name="fmnist", root=str(tmp_path), imbalance_factor=1, mean=[0.5], std=[0.25]))
     assert b.mean == (0.5,) and b.std == (0.25,) and b.label == "Fashion-MNIST (full training set, IF 1)"
     with pytest.raises(ConfigError, match="1 channel"):
-        build_data(_cfg(name="fmnist", root=str(tmp_path), mean=[0.5, 0.5, 0.5], std=[1.0, 1.0, 1.0]))
+        build_data(_cfg(name="fmnist", root=str(tmp_path), imbalance_factor=1, mean=[0.5, 0.5, 0.5], std=[1.0, 1.0, 1.0]))
