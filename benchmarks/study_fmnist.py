@@ -197,62 +197,112 @@ def phase_long(args) -> dict:
     return data
 
 
+# the table's rows: study method -> (config, the trial that chose its setting); plain CE is the
+# best instance-sampled CE trial, CE + class-balanced sampling the best balanced one
+ROWS = {"allnc": "fmnist_lt_allnc", "ce": "fmnist_lt_ce", "ce_rs": "fmnist_lt_ce_rs", "la": "fmnist_lt_la",
+        "ldam_drw": "fmnist_lt_ldam_drw", "etf_dr": "fmnist_lt_etf_dr", "bcl": "fmnist_lt_bcl", "bbn": "fmnist_lt_bbn",
+        "crt": "fmnist_lt_crt"}
+SECTIONS = ("data", "model", "train", "method")
+
+
+def row_trial(trials: dict, row: str) -> dict:
+    if row in ("ce", "ce_rs"):
+        mode = "instance" if row == "ce" else "balanced"
+        return best([r for r in trials["trials"]["ce"] if "val_top1" in r and f"method.sampler={mode}" in r["overrides"]])
+    return trials["chosen"][row]
+
+
+def check_configs(trials: dict) -> dict:
+    """Every row's config must be its chosen trial's config: a results cell's name then
+    resolves to the configuration that ran (inference_mix val and auto agree on a run with a
+    validation split). Returns row -> the trial that chose it."""
+    from omegaconf import OmegaConf
+
+    from allnc.config import load_config
+
+    base = [f"data.val_per_class={VAL}", "data.imbalance_factor=100"]
+    chosen = {}
+    for row, cfg_name in ROWS.items():
+        t = row_trial(trials, row)
+        ovr = [o.replace("inference_mix=val", "inference_mix=auto") for o in t["overrides"] if not o.startswith("init_from=")]
+        if row in ("allnc", "bbn") and not any("inference_mix" in o for o in ovr):
+            ovr.append("method.gbbn.inference_mix=auto")
+        a = OmegaConf.to_container(load_config(cfg_name, base))
+        b = OmegaConf.to_container(load_config(t["config"], base + ovr))
+        diff = [k for k in SECTIONS if a[k] != b[k]]
+        if diff:
+            raise SystemExit(f"config {cfg_name} differs from its chosen trial {t['name']} in {diff}; "
+                             f"set the trial's settings in the config before the final runs")
+        chosen[row] = t["name"]
+    return chosen
+
+
 def phase_final(args) -> None:
-    """Every method at its chosen setting: IF 100 seeds 0-2, IF 50 and 10 seed 0; the AllNC
-    ablation at AllNC's setting (seed 0, IF 100). The test set is read once, at the end."""
+    """Every row at its config (= its validation-chosen setting): IF 100 seeds 0-2 (--seeds),
+    IF 50 and 10 seed 0 (--other-ifs); the AllNC ablation at seed 0, IF 100. Seed 0 of every
+    row and the ablation run first. The test set is read once, at the end of each run."""
     trials = json.loads((HERE / "results" / "fmnist_study_trials.json").read_text())
+    chosen = check_configs(trials)
     results = Path(args.results)
+    out = Path(args.out) / "final"
+    plan = [(100, s) for s in range(args.seeds)] + [(imb, 0) for imb in args.other_ifs]
     specs, cells = [], {}
-    for m in [m for m in trials["chosen"] if m != "crt"] + ["crt"]:
-        if m not in trials["chosen"]:
-            continue
-        cfg, ovr = chosen_overrides(trials, m)
-        for imb, seeds in ((100, (0, 1, 2)), (50, (0,)), (10, (0,))):
-            for s in seeds:
-                cell = cell_name(f"fmnist_lt_{m}", imb, EPOCHS if m != "crt" else _crt_epochs(ovr), s, VAL)
-                if (results / f"{cell}.json").is_file():
-                    continue
-                o = [o for o in ovr if not o.startswith("train.epochs=")]
-                o += [f"data.imbalance_factor={imb}", f"seed={s}"]
-                if m == "crt":
-                    o.append(f"init_from={Path(args.out) / 'final' / cell_name('fmnist_lt_ce', imb, EPOCHS, s, VAL)}")
-                    o.append(f"train.epochs={_crt_epochs(ovr)}")
-                cells[cell] = {"method": m, "setting": ovr}
-                specs.append({"config": cfg, "name": cell, "overrides": o})
-    _, allnc_ovr = chosen_overrides(trials, "allnc")
-    for a in ABLATION:
-        cell = cell_name(f"fmnist_lt_{a}", 100, EPOCHS, 0, VAL)
+
+    def add(row_cfg, imb, seed, what):
+        epochs = EPOCHS if not row_cfg.endswith("_crt") else _crt_epochs_of(row_cfg)
+        cell = cell_name(row_cfg, imb, epochs, seed, VAL)
         if (results / f"{cell}.json").is_file():
-            continue
-        # the GBBN ablations take AllNC's setting; the single-branch ones its HyCon/P2P keys
-        keep = [o for o in allnc_ovr if o.startswith(("method.hycon.", "method.p2p."))] if a.startswith("ce_") else allnc_ovr
-        if a.startswith("ce_"):
-            keep = [o for o in keep if o != "method.hycon.anchors=both"]
-        cells[cell] = {"method": a, "setting": keep}
-        specs.append({"config": f"fmnist_lt_{a}", "name": cell, "overrides": keep + ["data.imbalance_factor=100", "seed=0"]})
-    # cRT needs its CE run first: CE cells run before the cRT cells (the grid keeps the order)
-    specs.sort(key=lambda s: "_crt__" in s["name"])
+            return
+        o = [f"data.imbalance_factor={imb}", f"seed={seed}"]
+        if row_cfg.endswith("_crt"):
+            o.append(f"init_from={out / cell_name('fmnist_lt_ce', imb, EPOCHS, seed, VAL)}")
+        cells[cell] = what
+        specs.append({"config": row_cfg, "name": cell, "overrides": o})
+
+    for i, (imb, seed) in enumerate(plan):
+        for row, cfg in ROWS.items():
+            add(cfg, imb, seed, {"method": row, "chosen_by_trial": chosen[row]})
+        if i == 0:
+            for a in ABLATION:
+                add(f"fmnist_lt_{a}", 100, 0, {"method": a, "setting": "AllNC's (the config)"})
     extra = common(args) + ["train.eval_every=1000", "train.ckpt_every=1000", f"nc.every={EPOCHS}"]
     # nc.every=EPOCHS: the NC figures of the final model; data.imbalance_factor comes per run
     extra = [e for e in extra if not e.startswith("data.imbalance_factor=")]
-    out = Path(args.out) / "final"
+    prov = provenance(args, "python benchmarks/study_fmnist.py final" + (f" --seeds {args.seeds}" if args.seeds != 3 else "")
+                      + "".join(f" --other-ifs {x}" for x in args.other_ifs if args.other_ifs != [50, 10]))
     t0 = time.time()
-    ce_first = [s for s in specs if "_crt__" not in s["name"]]
-    crt = [s for s in specs if "_crt__" in s["name"]]
-    prov = provenance(args, "python benchmarks/study_fmnist.py final")
-    for group in (ce_first, crt):
-        if not group:
-            continue
+    # --deadline: runs still going then stop (resumable, never a result), the rest do not start
+    stop = time.monotonic() + args.deadline if args.deadline else None
 
-        def done(spec, secs, cells=cells):
-            rec = result_record(spec.run_dir, spec.name, {
-                "data_label": "Fashion-MNIST (lossless, Debian's dataset-fashion-mnist)", "process_wall_s": round(secs, 1),
-                "study": {**cells[spec.name], "trials_file": "benchmarks/results/fmnist_study_trials.json", **prov}})
-            atomic_write_json(results / f"{spec.name}.json", rec)
+    def done(spec, secs):
+        rec = result_record(spec.run_dir, spec.name, {
+            "data_label": "Fashion-MNIST (lossless, Debian's dataset-fashion-mnist)", "process_wall_s": round(secs, 1),
+            "study": {**cells[spec.name], "trials_file": "benchmarks/results/fmnist_study_trials.json", **prov}})
+        atomic_write_json(results / f"{spec.name}.json", rec)
 
-        run_grid({"runs": group, "max_concurrent": args.parallel, "extra_overrides": extra}, out=out, log=print,
-                 on_done=done)
+    # a cRT run needs its CE run: the grid keeps the order, so run in waves that end with the cRT cells
+    waves, cur = [], []
+    for sp in specs:
+        cur.append(sp)
+        if "_crt__" in sp["name"]:
+            waves.append(cur)
+            cur = []
+    if cur:
+        waves.append(cur)
+    for wave in waves:
+        crt = [s for s in wave if "_crt__" in s["name"]]
+        rest = [s for s in wave if "_crt__" not in s["name"]]
+        for group in (rest, crt):
+            if group:
+                run_grid({"runs": group, "max_concurrent": args.parallel, "extra_overrides": extra},
+                         out=out, log=print, on_done=done, deadline=stop)
     print(f"final: {time.time() - t0:.0f} s")
+
+
+def _crt_epochs_of(cfg_name: str) -> int:
+    from allnc.config import load_config
+
+    return int(load_config(cfg_name).train.epochs)
 
 
 def _crt_epochs(ovr: list[str]) -> int:
@@ -268,6 +318,9 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=str(ROOT / "runs" / "study"))
     p.add_argument("--results", default=str(ROOT / "results"))
     p.add_argument("--parallel", type=int, default=2)
+    p.add_argument("--seeds", type=int, default=3, help="final: seeds 0..N-1 at imbalance 100")
+    p.add_argument("--other-ifs", type=int, nargs="*", default=[50, 10], help="final: imbalance factors run at seed 0")
+    p.add_argument("--deadline", type=float, default=None, help="final: seconds after which running runs stop (resumable) and the rest do not start")
     p.add_argument("--cut", action="append", metavar="METHOD",
                    help="trials: do not run this method's unfinished trials (recorded as cut); repeatable")
     p.add_argument("--data-root", default=None, help="Fashion-MNIST IDX folder (default: Debian's place)")

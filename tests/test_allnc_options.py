@@ -80,8 +80,8 @@ def test_hycon_centred_is_the_uncentred_loss_of_centred_vectors_and_translation_
 
 def test_hycon_on_both_branches_adds_the_rebalanced_term():
     T, e = 10, 6
-    one = make("fmnist_lt_allnc")
-    both = make("fmnist_lt_allnc", "method.hycon.anchors=both")
+    one = make("fmnist_lt_allnc", "method.hycon.anchors=conventional", "method.hycon.centre=false")
+    both = make("fmnist_lt_allnc", "method.hycon.anchors=both", "method.hycon.centre=false")
     both.load_state_dict(one.state_dict(), strict=False)
     for m in (one, both):
         m.train()

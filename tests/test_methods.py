@@ -19,6 +19,12 @@ FAST = ["device=cpu", "train.progress=false", "model.width=8", "train.batch_size
         "train.schedule=constant", "train.lr=0.05", "data.num_workers=0"]
 
 
+# BBN's own sampler and inference mix (the Fashion-MNIST config holds the validation-chosen ones)
+BBN_OWN = ("method.gbbn.sampler=reversed", "method.gbbn.inference_mix=half")
+# HyCon and P2P in their plain written forms (AllNC's defaults add centring, both anchors and
+# equinorm; tests/test_allnc_options.py checks those)
+PLAIN_TERMS = ("method.hycon.centre=false", "method.hycon.anchors=conventional", "method.p2p.equinorm=0")
+
 def make(config, *extra):
     cfg = load_config(config, ["model.width=8", *extra])
     torch.manual_seed(0)
@@ -36,14 +42,14 @@ def test_bbn_config_equals_a_direct_bbn_computation(epoch, scale):
     package's helpers: each branch on its own batch, alpha = 1 - (t/T)^2, one classifier on
     scale * [alpha f_c ; (1 - alpha) f_r] (the released code's bbn_mix multiplies by 2), the
     alpha-weighted cross-entropies; at test time scale * [0.5 f_c ; 0.5 f_r] of one image."""
-    m = make("fmnist_lt_bbn", f"method.gbbn.mix_scale={scale}")
+    m = make("fmnist_lt_bbn", f"method.gbbn.mix_scale={scale}", *BBN_OWN)
     m.train()
     T = 10
     m.on_epoch_start(epoch, T)
     bu, br = batch(seed=1), batch(seed=2)
     loss, _ = m.training_loss([bu, br], StepState(epoch, T))
     # a fresh copy (same weights) computes BBN by hand, module by module
-    m2 = make("fmnist_lt_bbn", f"method.gbbn.mix_scale={scale}")
+    m2 = make("fmnist_lt_bbn", f"method.gbbn.mix_scale={scale}", *BBN_OWN)
     m2.train()
     a = 1 - (epoch / T) ** 2
     W, b = m2.classifier.weight, m2.classifier.bias
@@ -120,7 +126,7 @@ def test_allnc_loss_equals_an_independent_recomputation_after_a_warm_up_step():
     hand (batch mean where present, memory elsewhere). Reading the wrong memory, skipping the
     warm-up state or a wrong weight would each break the equality."""
     T, epoch = 10, 4
-    m = make("fmnist_lt_allnc", "method.hycon.weight=0.7", "method.p2p.weight=1.3")
+    m = make("fmnist_lt_allnc", "method.hycon.weight=0.7", "method.p2p.weight=1.3", *PLAIN_TERMS)
     m.train()
     m.on_epoch_start(epoch, T)
     m.training_loss([batch(seed=7), batch(seed=8)], StepState(epoch, T))  # warm-up: fills the memories

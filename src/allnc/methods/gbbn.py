@@ -52,11 +52,18 @@ def adaptor_alpha(schedule: str, epoch: int, epochs: int, gamma: float = 2.0, st
     return float(ADAPTORS.get(schedule)(epoch / epochs, gamma, step_at))
 
 
+def effective_mix(mix: str, val_per_class: int) -> str:
+    """The inference mix a run uses: ``auto`` is ``val`` with a validation split, else ``final``."""
+    if mix == "auto":
+        return "val" if val_per_class else "final"
+    return mix
+
+
 @dataclass
 class GBBNConfig:
     choices: ClassVar[dict] = {
         "sampler": MODES, "schedule": lambda: tuple(ADAPTORS.names()), "branch": ("last_block", "last_stage"),
-        "cls_loss": ("ce", "la", "bsce"), "inference_mix": ("half", "final", "val"),
+        "cls_loss": ("ce", "la", "bsce"), "inference_mix": ("half", "final", "val", "auto"),
     }
     # re-balancing sampler of branch r: reversed | balanced | sqrt
     sampler: str = "reversed"
@@ -79,7 +86,8 @@ class GBBNConfig:
     mix_scale: float = 1.0
     # inference mix [a h_c ; (1 - a) h_r]: half (a = 0.5, BBN), final (a = the adaptor's last
     # alpha: progressive decoupling ends with the re-balancing branch in charge), val (a chosen
-    # after training on the validation split, data.val_per_class)
+    # after training on the validation split, data.val_per_class), auto (val when the run has
+    # a validation split, else final)
     inference_mix: str = "half"
 
 
@@ -110,7 +118,8 @@ class GBBN(Method):
         # the inference mix a of [a h_c ; (1 - a) h_r] (a buffer: checkpoints hold a chosen one)
         final = adaptor_alpha(g.schedule, int(cfg.train.epochs) - 1, int(cfg.train.epochs), float(g.gamma),
                               float(g.step_at))
-        self.register_buffer("infer_alpha", torch.tensor(final if g.inference_mix == "final" else 0.5))
+        self.inference_mix = effective_mix(g.inference_mix, int(cfg.data.val_per_class))
+        self.register_buffer("infer_alpha", torch.tensor(final if self.inference_mix == "final" else 0.5))
         self.use_hycon, self.use_p2p = nc_terms.switches(cfg)
         self.hycon_both = self.use_hycon and cfg.method.hycon.anchors == "both"
         if self.use_hycon or self.use_p2p:
@@ -195,10 +204,10 @@ class GBBN(Method):
 
     @torch.no_grad()
     def calibrate(self, val_batches) -> dict | None:
-        """method.gbbn.inference_mix=val: the mix a in {0, 0.05, ..., 1} with the best
-        validation accuracy (the split is balanced: the mean of per-class accuracies); ties go
-        to the a nearest 0.5, BBN's mix."""
-        if self.cfg.method.gbbn.inference_mix != "val":
+        """method.gbbn.inference_mix=val (or auto with a validation split): the mix a in
+        {0, 0.05, ..., 1} with the best validation accuracy (the split is balanced: the mean of
+        per-class accuracies); ties go to the a nearest 0.5, BBN's mix."""
+        if self.inference_mix != "val":
             return None
         g = self.cfg.method.gbbn
         final = adaptor_alpha(g.schedule, int(self.cfg.train.epochs) - 1, int(self.cfg.train.epochs), float(g.gamma),
