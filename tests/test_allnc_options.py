@@ -64,6 +64,19 @@ def test_inference_mix_val_picks_the_best_validation_mix_and_keeps_it():
         load_config("fmnist_lt_allnc", ["method.gbbn.inference_mix=val"])
 
 
+def test_inference_mix_auto_is_val_with_a_validation_split_and_final_without():
+    data = [(batch(seed=s)["x"], batch(seed=s)["y"]) for s in (11, 12)]
+    with_val = make("fmnist_lt_allnc", "method.gbbn.inference_mix=auto", "data.val_per_class=2")
+    as_val = make("fmnist_lt_allnc", "method.gbbn.inference_mix=val", "data.val_per_class=2")
+    for m in (with_val, as_val):
+        m.eval()
+    got, want = with_val.calibrate(lambda: iter(data)), as_val.calibrate(lambda: iter(data))
+    assert got is not None and got == want and float(with_val.infer_alpha) == float(as_val.infer_alpha)
+    without = make("fmnist_lt_allnc", "method.gbbn.inference_mix=auto")
+    assert without.calibrate(lambda: iter(data)) is None
+    assert float(without.infer_alpha) == pytest.approx(adaptor_alpha("parabolic", 9, 10))
+
+
 def test_hycon_centred_is_the_uncentred_loss_of_centred_vectors_and_translation_invariant():
     g = torch.Generator().manual_seed(0)
     f = torch.rand(16, 8, generator=g)  # post-ReLU-like: all positive
