@@ -93,7 +93,7 @@ def cmd_nc(a) -> int:
     from .metrics import nc_summary, save_nc
 
     t = load_run(a.run_dir, device=a.device, overrides=a.overrides)
-    nc, mats = neural_collapse(t, max_samples=a.max_samples)
+    nc, mats = neural_collapse(t, max_samples=a.max_samples, log=lambda line: print(line, file=sys.stderr, flush=True))
     for split in nc:
         nc[split]["info"]["checkpoint_epoch"] = t.ckpt_epoch
     path = save_nc(a.run_dir, nc, mats)

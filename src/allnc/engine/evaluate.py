@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 
+import time
+
 import numpy as np
 import torch
 
@@ -67,11 +69,14 @@ def stratified_indices(targets: np.ndarray, max_samples: int, num_classes: int) 
 
 
 @torch.no_grad()
-def neural_collapse(ctx, splits=("train", "test"), max_samples: int = 0) -> tuple[dict, dict]:
+def neural_collapse(ctx, splits=("train", "test"), max_samples: int = 0, log=None, every_s: float = 10.0,
+                    clock=time.monotonic) -> tuple[dict, dict]:
     """Neural-collapse metrics of the inference features (no augmentation) and the
     classifier that makes the predictions: one pass for class statistics, one for the
     nearest-class-mean check. ``max_samples`` > 0 measures a class-stratified subsample of
-    each split (``stratified_indices``). Returns ({split: compute_nc}, {split: cosine matrices})."""
+    each split (``stratified_indices``). ``log(line)``: where the work is, at the end of each
+    pass and at least every ``every_s`` seconds inside one. Returns ({split: compute_nc},
+    {split: cosine matrices})."""
     method, bundle, device = ctx.method, ctx.bundle, ctx.device
     was = method.training
     method.eval()
@@ -88,20 +93,32 @@ def neural_collapse(ctx, splits=("train", "test"), max_samples: int = 0) -> tupl
             choice = PipelineChoice(ctx.choice.fast, ctx.choice.reason)  # its own device copy of the subsample
         split_counts = np.bincount(getattr(data, split).targets, minlength=bundle.num_classes)
 
-        def batches():
+        n_split = int(split_counts.sum())
+
+        def batches(pass_no, split=split, data=data, choice=choice, n_split=n_split):
+            what = f"nc {split}: pass {pass_no}/2 ({'class statistics' if pass_no == 1 else 'nearest class mean'})"
+            t0 = last = clock()
+            seen = 0
             for x, y in iter_eval(ctx.cfg, data, split, choice, device):
                 with autocast_ctx(device, ctx.amp):
                     h, _ = method.features(_prep(x, ctx.channels_last))
+                seen += len(y)
+                now = clock()
+                if log is not None and now - last >= every_s:
+                    last = now
+                    log(f"{what}: {seen}/{n_split} images, {now - t0:.0f} s")
                 yield h.float(), y
+            if log is not None:
+                log(f"{what}: {seen}/{n_split} images, done in {clock() - t0:.1f} s")
 
         acc = ClassStatsAccumulator(bundle.num_classes, W.shape[1], device=device, class_counts=split_counts,
                                     train_counts=train_counts)
-        for h, y in batches():
+        for h, y in batches(1):
             acc.update(h, y)
         acc.all_reduce()
         stats = acc.result()
         ncm = NCMAccumulator(stats, W, b)
-        for h, y in batches():
+        for h, y in batches(2):
             ncm.update(h, y)
         ncm.all_reduce()
         out[split] = compute_nc(stats, W, b, train_counts, ncm=ncm)

@@ -19,6 +19,7 @@ from ..config import parse_cell_name
 #: config suffix -> the name a table shows, in the order rows appear
 METHOD_NAMES: dict[str, str] = {
     "ce": "CE",
+    "ce_rs": "CE + class-balanced sampling",
     "la": "logit adjustment",
     "bsce": "balanced softmax",
     "ldam_drw": "LDAM-DRW",
