@@ -26,21 +26,24 @@ def test_cell_name_resolves_to_its_config():
         parse_cell_name("cifar10_lt_allnc__if50")
 
 
-def _rec(config, seed, top1, many, medium, few=None, nc1=None, imb=100, epochs=200, wall=10.0):
+def _rec(config, seed, top1, many, medium, few=None, nc1=None, imb=100, epochs=200, wall=10.0, cos_mu=None):
+    nc = {"nc1_cb": nc1, "medium_means_cos": cos_mu} if nc1 else None
     return {"cell": cell_name(config, imb, epochs, seed), "config_name": config, "top1": top1,
-            "groups": {"many": many, "medium": medium, "few": few}, "nc_train": {"nc1_cb": nc1} if nc1 else None,
+            "groups": {"many": many, "medium": medium, "few": few}, "nc_train": nc,
             "wall_time_s": wall, "device": "GPU X", "data_label": "data Y",
             "config": {"seed": seed, "data": {"imbalance_factor": imb}, "train": {"epochs": epochs}}}
 
 
 def test_table_means_and_sample_std_over_seeds_in_method_order():
-    recs = [_rec("cifar10_lt_allnc", 0, 80.0, 90.0, 70.0, nc1=0.5), _rec("cifar10_lt_allnc", 1, 82.0, 91.0, 74.0, nc1=0.7),
+    recs = [_rec("cifar10_lt_allnc", 0, 80.0, 90.0, 70.0, nc1=0.5, cos_mu=0.1),
+            _rec("cifar10_lt_allnc", 1, 82.0, 91.0, 74.0, nc1=0.7, cos_mu=None),
             _rec("cifar10_lt_ce", 0, 70.0, 88.0, 40.0)]
     text = render_table(recs)
     rows = [ln for ln in text.splitlines() if ln.startswith("| ") and not ln.startswith("| method")]
     assert rows[0].startswith("| CE | 0 | 70.00 | 88.00 | 40.00 | – | – |")  # CE before AllNC; empty few "–"
-    # mean 81, sample std sqrt(((80-81)^2 + (82-81)^2) / 1) = 1.41; medium 72 ± 2.83; NC1 mean 0.600
-    assert rows[1].startswith("| AllNC | 0, 1 | 81.00 ± 1.41 | 90.50 ± 0.71 | 72.00 ± 2.83 | – | 0.600 |")
+    # mean 81, sample std sqrt(((80-81)^2 + (82-81)^2) / 1) = 1.41; medium 72 ± 2.83; NC1 mean
+    # 0.600; no cos w; cos mu from the one seed that has it
+    assert rows[1].startswith("| AllNC | 0, 1 | 81.00 ± 1.41 | 90.50 ± 0.71 | 72.00 ± 2.83 | – | 0.600 | – | 0.100 |")
     assert "`cifar10_lt_allnc__if100__e200__seed0`, `cifar10_lt_allnc__if100__e200__seed1`" in rows[1]
     assert "Data: data Y. Device: GPU X." in text
 

@@ -113,8 +113,17 @@ def table_id(rec: dict) -> str:
     return tid + ("_strong" if preset else "")
 
 
+def _nc_mean(rs: list[dict], key: str) -> str:
+    """Seed mean of one final NC figure on the training features ("–" where none has it)."""
+    v = [r["nc_train"][key] for r in rs if r.get("nc_train") and r["nc_train"].get(key) is not None]
+    return f"{sum(v) / len(v):.3f}" if v else "–"
+
+
 def render_table(records: list[dict]) -> str:
-    """One markdown table: a row per method (config), mean ± std over the seeds present."""
+    """One markdown table: a row per method (config), mean ± std over the seeds present;
+    NC1 (class-balanced) and the mean pairwise cosine of the medium group's classifier
+    vectors and centred class means (towards 1: minority collapse), seed means of the final
+    model's training features."""
     order = list(METHOD_NAMES)
     rows: dict[str, list[dict]] = {}
     for r in records:
@@ -127,18 +136,17 @@ def render_table(records: list[dict]) -> str:
     data_label = sorted({r.get("data_label") or r.get("data", "") for r in records})
     devices = sorted({r.get("device", "") for r in records})
     lines = [f"Data: {'; '.join(data_label)}. Device: {'; '.join(devices)}.", "",
-             "| method | seeds | top-1 | many | medium | few | NC1 (cb) | wall s | cells |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| method | seeds | top-1 | many | medium | few | NC1 (cb) | cos w medium | cos mu medium | wall s | cells |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for c in sorted(rows, key=key):
         rs = sorted(rows[c], key=lambda r: r["cell"])
         top1 = _mean_std([r["top1"] for r in rs])
         grp = [_mean_std([r["groups"][g] for r in rs if r["groups"].get(g) is not None]) for g in ("many", "medium", "few")]
-        nc1 = [r["nc_train"]["nc1_cb"] for r in rs if r.get("nc_train") and r["nc_train"].get("nc1_cb") is not None]
-        nc1s = f"{sum(nc1) / len(nc1):.3f}" if nc1 else "–"
+        nc1s, cw, cm = (_nc_mean(rs, k) for k in ("nc1_cb", "medium_w_cos", "medium_means_cos"))
         wall = f"{sum(r['wall_time_s'] for r in rs) / len(rs):.0f}"
         seeds = ", ".join(str(r["config"]["seed"]) for r in rs)
         cells = ", ".join(f"`{r['cell']}`" for r in rs)
-        lines.append(f"| {method_label(c)} | {seeds} | {top1} | {' | '.join(grp)} | {nc1s} | {wall} | {cells} |")
+        lines.append(f"| {method_label(c)} | {seeds} | {top1} | {' | '.join(grp)} | {nc1s} | {cw} | {cm} | {wall} | {cells} |")
     return "\n".join(lines) + "\n"
 
 
