@@ -3,6 +3,7 @@
     python benchmarks/study_fmnist.py trials [--out runs/study] [--parallel 2]
     python benchmarks/study_fmnist.py long          # the top methods again at 30 epochs (validation)
     python benchmarks/study_fmnist.py final         # every method at its chosen setting, test read once
+    python benchmarks/study_fmnist.py records       # rewrite the final results files from their run dirs
 
 Every method gets the same budget: at most six validation trials over its own keys
 (``TRIALS``), 12 epochs, seed 0, a balanced validation split of ``VAL`` images per class drawn
@@ -299,6 +300,22 @@ def phase_final(args) -> None:
     print(f"final: {time.time() - t0:.0f} s")
 
 
+def phase_records(args) -> None:
+    """Rewrite the final runs' results files from their run directories (what a results file
+    keeps grew after some were written), keeping each file's study provenance."""
+    results, out = Path(args.results), Path(args.out) / "final"
+    n = 0
+    for path in sorted(results.glob(f"fmnist_lt_*__val{VAL}__seed*.json")):
+        old = json.loads(path.read_text())
+        run_dir = out / old["cell"]
+        if not (run_dir / "metrics.json").is_file():
+            continue
+        keep = {k: old[k] for k in ("data_label", "process_wall_s", "study") if k in old}
+        atomic_write_json(path, result_record(run_dir, old["cell"], keep))
+        n += 1
+    print(f"records: {n} results files rewritten")
+
+
 def _crt_epochs_of(cfg_name: str) -> int:
     from allnc.config import load_config
 
@@ -314,7 +331,7 @@ def _crt_epochs(ovr: list[str]) -> int:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("phase", choices=["trials", "long", "final"])
+    p.add_argument("phase", choices=["trials", "long", "final", "records"])
     p.add_argument("--out", default=str(ROOT / "runs" / "study"))
     p.add_argument("--results", default=str(ROOT / "results"))
     p.add_argument("--parallel", type=int, default=2)
@@ -325,7 +342,7 @@ def main(argv=None) -> int:
                    help="trials: do not run this method's unfinished trials (recorded as cut); repeatable")
     p.add_argument("--data-root", default=None, help="Fashion-MNIST IDX folder (default: Debian's place)")
     args = p.parse_args(argv)
-    {"trials": phase_trials, "long": phase_long, "final": phase_final}[args.phase](args)
+    {"trials": phase_trials, "long": phase_long, "final": phase_final, "records": phase_records}[args.phase](args)
     return 0
 
 
