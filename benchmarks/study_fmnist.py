@@ -3,6 +3,7 @@
     python benchmarks/study_fmnist.py trials [--out runs/study] [--parallel 2]
     python benchmarks/study_fmnist.py long          # the top methods again at 30 epochs (validation)
     python benchmarks/study_fmnist.py final         # every method at its chosen setting, test read once
+    python benchmarks/study_fmnist.py posthoc       # tau-norm and post-hoc LA of the final CE runs (two rows)
     python benchmarks/study_fmnist.py records       # rewrite the final results files from their run dirs
 
 Every method gets the same budget: at most six validation trials over its own keys
@@ -300,14 +301,42 @@ def phase_final(args) -> None:
     print(f"final: {time.time() - t0:.0f} s")
 
 
+POSTHOC_ON = ("fmnist_lt_ce",)  # the decoupling paper's setting: corrections of an instance-sampled CE model
+
+
+def phase_posthoc(args) -> None:
+    """tau-norm and post-hoc logit adjustment (``allnc posthoc``) of every finished final
+    run of plain CE: tau chosen on the run's own validation split, the test set read once.
+    Each is a results cell ``<run cell>__posthoc_<method>``, a row of the table."""
+    from allnc.engine.posthoc import posthoc
+
+    results, out = Path(args.results), Path(args.out) / "final"
+    for cfg in POSTHOC_ON:
+        for run_dir in sorted(out.glob(f"{cfg}__if*__val{VAL}__seed*")):
+            if not (run_dir / "metrics.json").is_file():
+                continue
+            for method in ("tau_norm", "logit_adjust"):
+                cell = f"{run_dir.name}__posthoc_{method}"
+                if (results / f"{cell}.json").is_file():
+                    continue
+                t0 = time.time()
+                r = posthoc(run_dir, method, device="cpu")
+                prov = provenance(args, "python benchmarks/study_fmnist.py posthoc")
+                atomic_write_json(results / f"{cell}.json", result_record(run_dir, cell, {
+                    "data_label": "Fashion-MNIST (lossless, Debian's dataset-fashion-mnist)",
+                    "process_wall_s": round(time.time() - t0, 1),
+                    "study": {"method": f"ce + {method}", "setting": "tau chosen on the run's validation split", **prov}}))
+                print(f"{cell}: tau {r['tau']}, test top-1 {r['test']['top1']:.2f} (run {r['run_test']['top1']:.2f})")
+
+
 def phase_records(args) -> None:
     """Rewrite the final runs' results files from their run directories (what a results file
     keeps grew after some were written), keeping each file's study provenance."""
     results, out = Path(args.results), Path(args.out) / "final"
     n = 0
-    for path in sorted(results.glob(f"fmnist_lt_*__val{VAL}__seed*.json")):
+    for path in sorted(results.glob(f"fmnist_lt_*__val{VAL}__seed*.json")):  # post-hoc cells too
         old = json.loads(path.read_text())
-        run_dir = out / old["cell"]
+        run_dir = out / old["cell"].split("__posthoc_")[0]
         if not (run_dir / "metrics.json").is_file():
             continue
         keep = {k: old[k] for k in ("data_label", "process_wall_s", "study") if k in old}
@@ -331,7 +360,7 @@ def _crt_epochs(ovr: list[str]) -> int:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("phase", choices=["trials", "long", "final", "records"])
+    p.add_argument("phase", choices=["trials", "long", "final", "posthoc", "records"])
     p.add_argument("--out", default=str(ROOT / "runs" / "study"))
     p.add_argument("--results", default=str(ROOT / "results"))
     p.add_argument("--parallel", type=int, default=2)
@@ -342,7 +371,8 @@ def main(argv=None) -> int:
                    help="trials: do not run this method's unfinished trials (recorded as cut); repeatable")
     p.add_argument("--data-root", default=None, help="Fashion-MNIST IDX folder (default: Debian's place)")
     args = p.parse_args(argv)
-    {"trials": phase_trials, "long": phase_long, "final": phase_final, "records": phase_records}[args.phase](args)
+    {"trials": phase_trials, "long": phase_long, "final": phase_final, "posthoc": phase_posthoc,
+     "records": phase_records}[args.phase](args)
     return 0
 
 

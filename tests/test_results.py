@@ -77,3 +77,43 @@ def test_readme_tables_match_the_results_files():
     tables = render_tables(load_results(ROOT / "results")) if (ROOT / "results").is_dir() else {}
     assert update_markdown(readme, tables) == readme, "README is stale: run python scripts/render_results.py"
     assert set(tables) <= set(markdown_blocks(readme)), "a results table has no README block"
+
+
+def test_posthoc_cells_name_their_correction_resolve_to_the_run_config_and_get_their_own_row():
+    from allnc.config import cell_posthoc, load_config
+
+    name = cell_name("fmnist_lt_ce", 100, 12, 0, 300, posthoc="tau_norm")
+    assert name == "fmnist_lt_ce__if100__e12__val300__seed0__posthoc_tau_norm"
+    assert cell_posthoc(name) == "tau_norm" and cell_posthoc("fmnist_lt_ce__if100__e12__seed0") is None
+    assert parse_cell_name(name) == parse_cell_name("fmnist_lt_ce__if100__e12__val300__seed0")
+    cfg = load_config(name)
+    assert cfg.config_name == "fmnist_lt_ce" and cfg.data.val_per_class == 300 and cfg.train.epochs == 12
+    own = _rec("fmnist_lt_ce", 0, 70.0, 80.0, 50.0, epochs=12)
+    fixed = dict(_rec("fmnist_lt_ce", 0, 74.0, 78.0, 66.0, epochs=12), cell=own["cell"] + "__posthoc_tau_norm")
+    rows = [ln for ln in render_table([fixed, own]).splitlines() if ln.startswith("| CE")]
+    assert rows[0].startswith("| CE | 0 | 70.00 | 80.00 | 50.00 |")
+    assert rows[1].startswith("| CE + tau-norm (post hoc) | 0 | 74.00 | 78.00 | 66.00 |")
+
+
+def test_posthoc_results_record_takes_the_corrected_test_figures(tmp_path):
+    from allnc.report.results import result_record
+
+    run = tmp_path / "run"
+    run.mkdir()
+    cfg = {"seed": 0, "data": {"imbalance_factor": 100}, "train": {"epochs": 12}}
+    (run / "metrics.json").write_text(json.dumps({"top1": 70.0, "groups": {"many": 80.0}, "config": cfg, "epoch": 12}))
+    (run / "metrics.jsonl").write_text(json.dumps({"epoch": 12, "nc": {"nc1_cb": 1.0}}) + "\n")
+    (run / "posthoc_logit_adjust.json").write_text(json.dumps(
+        {"method": "logit_adjust", "tau": 1.0, "val_top1": 81.0, "test": {"top1": 77.5, "groups": {"many": 79.0}},
+         "run_test": {"top1": 70.0}}))
+    own = result_record(run, "fmnist_lt_ce__if100__e12__seed0")
+    ph = result_record(run, "fmnist_lt_ce__if100__e12__seed0__posthoc_logit_adjust")
+    assert own["top1"] == 70.0 and own["nc_train"] == {"nc1_cb": 1.0}
+    assert ph["top1"] == 77.5 and ph["groups"] == {"many": 79.0} and ph["nc_train"] is None
+    assert ph["posthoc"]["tau"] == 1.0 and ph["config_name"] == "fmnist_lt_ce"
+
+
+def test_a_run_started_from_another_joins_that_runs_table():
+    crt = dict(_rec("fmnist_lt_crt", 0, 85.0, 84.0, 90.0, epochs=8), table_epochs=12)
+    assert table_id(crt) == "fmnist_lt_if100_e12"
+    assert table_id(_rec("fmnist_lt_crt", 0, 85.0, 84.0, 90.0, epochs=8)) == "fmnist_lt_if100_e8"

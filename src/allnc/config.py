@@ -294,20 +294,32 @@ class NCConfig:
 
 # A results-table cell: <config>__if<imbalance factor>__e<epochs>[__val<per class>]__seed<seed>
 _CELL_RE = re.compile(r"^(?P<config>[A-Za-z0-9_.-]+?)__if(?P<imb>[0-9.]+)__e(?P<epochs>[0-9]+)"
-                      r"(?:__val(?P<val>[0-9]+))?__seed(?P<seed>[0-9]+)$")
+                      r"(?:__val(?P<val>[0-9]+))?__seed(?P<seed>[0-9]+)(?:__posthoc_(?P<posthoc>[a-z_]+))?$")
 
 
-def cell_name(config: str, imbalance_factor: float, epochs: int, seed: int, val_per_class: int = 0) -> str:
-    """The name of a results-table cell; ``load_config`` resolves it back to its config."""
+def cell_name(config: str, imbalance_factor: float, epochs: int, seed: int, val_per_class: int = 0,
+              posthoc: Optional[str] = None) -> str:
+    """The name of a results-table cell; ``load_config`` resolves it back to its config.
+    ``posthoc``: the cell of a post-hoc correction (``allnc posthoc``) of that run."""
     val = f"__val{int(val_per_class)}" if val_per_class else ""
-    return f"{config}__if{float(imbalance_factor):g}__e{int(epochs)}{val}__seed{int(seed)}"
+    tail = f"__posthoc_{posthoc}" if posthoc else ""
+    return f"{config}__if{float(imbalance_factor):g}__e{int(epochs)}{val}__seed{int(seed)}{tail}"
+
+
+def cell_posthoc(name: str) -> Optional[str]:
+    """The post-hoc correction a cell name asks for (``..._seed0__posthoc_tau_norm`` ->
+    ``tau_norm``), None for a trained run's own cell."""
+    m = _CELL_RE.match(name)
+    return m.group("posthoc") if m else None
 
 
 def parse_cell_name(name: str) -> tuple[str, list[str]]:
-    """(config, overrides) of a cell name such as ``cifar10_lt_allnc__if100__e200__seed0``."""
+    """(config, overrides) of a cell name such as ``cifar10_lt_allnc__if100__e200__seed0`` (a
+    post-hoc cell resolves to the config of the run it corrects)."""
     m = _CELL_RE.match(name)
     if m is None:
-        raise ConfigError(f"'{name}' is not a results cell name (<config>__if<IF>__e<epochs>[__val<N>]__seed<S>)")
+        raise ConfigError(f"'{name}' is not a results cell name "
+                          "(<config>__if<IF>__e<epochs>[__val<N>]__seed<S>[__posthoc_<method>])")
     o = [f"data.imbalance_factor={m.group('imb')}", f"train.epochs={m.group('epochs')}"]
     if m.group("val"):
         o.append(f"data.val_per_class={m.group('val')}")

@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
-from ..config import parse_cell_name
+from ..config import cell_posthoc, parse_cell_name
 
 #: config suffix -> the name a table shows, in the order rows appear
 METHOD_NAMES: dict[str, str] = {
@@ -54,9 +54,13 @@ def split_config_name(config: str) -> tuple[str, str, str]:
     return "", config, ""
 
 
-def method_label(config: str) -> str:
+def method_label(config: str, posthoc: Optional[str] = None) -> str:
     _, m, preset = split_config_name(config)
     name = METHOD_NAMES.get(m, m)
+    if posthoc:
+        from ..engine.posthoc import CORRECTIONS
+
+        name += " + " + (CORRECTIONS.get(posthoc)[1] if posthoc in CORRECTIONS.names() else posthoc)
     return f"{name} (strong)" if preset else name
 
 
@@ -79,6 +83,20 @@ def result_record(run_dir: Path, cell: str, extra: Optional[dict] = None) -> dic
             if isinstance(r, dict) and r.get("nc") and r.get("epoch") == metrics.get("epoch"):
                 nc = r["nc"]
     rec["nc_train"] = nc
+    base = (metrics.get("config") or {}).get("init_from")
+    if base and (Path(base) / "metrics.json").is_file():
+        # a run that starts from another (cRT re-trains a finished run's classifier) belongs to
+        # the table of the run it starts from
+        b = json.loads((Path(base) / "metrics.json").read_text())
+        rec["table_epochs"] = int(b["config"]["train"]["epochs"])
+    method = cell_posthoc(cell)
+    if method:
+        # a post-hoc cell: the corrected classifier's test figures replace the run's own; its
+        # NC figures were not measured
+        ph = json.loads((run_dir / f"posthoc_{method}.json").read_text())
+        rec.update(top1=ph["test"]["top1"], groups=ph["test"]["groups"], per_class=ph["test"].get("per_class"),
+                   nc_train=None, posthoc={k: ph[k] for k in ("method", "tau", "tau_grid", "val_top1_by_tau", "val_top1",
+                                                              "validation", "run_test", "notes") if k in ph})
     rec.update(extra or {})
     return rec
 
@@ -106,11 +124,12 @@ def _mean_std(vals: list[float]) -> str:
 
 
 def table_id(rec: dict) -> str:
-    """Which table a result belongs to: dataset, preset, imbalance factor and epochs."""
+    """Which table a result belongs to: dataset, preset, imbalance factor and epochs (for a
+    run started from another, ``table_epochs``: the epochs of that run)."""
     dataset, _, preset = split_config_name(rec["config_name"])
     cfg = rec["config"]
     f = float(cfg["data"]["imbalance_factor"])
-    tid = f"{dataset}_if{f:g}_e{int(cfg['train']['epochs'])}"
+    tid = f"{dataset}_if{f:g}_e{int(rec.get('table_epochs') or cfg['train']['epochs'])}"
     return tid + ("_strong" if preset else "")
 
 
@@ -126,13 +145,13 @@ def render_table(records: list[dict]) -> str:
     vectors and centred class means (towards 1: minority collapse), seed means of the final
     model's training features."""
     order = list(METHOD_NAMES)
-    rows: dict[str, list[dict]] = {}
+    rows: dict[tuple[str, str], list[dict]] = {}
     for r in records:
-        rows.setdefault(r["config_name"], []).append(r)
+        rows.setdefault((r["config_name"], cell_posthoc(r["cell"]) or ""), []).append(r)
 
-    def key(c: str) -> tuple[int, str]:
-        m = split_config_name(c)[1]
-        return (order.index(m) if m in order else len(order), c)
+    def key(row: tuple[str, str]) -> tuple[int, str, str]:
+        m = split_config_name(row[0])[1]
+        return (order.index(m) if m in order else len(order), row[0], row[1])
 
     data_label = sorted({r.get("data_label") or r.get("data", "") for r in records})
     devices = sorted({r.get("device", "") for r in records})
@@ -147,7 +166,7 @@ def render_table(records: list[dict]) -> str:
         wall = f"{sum(r['wall_time_s'] for r in rs) / len(rs):.0f}"
         seeds = ", ".join(str(r["config"]["seed"]) for r in rs)
         cells = ", ".join(f"`{r['cell']}`" for r in rs)
-        lines.append(f"| {method_label(c)} | {seeds} | {top1} | {' | '.join(grp)} | {nc1s} | {cw} | {cm} | {wall} | {cells} |")
+        lines.append(f"| {method_label(c[0], c[1] or None)} | {seeds} | {top1} | {' | '.join(grp)} | {nc1s} | {cw} | {cm} | {wall} | {cells} |")
     return "\n".join(lines) + "\n"
 
 
