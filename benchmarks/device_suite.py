@@ -337,6 +337,8 @@ class Suite:
             g = rec["groups"]
             self.log(f"RESULT {spec.name}: top-1 {rec['top1']:.2f} many {_f(g['many'])} medium {_f(g['medium'])} "
                      f"few {_f(g['few'])}; wall {rec['wall_time_s']:.0f} s")
+            if spec.name.split("__")[0] == f"{a.prefix}_ce":
+                self.posthoc_rows(spec, secs)
             self.pack()
 
         res = self.grid("plan", runs, conc, self.deadline - a.pack_reserve_s, extra, on_done=done)
@@ -345,6 +347,25 @@ class Suite:
             "failed": {s.name: res.reasons.get(s.name) for s in res.failed},
             "unfinished": {s.name: _last_epoch(s.run_dir) for s in res.unfinished},
             "not_started": [s.name for s in res.not_started]}
+
+    def posthoc_rows(self, spec, secs) -> None:
+        """tau-norm and post-hoc logit adjustment of a finished CE run: two more rows of the
+        table (tau on a validation split of left-out training images, the test set read once)."""
+        from allnc.engine.posthoc import posthoc
+
+        for m in ("tau_norm", "logit_adjust"):
+            cell = f"{spec.name}__posthoc_{m}"
+            try:
+                r = posthoc(spec.run_dir, m, device="cuda" if self.on_gpu else "cpu")
+                rec = result_record(spec.run_dir, cell, {"data_label": self.args.data_label,
+                                                         "process_wall_s": round(secs, 1), "suite": {"plan": self.args.plan}})
+            except Exception as e:  # a failed correction never costs the run's own result
+                self.log(f"posthoc {m} of {spec.name} failed: {type(e).__name__}: {e}")
+                continue
+            path = self.results / f"{cell}.json"
+            atomic_write_json(path, rec)
+            self.new_results.append(path)
+            self.log(f"RESULT {cell}: tau {r['tau']}, top-1 {r['test']['top1']:.2f}")
 
     def plan_concurrency(self, n: int) -> int:
         """All at once if concurrent runs scale; else a few at a time, most important first."""

@@ -50,21 +50,27 @@ def test_tiny_suite_runs_every_stage_and_returns_few_flat_files(tiny_suite):
 def test_tiny_suite_writes_one_results_file_per_plan_cell(tiny_suite):
     r, out, results = tiny_suite
     methods = PLANS["first"]["methods"]
-    expect = {f"cifar10_lt_{m}__if10__e1__seed0" for m in methods}
+    trained = {f"cifar10_lt_{m}__if10__e1__seed0" for m in methods}
+    # CE's two post-hoc corrections are two more cells (rows) of the table
+    expect = trained | {f"cifar10_lt_ce__if10__e1__seed0__posthoc_{m}" for m in ("tau_norm", "logit_adjust")}
     got = {p.stem for p in results.glob("*.json")}
     assert got == expect
     for p in results.glob("*.json"):
         rec = json.loads(p.read_text())
         assert rec["cell"] == p.stem and rec["config"]["train"]["epochs"] == 1
         assert rec["git_commit"] == "0123abc" and rec["versions"]["torch"] and rec["device"].startswith("cpu")
-        assert rec["nc_train"] and rec["nc_train"]["nc1_cb"] is not None  # the final NC figures
+        if p.stem in trained:
+            assert rec["nc_train"] and rec["nc_train"]["nc1_cb"] is not None  # the final NC figures
+        else:
+            assert rec["posthoc"]["run_test"]["top1"] == json.loads(
+                (results / f"{p.stem.split('__posthoc_')[0]}.json").read_text())["top1"]
         assert 0 <= rec["top1"] <= 100 and rec["wall_time_s"] > 0
     with tarfile.open(out / "results.tar.gz") as tf:
         assert sorted(tf.getnames()) == sorted(f"results/{c}.json" for c in expect)
     with tarfile.open(out / "runs.tar.gz") as tf:
         names = tf.getnames()
     assert not any(n.endswith(".pt") for n in names)
-    assert all(f"plan/{c}/metrics.json" in names for c in expect)
+    assert all(f"plan/{c}/metrics.json" in names for c in trained)
 
 
 def test_tiny_suite_skips_cells_with_results(tiny_suite, tmp_path):
