@@ -45,7 +45,7 @@ from allnc.config import cell_name
 from allnc.rundir import atomic_write_bytes, atomic_write_json, atomic_write_text
 from allnc.engine.runtime import git_commit, versions
 from allnc.grid import run_grid
-from allnc.report.results import method_label, result_record
+from allnc.report.results import method_label, posthoc_record, result_record
 
 PLANS = {
     # the first GPU plan: CIFAR-10-LT, IF 100, the standard protocol, seed 0
@@ -351,14 +351,10 @@ class Suite:
     def posthoc_rows(self, spec, secs) -> None:
         """tau-norm and post-hoc logit adjustment of a finished CE run: two more rows of the
         table (tau on a validation split of left-out training images, the test set read once)."""
-        from allnc.engine.posthoc import posthoc
-
         for m in ("tau_norm", "logit_adjust"):
-            cell = f"{spec.name}__posthoc_{m}"
             try:
-                r = posthoc(spec.run_dir, m, device="cuda" if self.on_gpu else "cpu")
-                rec = result_record(spec.run_dir, cell, {"data_label": self.args.data_label,
-                                                         "process_wall_s": round(secs, 1), "suite": {"plan": self.args.plan}})
+                cell, rec, r = posthoc_record(spec.run_dir, spec.name, m, device="cuda" if self.on_gpu else "cpu", extra={
+                    "data_label": self.args.data_label, "process_wall_s": round(secs, 1), "suite": {"plan": self.args.plan}})
             except Exception as e:  # a failed correction never costs the run's own result
                 self.log(f"posthoc {m} of {spec.name} failed: {type(e).__name__}: {e}")
                 continue

@@ -36,7 +36,7 @@ from allnc.config import cell_name
 from allnc.rundir import atomic_write_json
 from allnc.engine.runtime import git_commit
 from allnc.grid import run_grid
-from allnc.report.results import result_record
+from allnc.report.results import posthoc_record, result_record
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -308,9 +308,8 @@ def phase_posthoc(args) -> None:
     """tau-norm and post-hoc logit adjustment (``allnc posthoc``) of every finished final
     run of plain CE: tau chosen on the run's own validation split, the test set read once.
     Each is a results cell ``<run cell>__posthoc_<method>``, a row of the table."""
-    from allnc.engine.posthoc import posthoc
-
     results, out = Path(args.results), Path(args.out) / "final"
+    prov = provenance(args, "python benchmarks/study_fmnist.py posthoc")
     for cfg in POSTHOC_ON:
         for run_dir in sorted(out.glob(f"{cfg}__if*__val{VAL}__seed*")):
             if not (run_dir / "metrics.json").is_file():
@@ -320,12 +319,11 @@ def phase_posthoc(args) -> None:
                 if (results / f"{cell}.json").is_file():
                     continue
                 t0 = time.time()
-                r = posthoc(run_dir, method, device="cpu")
-                prov = provenance(args, "python benchmarks/study_fmnist.py posthoc")
-                atomic_write_json(results / f"{cell}.json", result_record(run_dir, cell, {
-                    "data_label": "Fashion-MNIST (lossless, Debian's dataset-fashion-mnist)",
-                    "process_wall_s": round(time.time() - t0, 1),
-                    "study": {"method": f"ce + {method}", "setting": "tau chosen on the run's validation split", **prov}}))
+                _, rec, r = posthoc_record(run_dir, run_dir.name, method, device="cpu")
+                rec.update(data_label="Fashion-MNIST (lossless, Debian's dataset-fashion-mnist)",
+                           process_wall_s=round(time.time() - t0, 1),
+                           study={"method": f"ce + {method}", "setting": "tau chosen on the run's validation split", **prov})
+                atomic_write_json(results / f"{cell}.json", rec)
                 print(f"{cell}: tau {r['tau']}, test top-1 {r['test']['top1']:.2f} (run {r['run_test']['top1']:.2f})")
 
 
@@ -349,13 +347,6 @@ def _crt_epochs_of(cfg_name: str) -> int:
     from allnc.config import load_config
 
     return int(load_config(cfg_name).train.epochs)
-
-
-def _crt_epochs(ovr: list[str]) -> int:
-    for o in ovr:
-        if o.startswith("train.epochs="):
-            return int(o.split("=", 1)[1])
-    return 4
 
 
 def main(argv=None) -> int:

@@ -101,6 +101,17 @@ def result_record(run_dir: Path, cell: str, extra: Optional[dict] = None) -> dic
     return rec
 
 
+def posthoc_record(run_dir: Path, run_cell: str, method: str, device: str = "auto",
+                   extra: Optional[dict] = None) -> tuple[str, dict, dict]:
+    """Correct a finished run post hoc (``allnc posthoc``) and give (its cell, its results
+    record, what ``posthoc`` returned); the cell is ``<run_cell>__posthoc_<method>``."""
+    from ..engine.posthoc import posthoc
+
+    r = posthoc(run_dir, method, device=device)
+    cell = f"{run_cell}__posthoc_{method}"
+    return cell, result_record(run_dir, cell, extra), r
+
+
 def load_results(folder: Path) -> list[dict]:
     folder = Path(folder)
     out = []
