@@ -43,6 +43,7 @@ ROOT = HERE.parent
 VAL = 300
 EPOCHS = 12
 LONG_EPOCHS = 30
+LONG_TOP = 4  # the best four methods on validation at 12 epochs (AllNC added if not among them)
 LONG = ["train.epochs=30", "train.milestones=[22, 27]"]  # the 12-epoch schedule's decays at the same fractions
 GBBN = {"bbn", "allnc"}
 BAL = "method.gbbn.sampler=balanced"
@@ -104,11 +105,11 @@ def val_figures(run_dir: Path) -> dict | None:
     return out
 
 
-def run(specs: list[dict], out: Path, args, extra: list[str]):
+def run(specs: list[dict], out: Path, args, extra: list[str], deadline: float | None = None):
     env_threads = os.environ.setdefault("OMP_NUM_THREADS", "1")
     spec = {"runs": specs, "max_concurrent": args.parallel, "extra_overrides": extra}
     t0 = time.time()
-    res = run_grid(spec, out=out, log=print)
+    res = run_grid(spec, out=out, log=print, deadline=deadline)
     return res, time.time() - t0, env_threads
 
 
@@ -179,7 +180,7 @@ def chosen_overrides(trials: dict, method: str) -> tuple[str, list[str]]:
 def phase_long(args) -> dict:
     trials = json.loads((HERE / "results" / "fmnist_study_trials.json").read_text())
     ranked = sorted(trials["chosen"], key=lambda m: -trials["chosen"][m]["val_top1"])
-    top = [m for m in ranked if m != "crt"][:3]
+    top = [m for m in ranked if m != "crt"][:LONG_TOP]  # cRT re-trains a CE model: its ranking follows CE's
     if "allnc" not in top:
         top.append("allnc")
     specs = []
@@ -187,9 +188,11 @@ def phase_long(args) -> dict:
         cfg, ovr = chosen_overrides(trials, m)
         specs.append({"config": cfg, "name": f"{m}_e{LONG_EPOCHS}", "overrides": ovr + LONG})
     out = Path(args.out) / "long"
-    run(specs, out, args, common(args) + ["train.eval_test=false"])
-    rows = {m: {"val_top1_12": trials["chosen"][m]["val_top1"], **(val_figures(out / f"{m}_e{LONG_EPOCHS}") or {})}
-            for m in top}
+    stop = time.monotonic() + args.deadline if args.deadline else None
+    run(specs, out, args, common(args) + ["train.eval_test=false"], deadline=stop)
+    # "ce" is its best trial, which samples class-balanced (the CE + RS row)
+    rows = {m: {"trial": trials["chosen"][m]["name"], "val_top1_12": trials["chosen"][m]["val_top1"],
+                **(val_figures(out / f"{m}_e{LONG_EPOCHS}") or {})} for m in top}
     data = {**provenance(args, "python benchmarks/study_fmnist.py long"), "epochs": LONG_EPOCHS, "extra": LONG,
             "methods": rows,
             "ranking_12": sorted(rows, key=lambda m: -rows[m]["val_top1_12"]),
@@ -357,7 +360,7 @@ def main(argv=None) -> int:
     p.add_argument("--parallel", type=int, default=2)
     p.add_argument("--seeds", type=int, default=3, help="final: seeds 0..N-1 at imbalance 100")
     p.add_argument("--other-ifs", type=int, nargs="*", default=[50, 10], help="final: imbalance factors run at seed 0")
-    p.add_argument("--deadline", type=float, default=None, help="final: seconds after which running runs stop (resumable) and the rest do not start")
+    p.add_argument("--deadline", type=float, default=None, help="final, long: seconds after which running runs stop (resumable) and the rest do not start")
     p.add_argument("--cut", action="append", metavar="METHOD",
                    help="trials: do not run this method's unfinished trials (recorded as cut); repeatable")
     p.add_argument("--data-root", default=None, help="Fashion-MNIST IDX folder (default: Debian's place)")
