@@ -75,6 +75,8 @@ class Suite:
         self.compile_mode = args.compile_mode
         self.plan_extra: list[str] = []  # set by the smoke when the fast path fails here
         self.method_modes: dict[str, str] = {}  # compile mode per method, from the smoke
+        self.method_backends: dict[str, str] = {}  # and backend (inductor, or cudagraphs after its failure)
+        self.compile_backend = "inductor"
         self.broken: dict[str, str] = {}  # methods whose smoke run failed: not in the plan
 
     # ------------------------------------------------------------------ helpers
@@ -212,6 +214,7 @@ class Suite:
                 self.plan_extra = alt + ["train.compile=on"]
             rows.update(rows2)
         self.summary["stages"]["smoke"] = {"runs": rows, "compile_modes": self.method_modes,
+                                           "compile_backends": self.method_backends,
                                            "plan_extra": self.plan_extra}
 
     def _smoke(self, name: str, alt: list[str]) -> dict:
@@ -237,12 +240,15 @@ class Suite:
         for m in self.args.smoke_methods:
             r = rows.get(f"{name}_{m}", {})
             if r.get("ok"):
-                self.method_modes[m] = r["compile"]["mode"] if r["compile"].get("used") else "default"
+                used = r["compile"].get("used")
+                self.method_modes[m] = r["compile"]["mode"] if used else "default"
+                self.method_backends[m] = r["compile"].get("backend", "inductor") if used else "inductor"
             elif str(r.get("why", "")).startswith("exit status"):
                 self.broken[m] = r["why"]
         ce = rows.get(f"{name}_ce", {})
         if ce.get("ok"):
             self.compile_mode = self.method_modes["ce"]
+            self.compile_backend = self.method_backends["ce"]
         for n, r in rows.items():
             self.log(f"smoke {n}: " + (f"ok, compile {r['compile']}, 1 epoch {r['epoch_s']} s, wall {r['wall_s']} s"
                                        if r.get("ok") else f"FAILED ({r['why']})"))
@@ -253,9 +259,8 @@ class Suite:
         a = self.args
         speed: dict = {"device": self.summary["env"].get("gpu") or "cpu", "mps": self.summary["env"]["mps"]["started"],
                        "compile_mode": self.compile_mode, "config": f"{a.prefix}_ce", "measurements": []}
-        base = self.common() + ["train.eval_every=1000", "train.ckpt_every=1000", f"train.compile_mode={self.compile_mode}"]
-        if not self.on_gpu:
-            base.append("train.compile_backend=aot_eager")
+        base = self.common() + ["train.eval_every=1000", "train.ckpt_every=1000", f"train.compile_mode={self.compile_mode}",
+                                f"train.compile_backend={self.compile_backend if self.on_gpu else 'aot_eager'}"]
 
         def one(name, runs, extra, budget):
             if self.left() - self.args.plan_reserve_s < budget * 0.5:
@@ -320,9 +325,13 @@ class Suite:
         def mode(cfg):
             return self.method_modes.get(cfg[len(a.prefix) + 1:], self.compile_mode)
 
+        def backend(cfg):  # where the smoke fell back to the cudagraphs backend, start there
+            return self.method_backends.get(cfg[len(a.prefix) + 1:], self.compile_backend) if self.on_gpu else "aot_eager"
+
         runs = [{"config": cfg, "name": name,
                  "overrides": [f"data.imbalance_factor={f:g}", f"train.epochs={a.epochs}", f"seed={s}",
-                               f"train.compile_mode={mode(cfg)}"]} for name, cfg, f, s in todo]
+                               f"train.compile_mode={mode(cfg)}", f"train.compile_backend={backend(cfg)}"]}
+                for name, cfg, f, s in todo]
         extra = self.common(imbalance=False) + [f"nc.every={a.epochs}", *self.plan_extra]
         self.log(f"plan: {len(todo)} runs, {conc} at once, compile modes {self.method_modes or self.compile_mode}, "
                  f"{self.left() - a.pack_reserve_s:.0f} s left for them")

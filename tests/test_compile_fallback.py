@@ -121,3 +121,65 @@ def test_cuda_graph_failure_falls_back_to_the_default_mode(tiny_learnable_fmnist
     assert rec["fallback"].startswith("train.compile_mode=reduce-overhead failed (RuntimeError: simulated")
     assert sum(ln.startswith("compile ") for ln in lines) == 1
     assert made == ["reduce-overhead", "default", "default", "default"]  # then step and optimizer again
+
+
+def test_compile_stages_end_on_the_cudagraphs_backend_on_a_gpu_only():
+    from allnc.engine.stepper import compile_stages
+
+    assert compile_stages("cuda", "inductor", "reduce-overhead") == [
+        ("inductor", "reduce-overhead"), ("inductor", "default"), ("cudagraphs", "default")]
+    assert compile_stages("cuda", "inductor", "default") == [("inductor", "default"), ("cudagraphs", "default")]
+    assert compile_stages("cpu", "inductor", "reduce-overhead") == [("inductor", "reduce-overhead"), ("inductor", "default")]
+    # a backend asked for by name is tried alone
+    assert compile_stages("cuda", "cudagraphs", "reduce-overhead") == [("cudagraphs", "default")]
+    assert compile_stages("cpu", "aot_eager", "default") == [("aot_eager", "default")]
+
+
+def test_fallback_to_the_cudagraphs_backend_keeps_the_optimizer_eager(tiny_learnable_fmnist, tmp_path, monkeypatch):
+    """On a GPU the last stage before eager is the cudagraphs backend (simulated here on the CPU:
+    the stage list is the GPU's and the compiler a stand-in that runs eagerly). Inductor fails;
+    the step alone is compiled with the cudagraphs backend, the optimizer runs eagerly with a
+    float learning rate, the switch is said once and recorded, and the run equals the eager run."""
+    import allnc.engine.stepper as stepper
+
+    extra = ("train.epochs=2", "train.compile_backend=inductor")
+    eager = Trainer(cfg_of(tiny_learnable_fmnist, "fmnist_lt_allnc", *extra, "train.compile=off"), tmp_path / "eager").fit()
+    monkeypatch.setattr(stepper, "compile_stages", lambda dev, b, m: [("inductor", "default"), ("cudagraphs", "default")])
+    made = []
+
+    def fake_compile(fn, backend=None, **kw):
+        made.append(backend)
+
+        def wrapped(*a, **k):
+            if backend == "inductor":
+                raise RuntimeError("simulated code-generation failure")
+            return fn(*a, **k)
+
+        return wrapped
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    lines = []
+    t = Trainer(cfg_of(tiny_learnable_fmnist, "fmnist_lt_allnc", *extra, "train.compile=on"), tmp_path / "cg",
+                log=lines.append)
+    m = t.fit()
+    assert made == ["inductor", "inductor", "cudagraphs"]  # step + optimizer, then the step alone
+    assert t.stepper.opt_step == t.opt.step
+    assert all(isinstance(g["lr"], float) for g in t.opt.param_groups)
+    said = [ln for ln in lines if ln.startswith("compile ")]
+    assert len(said) == 1 and "using train.compile_backend=cudagraphs instead" in said[0]
+    rec = json.loads((tmp_path / "cg" / "metrics.json").read_text())["compile"]
+    assert rec["used"] and rec["backend"] == "cudagraphs"
+    assert rec["fallback"].startswith("train.compile_mode=default failed (RuntimeError: simulated code-generation")
+    assert m["top1"] == eager["top1"] and m["per_class"] == eager["per_class"]
+    a = load_checkpoint(tmp_path / "eager" / "checkpoint.pt")["method"]
+    b = load_checkpoint(tmp_path / "cg" / "checkpoint.pt")["method"]
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_cudagraphs_backend_on_the_cpu_is_a_config_error(tiny_learnable_fmnist, tmp_path):
+    from allnc.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="needs a CUDA device"):
+        Trainer(cfg_of(tiny_learnable_fmnist, "fmnist_lt_ce", "train.compile=on", "train.compile_backend=cudagraphs"),
+                tmp_path / "r")

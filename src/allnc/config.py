@@ -223,7 +223,7 @@ class TrainConfig:
         "schedule": ("step", "cosine", "constant"), "amp": ("auto", "bf16", "off"), "channels_last": ("auto", "on", "off"),
         "compile": ("auto", "on", "off"),
         "compile_mode": ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
-        "compile_backend": ("inductor", "aot_eager", "eager"),
+        "compile_backend": ("inductor", "cudagraphs", "aot_eager", "eager"),
         "logger": ("tensorboard", "wandb", "none"), "wandb_mode": ("auto", "online", "offline"),
     }
     # training epochs
@@ -258,7 +258,8 @@ class TrainConfig:
     compile: str = "auto"
     # torch.compile mode: default | reduce-overhead (CUDA graphs) | max-autotune | max-autotune-no-cudagraphs
     compile_mode: str = "default"
-    # torch.compile backend: inductor (generated kernels) | aot_eager (capture only, for checks)
+    # torch.compile backend: inductor (generated kernels) | cudagraphs (the step replayed as a
+    # CUDA graph, no generated kernels; GPU only) | aot_eager (capture only, for checks)
     compile_backend: str = "inductor"
     # batch norm over the global batch under data parallel training
     sync_bn: bool = False

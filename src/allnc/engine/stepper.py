@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from .. import dist
+from ..errors import ConfigError
 from ..methods import Method, StepState
 from .evaluate import autocast_ctx
 
@@ -32,8 +33,9 @@ class Stepper:
     With compilation the method's step and the optimizer step go through ``torch.compile``
     (``train.compile_backend``, ``train.compile_mode``); ``probe`` then runs the first steps
     (compilation, CUDA-graph recording, the first replay), puts every value back, and falls
-    back from a CUDA-graph mode to the default mode to eager if anything fails, saying so
-    once through ``log`` and recording it in ``info``."""
+    back along ``compile_stages`` (a CUDA-graph mode, the default mode, on a GPU the
+    ``cudagraphs`` backend, then eager) if anything fails, saying so once through ``log`` and
+    recording it in ``info``."""
 
     def __init__(self, method: Method, cfg, device: torch.device, amp: bool, compile_: bool, log: Callable = print):
         self.method, self.cfg, self.device, self.amp, self.log = method, cfg, device, amp, log
@@ -45,19 +47,23 @@ class Stepper:
         self.opt = torch.optim.SGD(groups, lr=lr0, momentum=float(cfg.train.momentum), nesterov=bool(cfg.train.nesterov),
                                    **({"fused": True} if on_gpu and not compile_ else {}))
         self.step_module: nn.Module = _TrainStep(method)
+        backend = str(cfg.train.compile_backend)
+        if compile_ and backend == "cudagraphs" and not on_gpu:
+            raise ConfigError(f"train.compile_backend=cudagraphs needs a CUDA device (device is {device.type}); "
+                              "use train.compile_backend=inductor or train.compile=off")
         if dist.is_dist():
             dev_ids = [device.index] if device.type == "cuda" else None
             self.step_module = nn.parallel.DistributedDataParallel(self.step_module, device_ids=dev_ids)
         self.step_fn = self.step_module
         self.opt_step = self.opt.step
         # what was asked for and what runs: a failed compilation falls back (see probe)
-        self.info = {"requested": bool(compile_), "used": False, "backend": str(cfg.train.compile_backend),
+        self.info = {"requested": bool(compile_), "used": False, "backend": backend,
                      "mode": str(cfg.train.compile_mode), "fallback": None, "probe_s": None}
         self._mark_step = False
         self.error_log: Optional[Path] = None  # where the probe writes a compiler failure in full
         if compile_:
             self._init_momentum()
-            self.compile(str(cfg.train.compile_mode))
+            self.compile(str(cfg.train.compile_mode), backend)
 
     # ------------------------------------------------------------------ the step
     def set_lr(self, lr: float) -> None:
@@ -91,24 +97,35 @@ class Stepper:
                 if p.requires_grad and "momentum_buffer" not in self.opt.state[p]:
                     self.opt.state[p]["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
 
-    def compile(self, mode: str) -> None:
-        backend = str(self.cfg.train.compile_backend)
+    def compile(self, mode: str, backend: str) -> None:
+        if backend == "cudagraphs":
+            # no generated kernels: the step's forward and backward are recorded as CUDA graphs
+            # and replayed; the optimizer stays eager (its buffers in ordinary memory)
+            self.step_fn = torch.compile(self.step_module, backend="cudagraphs")
+            self.opt_step = self.opt.step
+            self._float_lr()
+            self.info.update(used=True, backend=backend, mode="default")
+            self._mark_step = self.device.type == "cuda"
+            return
         kw = {"mode": mode} if backend == "inductor" and mode != "default" else {}
         self.step_fn = torch.compile(self.step_module, backend=backend, **kw)
         # the optimizer step is a few fused element-wise kernels: compiled without CUDA graphs,
         # so that its state stays in ordinary memory
         self.opt_step = torch.compile(self.opt.step, backend=backend)
-        self.info.update(used=True, mode=mode)
+        self.info.update(used=True, backend=backend, mode=mode)
         # CUDA graph trees want to know where a training iteration begins
         self._mark_step = self.device.type == "cuda" and mode in ("reduce-overhead", "max-autotune")
+
+    def _float_lr(self) -> None:
+        for g in self.opt.param_groups:  # eager SGD takes a plain float
+            if torch.is_tensor(g["lr"]):
+                g["lr"] = float(g["lr"])
 
     def uncompile(self) -> None:
         self.step_fn, self.opt_step = self.step_module, self.opt.step
         self._mark_step = False
         self.info["used"] = False
-        for g in self.opt.param_groups:  # eager SGD takes a plain float
-            if torch.is_tensor(g["lr"]):
-                g["lr"] = float(g["lr"])
+        self._float_lr()
 
     def _state_tensors(self) -> list[torch.Tensor]:
         return [*self.method.parameters(), *self.method.buffers()]
@@ -144,7 +161,7 @@ class Stepper:
                 else:
                     raise RuntimeError(f"optimizer state '{k}' appeared during the compilation probe")
 
-    def _keep_error(self, mode: str, e: BaseException) -> None:
+    def _keep_error(self, stage: str, e: BaseException) -> None:
         """The whole traceback of a compiler failure, for whoever debugs it (the console gets one line)."""
         if self.error_log is None:
             return
@@ -152,7 +169,7 @@ class Stepper:
 
         try:
             with open(self.error_log, "a") as f:
-                f.write(f"== train.compile_mode={mode}\n{''.join(traceback.format_exception(e))}\n")
+                f.write(f"== {stage}\n{''.join(traceback.format_exception(e))}\n")
         except OSError:
             pass
 
@@ -165,15 +182,13 @@ class Stepper:
         if self.step_fn is self.step_module:
             return
         epochs = int(self.cfg.train.epochs)
-        modes = [self.info["mode"]]
-        if modes[0] != "default":
-            modes.append("default")
+        stages = compile_stages(self.device.type, self.info["backend"], self.info["mode"])
         errors = []
         t0 = time.time()
-        for i, mode in enumerate(modes):
+        for i, (backend, mode) in enumerate(stages):
             if i:
                 torch._dynamo.reset()
-                self.compile(mode)
+                self.compile(mode, backend)
             snap = self._snapshot()
             try:
                 self.method.on_epoch_start(epoch, epochs)
@@ -187,18 +202,35 @@ class Stepper:
                 self.info["probe_s"] = round(time.time() - t0, 2)
                 if errors:
                     self.info["fallback"] = "; ".join(errors)
-                    self.log(f"compile  {errors[-1]}; using train.compile_mode={mode} instead")
+                    self.log(f"compile  {errors[-1]}; using {_stage_name(backend, mode)} instead")
                 return
             except Exception as e:  # noqa: BLE001 - any compiler or CUDA-graph failure
                 self._restore(snap)
-                errors.append(f"train.compile_mode={mode} failed ({type(e).__name__}: {_reason(e)})")
-                self._keep_error(mode, e)
+                errors.append(f"{_stage_name(backend, mode)} failed ({type(e).__name__}: {_reason(e)})")
+                self._keep_error(_stage_name(backend, mode), e)
         torch._dynamo.reset()
         self.uncompile()
         self.info["fallback"] = "; ".join(errors) + "; trained eagerly"
         self.info["probe_s"] = round(time.time() - t0, 2)
         self.log(f"compile  {errors[-1]}; training eagerly (not compiled)"
                  + (f"; the full error is in {self.error_log}" if self.error_log else ""))
+
+
+def compile_stages(device_type: str, backend: str, mode: str) -> list[tuple[str, str]]:
+    """The (backend, mode) pairs the probe tries, in order, before training eagerly: the
+    configured one; inductor's default mode after a CUDA-graph or autotuning mode; on a GPU,
+    after inductor, the ``cudagraphs`` backend (CUDA graphs without generated kernels, so a
+    code-generation failure still leaves the launch-overhead saving)."""
+    stages = [(backend, mode if backend == "inductor" else "default")]
+    if backend == "inductor" and mode != "default":
+        stages.append(("inductor", "default"))
+    if backend == "inductor" and device_type == "cuda":
+        stages.append(("cudagraphs", "default"))
+    return stages
+
+
+def _stage_name(backend: str, mode: str) -> str:
+    return "train.compile_backend=cudagraphs" if backend == "cudagraphs" else f"train.compile_mode={mode}"
 
 
 def _copied_into(dst: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
