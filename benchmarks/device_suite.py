@@ -38,6 +38,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 from pathlib import Path
 
@@ -52,7 +53,7 @@ PLANS = {
     "first": dict(prefix="cifar10_lt", methods=["allnc", "ce", "bbn", "la", "ldam_drw", "etf_dr", "bcl"],
                   imbalance=[100.0], seeds=[0], epochs=200),
 }
-SMALL_FILES = {"config.yaml", "metrics.json", "metrics.jsonl", "log.txt", "nc.json"}
+SMALL_FILES = {"config.yaml", "metrics.json", "metrics.jsonl", "log.txt", "nc.json", "compile_error.txt"}
 TINY = ["model.width=4", "train.batch_size=16", "nc.batch_size=64", "data.num_workers=0", "train.eval_every=1"]
 
 
@@ -156,6 +157,12 @@ class Suite:
                 atomic_write_json(self.out / "env.json", env | {"gpu_probe": probe})
                 raise SystemExit(f"device_suite: no usable GPU ({probe['error']}); use --device cpu")
             env.update(probe)
+            # a few seconds, beside the data stage, that name the cause if the runs' compilation
+            # fails (their own tracebacks come back too, as compile_error.txt in runs.tar.gz)
+            self._compile_check = {}
+            self._compile_thread = threading.Thread(
+                target=lambda: self._compile_check.update(compile_check("cuda", ["inductor", "cudagraphs"])), daemon=True)
+            self._compile_thread.start()
         else:
             env["gpu"] = None
             env["mps"] = {"started": False, "why": "no GPU"}
@@ -163,6 +170,19 @@ class Suite:
         self.summary["env"] = env
         self.log(f"environment: {env.get('gpu') or 'CPU'}; torch {env['versions']['torch']} (CUDA {env['torch_cuda']}); "
                  f"commit {env['git_commit']}; MPS {'on' if env['mps']['started'] else 'off'} ({env['mps'].get('why', '')})")
+
+    def finish_compile_check(self) -> None:
+        """Wait for the compile check (a minute at most: it must not eat the plan's time) and record it."""
+        t = getattr(self, "_compile_thread", None)
+        if t is None:
+            return
+        t.join(timeout=max(1.0, min(60.0, self.left() - 300)))
+        env = self.summary["env"]
+        env["compile_check"] = dict(self._compile_check) or {"unfinished": True}
+        atomic_write_json(self.out / "env.json", env)
+        self.log("compile check: " + "; ".join(
+            f"{b} {'ok' if c.get('ok') else 'FAILED: ' + _last_line(c.get('error', ''))} ({c.get('s', '-')} s)"
+            for b, c in self._compile_check.items()) if self._compile_check else "compile check: not finished")
 
     def start_mps(self) -> dict:
         """Start the CUDA MPS control daemon (its clients are the processes started after it)."""
@@ -420,6 +440,7 @@ class Suite:
         try:
             self.environment()
             self.data()
+            self.finish_compile_check()
             for stage in ("smoke", "speed", "plan"):
                 if stage == "speed" and self.args.no_speed:
                     continue
@@ -509,11 +530,54 @@ def _gpu_probe() -> dict:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
+# torch.compile of a tiny training computation with each backend, in a child process: whether
+# code generation works on this machine at all, and the compiler's own words when it does not
+_COMPILE_CHECK = r"""
+import json, sys, time, traceback, torch
+device, backends = sys.argv[1], sys.argv[2:]
+torch.manual_seed(0)
+x = torch.randn(64, 64, device=device, requires_grad=True)
+def f(x):
+    return (x.sin() @ x).relu().sum()
+out = {}
+for b in backends:
+    t = time.time()
+    try:
+        torch._dynamo.reset()
+        y = torch.compile(f, backend=b)(x)
+        y.backward()
+        ok = bool(torch.isclose(y.detach(), f(x.detach()), rtol=1e-3, atol=1e-3))
+        if device == "cuda":
+            torch.cuda.synchronize()
+        out[b] = {"ok": ok, "s": round(time.time() - t, 2)} | ({} if ok else {"error": "wrong value"})
+    except Exception as e:
+        out[b] = {"ok": False, "s": round(time.time() - t, 2), "error": "".join(traceback.format_exception(e))[-4000:]}
+print(json.dumps(out))
+"""
+
+
+def compile_check(device: str, backends: list[str], timeout: float = 240) -> dict:
+    """``backend -> {ok, s, error}`` from ``_COMPILE_CHECK`` in a child process."""
+    try:
+        r = subprocess.run([sys.executable, "-c", _COMPILE_CHECK, device, *backends], capture_output=True, text=True,
+                           timeout=timeout)
+    except (OSError, subprocess.SubprocessError) as e:
+        return {b: {"ok": False, "error": f"{type(e).__name__}: {e}"} for b in backends}
+    if r.returncode != 0:
+        return {b: {"ok": False, "error": r.stderr[-4000:]} for b in backends}
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
 def _run(cmd: list[str]) -> str:
     try:
         return subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout.strip()
     except (OSError, subprocess.SubprocessError) as e:
         return f"unavailable ({type(e).__name__})"
+
+
+def _last_line(text: str) -> str:
+    lines = [ln.strip() for ln in str(text).splitlines() if ln.strip()]
+    return lines[-1][:300] if lines else "?"
 
 
 def _f(v) -> str:

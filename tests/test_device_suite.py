@@ -93,3 +93,12 @@ def test_throughput_counts_only_the_common_window():
     m = throughput([a, b], steps_images=100)
     assert m["window_s"] == pytest.approx(6.0) and m["images_per_s"] == pytest.approx(150.0)
     assert m["epoch_s_mean"] == pytest.approx(1.5)
+
+
+def test_compile_check_reports_each_backend_and_the_compilers_words():
+    """The environment stage's compile check, run here on the CPU: a backend that works gives
+    the eager value; one that cannot work is reported with the compiler's own error text."""
+    got = suite_mod.compile_check("cpu", ["aot_eager", "no_such_backend"], timeout=300)
+    assert got["aot_eager"]["ok"] is True and "error" not in got["aot_eager"]
+    assert got["no_such_backend"]["ok"] is False and "no_such_backend" in got["no_such_backend"]["error"]
+    assert suite_mod._last_line("a\n  b: why \n\n") == "b: why"
