@@ -5,6 +5,7 @@
     python benchmarks/study_fmnist.py final         # every method at its chosen setting, test read once
     python benchmarks/study_fmnist.py posthoc       # tau-norm and post-hoc LA of the final CE runs (two rows)
     python benchmarks/study_fmnist.py records       # rewrite the final results files from their run dirs
+    python benchmarks/study_fmnist.py render [--check]  # the docs' trial tables from the results files
 
 Every method gets the same budget: at most six validation trials over its own keys
 (``TRIALS``), 12 epochs, seed 0, a balanced validation split of ``VAL`` images per class drawn
@@ -21,6 +22,11 @@ at AllNC's setting, reading the test set once per run (at its end), and writes o
 file per run (``results/<cell>.json``). Finished runs are never run again.
 
 Results: ``benchmarks/results/fmnist_study_trials.json``, ``..._long.json``; ``results/``.
+
+``render`` rewrites the ``<!-- trials:ID -->`` ... ``<!-- /trials -->`` blocks of
+docs/study_fmnist.md and docs/method.md from those files (every trial of every method, the
+two-branch methods' inference mixes, the final runs' test top-1); ``--check`` changes nothing
+and exits 1 if a doc is stale. tests/test_study_docs.py checks that the docs are up to date.
 """
 from __future__ import annotations
 
@@ -28,15 +34,17 @@ import argparse
 import json
 import os
 import platform
+import re
 import sys
 import time
 from pathlib import Path
 
-from allnc.config import cell_name
+from allnc.config import cell_name, cell_posthoc
 from allnc.rundir import atomic_write_json
 from allnc.engine.runtime import git_commit
 from allnc.grid import run_grid
-from allnc.report.results import posthoc_record, result_record
+from allnc.report.results import (METHOD_NAMES, _mean_std, load_results, method_label, posthoc_record, result_record,
+                                  split_config_name, table_id)
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -80,6 +88,28 @@ CRT = [(f"crt_e{e}_lr{lr}_{s}", "fmnist_lt_crt", [f"train.epochs={e}", f"train.l
        for e, lr, s in ((4, 0.1, "balanced"), (4, 0.02, "balanced"), (8, 0.1, "balanced"), (8, 0.02, "balanced"),
                         (4, 0.1, "sqrt"), (4, 0.02, "sqrt"))]
 ABLATION = ["ce_hycon", "ce_p2p", "gbbn_only", "allnc_no_hycon", "allnc_no_p2p"]
+
+# trial name -> what the docs' tables call it (``render``); every trial of TRIALS and CRT has one
+TRIAL_LABELS: dict[str, str] = {
+    "ce_instance_lr0.1": "instance sampler, lr 0.1", "ce_instance_lr0.05": "instance, lr 0.05",
+    "ce_sqrt_lr0.1": "square-root sampler, lr 0.1", "ce_sqrt_lr0.05": "square-root, lr 0.05",
+    "ce_balanced_lr0.1": "class-balanced sampler, lr 0.1", "ce_balanced_lr0.05": "class-balanced, lr 0.05",
+    **{f"la_tau{t}": f"tau {t}" for t in (0.5, 0.75, 1.0, 1.25, 1.5, 2.0)},
+    **{f"ldam_m{m}_s{s}": f"max margin {m}, s {s:g}" for m in (0.3, 0.5, 0.7) for s in (30.0, 15.0)},
+    **{f"etf_mix{a}_lr{lr}": f"mixup {a:g}, lr {lr}" if a == 0 else f"mixup {a}, lr {lr}"
+       for a in (0.0, 0.5, 1.0) for lr in (0.1, 0.05)},
+    **{f"bcl_tau{t}_scl{w}": f"tau {t}, lambda_SCL {w}" for t in (0.07, 0.1) for w in (0.35, 0.6, 1.0)},
+    "bbn_rev_x2": "BBN's recipe: reversed sampler, s = 2", "bbn_rev_x1": "reversed, s = 1",
+    "bbn_bal_x2": "balanced sampler, s = 2", "bbn_bal_x1": "balanced, s = 1",
+    "bbn_rev_x2_protocol": "reversed, s = 2, BBN's decays at 60/80 %",
+    "bbn_bal_x2_protocol": "balanced, s = 2, decays at 60/80 %",
+    "allnc_default": "the earlier defaults (reversed sampler)", "allnc_bal": "+ balanced sampler",
+    "allnc_bal_centre": "+ HyCon centred", "allnc_bal_centre_both": "+ HyCon anchors on both branches",
+    "allnc_bal_centre_both_eqn": "+ P2P equinorm 1.0", "allnc_bal_centre_both_eqn_x2": "+ mix scale 2",
+    **{f"crt_e{e}_lr{lr}_{s}": f"{e} epochs, lr {lr}, {'square-root' if s == 'sqrt' else s}"
+       for e, lr, s in ((4, 0.1, "balanced"), (4, 0.02, "balanced"), (8, 0.1, "balanced"), (8, 0.02, "balanced"),
+                        (4, 0.1, "sqrt"), (4, 0.02, "sqrt"))},
+}
 
 
 def common(args) -> list[str]:
@@ -346,6 +376,144 @@ def phase_records(args) -> None:
     print(f"records: {n} results files rewritten")
 
 
+# ---- render: the docs' tables from the results files ------------------------------------
+
+TRIALS_FILE = HERE / "results" / "fmnist_study_trials.json"
+DOCS = (ROOT / "docs" / "study_fmnist.md", ROOT / "docs" / "method.md")
+# a trial that is also the setting of a results row other than its method's own
+ROW_NOTES = {"ce": "the plain CE row", "ce_rs": "the CE + class-balanced sampling row"}
+METHOD_CELLS = {"crt": "cRT (on the plain CE trial's backbone)"}
+# distinct from the README's <!-- results:ID --> blocks (allnc.report.results._BLOCK)
+_TRIALS_BLOCK = re.compile(r"(<!-- trials:(?P<id>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /trials -->)", re.S)
+
+
+def _label(name: str) -> str:
+    if name not in TRIAL_LABELS:
+        raise SystemExit(f"trial {name!r} has no label: add it to TRIAL_LABELS in {Path(__file__).name}")
+    return TRIAL_LABELS[name]
+
+
+def _val(r: dict, bold: bool = False) -> str:
+    if "cut" in r:
+        return "cut for time"
+    if r.get("val_top1") is None:
+        return "no result"
+    v = f"{r['val_top1']:.2f}"
+    return f"**{v}**" if bold else v
+
+
+def _opt(v) -> str:
+    return "–" if v is None else f"{v:.2f}"
+
+
+def _row(*cells: str) -> str:
+    return "|" + "|".join(f" {c} " if c else " " for c in cells) + "|"
+
+
+def render_trial_tables(trials: dict) -> dict[str, str]:
+    """The trials file's tables: ``single`` (every trial of the single-branch methods: label,
+    validation top-1, wall time), ``two_branch`` (BBN and AllNC: validation top-1 at the mix
+    chosen on validation, at 0.5 and at the adaptor's final alpha) and ``allnc`` (AllNC's
+    trials alone, for docs/method.md). Each method's chosen trial is in bold; a trial cut for
+    time says so."""
+    chosen = {m: c["name"] for m, c in trials["chosen"].items()}
+    notes: dict[str, list[str]] = {}
+    for row, note in ROW_NOTES.items():
+        try:
+            notes.setdefault(row_trial(trials, row)["name"], []).append(note)
+        except (KeyError, ValueError):
+            pass  # the row's trials did not run
+    single = ["| method | trial | val top-1 | wall s |", "|---|---|---|---|"]
+    two = ["| method | trial | val top-1 (chosen a) | a = 0.5 | a = final |", "|---|---|---|---|---|"]
+    allnc = ["| trial | val top-1 | with a = 0.5 | with a = final |", "|---|---|---|---|"]
+    for method, rows in trials["trials"].items():
+        name = METHOD_CELLS.get(method, METHOD_NAMES.get(method, method))
+        for i, r in enumerate(rows):
+            first = name if i == 0 else ""
+            best_ = r["name"] == chosen.get(method)
+            label = _label(r["name"])
+            trial = f"**{label}**" if best_ else label
+            if notes.get(r["name"]):
+                trial += f" ({'; '.join(notes[r['name']])})"
+            if method not in GBBN:
+                wall = f"{r['wall_time_s']:.0f}" if r.get("wall_time_s") is not None else ""
+                single.append(_row(first, trial, _val(r, best_), wall))
+                continue
+            val = _val(r, best_)
+            if r.get("inference_alpha") is not None:
+                val += f" ({r['inference_alpha']:g})"
+            half, final = _opt(r.get("val_top1_half")), _opt(r.get("val_top1_final"))
+            two.append(_row(first, trial, val, half, final))
+            if method == "allnc":
+                t = f"{label} (**the default**)" if best_ else label
+                allnc.append(_row(t, _val(r, best_), half, final))
+    return {"single": "\n".join(single) + "\n", "two_branch": "\n".join(two) + "\n", "allnc": "\n".join(allnc) + "\n"}
+
+
+def final_records(records: list[dict]) -> list[dict]:
+    """The final runs of the study's rows (the ablation left out) at imbalance 100: the cells
+    of the README's ``fmnist_lt_if100_e12`` table, post-hoc corrections included."""
+    tid = f"fmnist_lt_if100_e{EPOCHS}"
+    return [r for r in records if table_id(r) == tid and f"__val{VAL}__" in r["cell"]
+            and split_config_name(r["config_name"])[1] in ROWS]
+
+
+def render_final_table(records: list[dict]) -> str:
+    """One line: test top-1, mean ± std over the seeds (as the README's table), per row,
+    best first."""
+    rows: dict[str, list[float]] = {}
+    for r in records:
+        rows.setdefault(method_label(r["config_name"], cell_posthoc(r["cell"])), []).append(r["top1"])
+    order = sorted(rows, key=lambda k: -sum(rows[k]) / len(rows[k]))
+    if not order:
+        return "No results yet.\n"
+    return "\n".join(["| " + " | ".join(order) + " |", "|" + "---|" * len(order),
+                      "| " + " | ".join(_mean_std(rows[k]) for k in order) + " |"]) + "\n"
+
+
+def render_tables_from_files(trials_file: Path = TRIALS_FILE, results: Path = ROOT / "results") -> dict[str, str]:
+    tables = render_trial_tables(json.loads(Path(trials_file).read_text()))
+    tables["final"] = render_final_table(final_records(load_results(results) if Path(results).is_dir() else []))
+    return tables
+
+
+def update_trial_blocks(text: str, tables: dict[str, str]) -> str:
+    """Replace the body of every ``<!-- trials:ID -->`` ... ``<!-- /trials -->`` block by the
+    table ID; an unknown ID is an error."""
+
+    def sub(m: re.Match) -> str:
+        if m.group("id") not in tables:
+            raise SystemExit(f"no trials table {m.group('id')!r} (known: {', '.join(sorted(tables))})")
+        return m.group(1) + tables[m.group("id")] + m.group(4)
+
+    return _TRIALS_BLOCK.sub(sub, text)
+
+
+def trial_blocks(text: str) -> list[str]:
+    return [m.group("id") for m in _TRIALS_BLOCK.finditer(text)]
+
+
+def phase_render(args) -> int:
+    tables = render_tables_from_files(Path(args.trials_file), Path(args.results))
+    stale, seen = [], set()
+    for path in DOCS:
+        text = path.read_text()
+        seen.update(trial_blocks(text))
+        new = update_trial_blocks(text, tables)
+        if new == text:
+            print(f"{path.relative_to(ROOT)} is up to date")
+        elif args.check:
+            stale.append(path)
+            print(f"{path.relative_to(ROOT)} is stale: run python benchmarks/study_fmnist.py render")
+        else:
+            path.write_text(new)
+            print(f"updated {path.relative_to(ROOT)}")
+    missing = sorted(set(tables) - seen)
+    if missing:
+        print(f"tables without a block in the docs: {', '.join(missing)} (add <!-- trials:ID --> ... <!-- /trials -->)")
+    return 1 if args.check and (stale or missing) else 0
+
+
 def _crt_epochs_of(cfg_name: str) -> int:
     from allnc.config import load_config
 
@@ -354,7 +522,7 @@ def _crt_epochs_of(cfg_name: str) -> int:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("phase", choices=["trials", "long", "final", "posthoc", "records"])
+    p.add_argument("phase", choices=["trials", "long", "final", "posthoc", "records", "render"])
     p.add_argument("--out", default=str(ROOT / "runs" / "study"))
     p.add_argument("--results", default=str(ROOT / "results"))
     p.add_argument("--parallel", type=int, default=2)
@@ -364,7 +532,11 @@ def main(argv=None) -> int:
     p.add_argument("--cut", action="append", metavar="METHOD",
                    help="trials: do not run this method's unfinished trials (recorded as cut); repeatable")
     p.add_argument("--data-root", default=None, help="Fashion-MNIST IDX folder (default: Debian's place)")
+    p.add_argument("--trials-file", default=str(TRIALS_FILE), help="render: the trials results file")
+    p.add_argument("--check", action="store_true", help="render: change nothing, exit 1 if a doc is stale")
     args = p.parse_args(argv)
+    if args.phase == "render":
+        return phase_render(args)
     {"trials": phase_trials, "long": phase_long, "final": phase_final, "posthoc": phase_posthoc,
      "records": phase_records}[args.phase](args)
     return 0

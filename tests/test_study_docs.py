@@ -1,0 +1,85 @@
+"""The method study's tables in docs/study_fmnist.md and docs/method.md are rendered from its
+results files (``python benchmarks/study_fmnist.py render``), never typed by hand."""
+import importlib.util
+from pathlib import Path
+
+from allnc.config import cell_name
+from allnc.report.results import markdown_blocks, update_markdown
+
+ROOT = Path(__file__).resolve().parents[1]
+# the study is a benchmark script, not package code: load it from its file
+_spec = importlib.util.spec_from_file_location("study_fmnist", ROOT / "benchmarks" / "study_fmnist.py")
+study = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(study)
+
+
+def test_docs_tables_match_the_study_files():
+    tables = study.render_tables_from_files()
+    seen = set()
+    for path in study.DOCS:
+        text = path.read_text()
+        seen.update(study.trial_blocks(text))
+        assert study.update_trial_blocks(text, tables) == text, \
+            f"{path.name} is stale: run python benchmarks/study_fmnist.py render"
+    assert seen == set(tables), "every study table has exactly one kind of block in the docs"
+
+
+def test_every_trial_has_a_label():
+    names = [n for rows in study.TRIALS.values() for n, _, _ in rows] + [n for n, _, _ in study.CRT]
+    assert set(names) <= set(study.TRIAL_LABELS)
+
+
+def _t(name, val=None, wall=100.0, overrides=(), **kw):
+    r = {"name": name, "config": "c", "overrides": list(overrides), **kw}
+    if val is not None:
+        r.update(val_top1=val, wall_time_s=wall)
+    return r
+
+
+def test_synthetic_trials_bold_the_chosen_trial_mark_cuts_and_show_the_chosen_alpha():
+    ce = [_t("ce_instance_lr0.1", 78.0, 521.5, ["method.sampler=instance"]),
+          _t("ce_balanced_lr0.1", 88.004, 176.2, ["method.sampler=balanced"])]
+    bcl = [_t("bcl_tau0.07_scl0.35", 87.1, 1354.7), {"name": "bcl_tau0.1_scl1.0", "cut": "not run"}]
+    allnc = [_t("allnc_default", 84.9, 10.0, inference_alpha=0.45, val_top1_half=84.8, val_top1_final=78.9),
+             _t("allnc_bal", 86.366, 10.0, inference_alpha=0.15, val_top1_half=83.233, val_top1_final=86.3)]
+    trials = {"trials": {"ce": ce, "bcl": bcl, "allnc": allnc},
+              "chosen": {"ce": ce[1], "bcl": bcl[0], "allnc": {**allnc[1]}}}
+    t = study.render_trial_tables(trials)
+    single = t["single"].splitlines()
+    assert "| CE | instance sampler, lr 0.1 (the plain CE row) | 78.00 | 522 |" in single
+    assert ("| | **class-balanced sampler, lr 0.1** (the CE + class-balanced sampling row) | **88.00** | 176 |"
+            in single)
+    assert "| | tau 0.1, lambda_SCL 1.0 | cut for time | |" in single
+    assert not any("AllNC" in ln for ln in single)  # two-branch methods have their own table
+    two = t["two_branch"].splitlines()
+    assert "| AllNC | the earlier defaults (reversed sampler) | 84.90 (0.45) | 84.80 | 78.90 |" in two
+    assert "| | **+ balanced sampler** | **86.37** (0.15) | 83.23 | 86.30 |" in two
+    assert "| + balanced sampler (**the default**) | **86.37** | 83.23 | 86.30 |" in t["allnc"].splitlines()
+
+
+def _rec(config, seed, top1, posthoc=None, epochs=12, table_epochs=None):
+    cell = cell_name(config, 100, epochs, seed, 300, posthoc=posthoc)
+    r = {"cell": cell, "config_name": config, "top1": top1,
+         "config": {"seed": seed, "data": {"imbalance_factor": 100}, "train": {"epochs": epochs}}}
+    return dict(r, table_epochs=table_epochs) if table_epochs else r
+
+
+def test_final_line_is_the_study_rows_best_first_with_mean_and_sample_std():
+    recs = [_rec("fmnist_lt_ce", 0, 70.0), _rec("fmnist_lt_ce", 1, 72.0), _rec("fmnist_lt_allnc", 0, 80.0),
+            _rec("fmnist_lt_ce", 0, 75.0, posthoc="tau_norm"),
+            _rec("fmnist_lt_crt", 0, 76.0, epochs=8, table_epochs=12),  # cRT joins its CE run's table
+            _rec("fmnist_lt_gbbn_only", 0, 90.0)]  # the ablation is not a study row
+    kept = study.final_records(recs)
+    assert [r["config_name"] for r in kept] == ["fmnist_lt_ce", "fmnist_lt_ce", "fmnist_lt_allnc", "fmnist_lt_ce",
+                                                "fmnist_lt_crt"]
+    head, _, vals = study.render_final_table(kept).splitlines()
+    assert head == "| AllNC | cRT | CE + tau-norm (post hoc) | CE |"
+    assert vals == "| 80.00 | 76.00 | 75.00 | 71.00 ± 1.41 |"
+
+
+def test_trials_blocks_and_readme_results_blocks_do_not_match_each_other():
+    text = "<!-- trials:single -->\nold\n<!-- /trials -->\n<!-- results:x -->\nkeep\n<!-- /results -->\n"
+    assert study.trial_blocks(text) == ["single"] and markdown_blocks(text) == ["x"]
+    new = study.update_trial_blocks(text, {"single": "| new |\n"})
+    assert new == text.replace("old", "| new |")
+    assert update_markdown(new, {"x": "keep\n"}) == new
