@@ -227,7 +227,7 @@ def phase_long(args) -> dict:
             "methods": rows,
             "ranking_12": sorted(rows, key=lambda m: -rows[m]["val_top1_12"]),
             "ranking_30": sorted([m for m in rows if "val_top1" in rows[m]], key=lambda m: -rows[m]["val_top1"])}
-    atomic_write_json(HERE / "results" / "fmnist_study_long.json", data)
+    atomic_write_json(LONG_FILE, data)
     print(json.dumps({k: data[k] for k in ("ranking_12", "ranking_30")}))
     return data
 
@@ -379,6 +379,7 @@ def phase_records(args) -> None:
 # ---- render: the docs' tables from the results files ------------------------------------
 
 TRIALS_FILE = HERE / "results" / "fmnist_study_trials.json"
+LONG_FILE = HERE / "results" / "fmnist_study_long.json"
 DOCS = (ROOT / "docs" / "study_fmnist.md", ROOT / "docs" / "method.md")
 # a trial that is also the setting of a results row other than its method's own
 ROW_NOTES = {"ce": "the plain CE row", "ce_rs": "the CE + class-balanced sampling row"}
@@ -471,9 +472,34 @@ def render_final_table(records: list[dict]) -> str:
                       "| " + " | ".join(_mean_std(rows[k]) for k in order) + " |"]) + "\n"
 
 
-def render_tables_from_files(trials_file: Path = TRIALS_FILE, results: Path = ROOT / "results") -> dict[str, str]:
+def render_long_table(long: dict | None) -> str:
+    """The 30-epoch check: each top method's validation top-1 at its chosen setting after 12
+    and after 30 epochs (the mix chosen on validation for two-branch methods), and the two
+    rankings."""
+    if not long:
+        return "Not run yet (`python benchmarks/study_fmnist.py long`).\n"
+    rows = ["| method | trial | val top-1, 12 epochs | val top-1, 30 epochs | change | wall s (30 epochs) |",
+            "|---|---|---|---|---|---|"]
+    def name(m):  # the "ce" method's best trial samples class-balanced: that is the CE + RS row
+        return METHOD_NAMES["ce_rs"] if m == "ce" and "_balanced_" in long["methods"][m]["trial"] else METHOD_NAMES.get(m, m)
+
+    for m in long["ranking_12"]:
+        r = long["methods"][m]
+        v30 = r.get("val_top1")
+        rows.append(_row(name(m), _label(r["trial"]), f"{r['val_top1_12']:.2f}",
+                         "not finished" if v30 is None else f"{v30:.2f}",
+                         "" if v30 is None else f"{v30 - r['val_top1_12']:+.2f}",
+                         "" if r.get("wall_time_s") is None else f"{r['wall_time_s']:.0f}"))
+    rows += ["", f"Ranking after 12 epochs: {' > '.join(map(name, long['ranking_12']))}. "
+                 f"After 30 epochs: {' > '.join(map(name, long['ranking_30']))}."]
+    return "\n".join(rows) + "\n"
+
+
+def render_tables_from_files(trials_file: Path = TRIALS_FILE, results: Path = ROOT / "results",
+                             long_file: Path = LONG_FILE) -> dict[str, str]:
     tables = render_trial_tables(json.loads(Path(trials_file).read_text()))
     tables["final"] = render_final_table(final_records(load_results(results) if Path(results).is_dir() else []))
+    tables["long"] = render_long_table(json.loads(Path(long_file).read_text()) if Path(long_file).is_file() else None)
     return tables
 
 

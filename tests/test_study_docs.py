@@ -83,3 +83,19 @@ def test_trials_blocks_and_readme_results_blocks_do_not_match_each_other():
     new = study.update_trial_blocks(text, {"single": "| new |\n"})
     assert new == text.replace("old", "| new |")
     assert update_markdown(new, {"x": "keep\n"}) == new
+
+
+def test_long_table_shows_the_change_and_both_rankings():
+    """The 30-epoch check's table: signed change per method, an unfinished run said as such,
+    and the "ce" method named after its class-balanced trial (the CE + RS row)."""
+    long = {"ranking_12": ["ce", "allnc", "bcl"], "ranking_30": ["allnc", "ce"],
+            "methods": {"ce": {"trial": "ce_balanced_lr0.1", "val_top1_12": 87.9667, "val_top1": 87.5, "wall_time_s": 600.4},
+                        "allnc": {"trial": "allnc_bal_centre_both_eqn", "val_top1_12": 86.4, "val_top1": 88.05},
+                        "bcl": {"trial": "bcl_tau0.07_scl0.35", "val_top1_12": 87.1}}}
+    text = study.render_long_table(long)
+    rows = [ln for ln in text.splitlines() if ln.startswith("| ") and "---" not in ln][1:]
+    assert rows[0].startswith("| CE + class-balanced sampling |") and "| 87.97 | 87.50 | -0.47 | 600 |" in rows[0]
+    assert "| 86.40 | 88.05 | +1.65 |" in rows[1]
+    assert "| 87.10 | not finished |" in rows[2]
+    assert "After 30 epochs: AllNC > CE + class-balanced sampling." in text
+    assert study.render_long_table(None).startswith("Not run yet")
