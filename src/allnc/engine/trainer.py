@@ -124,7 +124,7 @@ class Trainer:
         self.log(f"device   {device_name(self.device)}; pipeline {self.choice.name} [{self.choice.reason}]; "
                  f"{'bf16 autocast' if self.amp else 'fp32'}"
                  f"{', channels_last' if self.channels_last else ''}"
-                 f"{', compiled step (' + info['mode'] + ')' if info['used'] else ''}"
+                 f"{', compiled step (' + _compile_label(info) + ')' if info['used'] else ''}"
                  f"{f', {dist.world_size()} processes' if dist.is_dist() else ''}")
         self.log(f"schedule {c.train.epochs} epochs x {self.steps} steps, batch {c.train.batch_size}, "
                  f"lr {c.train.lr} ({c.train.schedule}), out {self.out}")
@@ -338,3 +338,8 @@ class Trainer:
         if dist.is_main():
             atomic_write_json(self.out / METRICS, out)
         return out
+
+
+def _compile_label(info: dict) -> str:
+    """``default``, ``reduce-overhead``, ...; the backend too where it is not inductor."""
+    return info["mode"] if info["backend"] == "inductor" else f"{info['backend']}, {info['mode']}"
