@@ -79,6 +79,8 @@ class Suite:
         self.method_backends: dict[str, str] = {}  # and backend (inductor, or cudagraphs after its failure)
         self.compile_backend = "inductor"
         self.broken: dict[str, str] = {}  # methods whose smoke run failed: not in the plan
+        self._compile_thread: threading.Thread | None = None  # the environment stage's compile check (GPU)
+        self._compile_check: dict = {}
 
     # ------------------------------------------------------------------ helpers
     def log(self, msg: str) -> None:
@@ -105,11 +107,13 @@ class Suite:
             o += TINY
         return o
 
-    def compile_overrides(self) -> list[str]:
-        o = [f"train.compile_mode={self.compile_mode}"]
-        if not self.on_gpu:  # inductor on the CPU would need a C++ toolchain: capture only
-            o.append("train.compile_backend=aot_eager")
-        return o
+    def compile_overrides(self, method: str | None = None) -> list[str]:
+        """The compile mode and backend a run starts in: what the smoke found working for its
+        method (the CE smoke's for the rest, inductor before any smoke)."""
+        mode = self.method_modes.get(method, self.compile_mode)
+        # inductor on the CPU would need a C++ toolchain: capture only
+        backend = self.method_backends.get(method, self.compile_backend) if self.on_gpu else "aot_eager"
+        return [f"train.compile_mode={mode}", f"train.compile_backend={backend}"]
 
     def grid(self, name: str, runs: list[dict], conc: int, until: float, extra: list[str], on_done=None):
         spec = {"runs": runs, "max_concurrent": conc, "extra_overrides": extra}
@@ -159,7 +163,6 @@ class Suite:
             env.update(probe)
             # a few seconds, beside the data stage, that name the cause if the runs' compilation
             # fails (their own tracebacks come back too, as compile_error.txt in runs.tar.gz)
-            self._compile_check = {}
             self._compile_thread = threading.Thread(
                 target=lambda: self._compile_check.update(compile_check("cuda", ["inductor", "cudagraphs"])), daemon=True)
             self._compile_thread.start()
@@ -173,16 +176,16 @@ class Suite:
 
     def finish_compile_check(self) -> None:
         """Wait for the compile check (a minute at most: it must not eat the plan's time) and record it."""
-        t = getattr(self, "_compile_thread", None)
-        if t is None:
+        if self._compile_thread is None:
             return
-        t.join(timeout=max(1.0, min(60.0, self.left() - 300)))
+        self._compile_thread.join(timeout=max(1.0, min(60.0, self.left() - 300)))
+        checks = dict(self._compile_check)
         env = self.summary["env"]
-        env["compile_check"] = dict(self._compile_check) or {"unfinished": True}
+        env["compile_check"] = checks or {"unfinished": True}
         atomic_write_json(self.out / "env.json", env)
-        self.log("compile check: " + "; ".join(
-            f"{b} {'ok' if c.get('ok') else 'FAILED: ' + _last_line(c.get('error', ''))} ({c.get('s', '-')} s)"
-            for b, c in self._compile_check.items()) if self._compile_check else "compile check: not finished")
+        said = [f"{b} {'ok' if c.get('ok') else 'FAILED: ' + _last_line(c.get('error', ''))} ({c.get('s', '-')} s)"
+                for b, c in checks.items()]
+        self.log("compile check: " + ("; ".join(said) or "not finished"))
 
     def start_mps(self) -> dict:
         """Start the CUDA MPS control daemon (its clients are the processes started after it)."""
@@ -279,8 +282,7 @@ class Suite:
         a = self.args
         speed: dict = {"device": self.summary["env"].get("gpu") or "cpu", "mps": self.summary["env"]["mps"]["started"],
                        "compile_mode": self.compile_mode, "config": f"{a.prefix}_ce", "measurements": []}
-        base = self.common() + ["train.eval_every=1000", "train.ckpt_every=1000", f"train.compile_mode={self.compile_mode}",
-                                f"train.compile_backend={self.compile_backend if self.on_gpu else 'aot_eager'}"]
+        base = self.common() + ["train.eval_every=1000", "train.ckpt_every=1000", *self.compile_overrides()]
 
         def one(name, runs, extra, budget):
             if self.left() - self.args.plan_reserve_s < budget * 0.5:
@@ -342,15 +344,9 @@ class Suite:
                                               "failed": []}
             return
         conc = self.plan_concurrency(len(todo))
-        def mode(cfg):
-            return self.method_modes.get(cfg[len(a.prefix) + 1:], self.compile_mode)
-
-        def backend(cfg):  # where the smoke fell back to the cudagraphs backend, start there
-            return self.method_backends.get(cfg[len(a.prefix) + 1:], self.compile_backend) if self.on_gpu else "aot_eager"
-
         runs = [{"config": cfg, "name": name,
                  "overrides": [f"data.imbalance_factor={f:g}", f"train.epochs={a.epochs}", f"seed={s}",
-                               f"train.compile_mode={mode(cfg)}", f"train.compile_backend={backend(cfg)}"]}
+                               *self.compile_overrides(cfg[len(a.prefix) + 1:])]}
                 for name, cfg, f, s in todo]
         extra = self.common(imbalance=False) + [f"nc.every={a.epochs}", *self.plan_extra]
         self.log(f"plan: {len(todo)} runs, {conc} at once, compile modes {self.method_modes or self.compile_mode}, "

@@ -34,7 +34,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import sys
 import time
 from pathlib import Path
@@ -43,8 +42,8 @@ from allnc.config import cell_name, cell_posthoc
 from allnc.rundir import atomic_write_json
 from allnc.engine.runtime import git_commit
 from allnc.grid import run_grid
-from allnc.report.results import (METHOD_NAMES, _mean_std, load_results, method_label, posthoc_record, result_record,
-                                  split_config_name, table_id)
+from allnc.report.results import (METHOD_NAMES, load_results, markdown_blocks, mean_std, method_label, posthoc_record,
+                                  result_record, split_config_name, table_id, update_markdown)
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -84,9 +83,10 @@ TRIALS: dict[str, list[tuple[str, str, list[str]]]] = {
                                                                             "method.gbbn.mix_scale=2.0"])],
 }
 # cRT re-trains the classifier of a finished instance-sampled CE trial
+CRT_GRID = ((4, 0.1, "balanced"), (4, 0.02, "balanced"), (8, 0.1, "balanced"), (8, 0.02, "balanced"),
+            (4, 0.1, "sqrt"), (4, 0.02, "sqrt"))  # (epochs, lr, sampler)
 CRT = [(f"crt_e{e}_lr{lr}_{s}", "fmnist_lt_crt", [f"train.epochs={e}", f"train.lr={lr}", f"method.crt.sampler={s}"])
-       for e, lr, s in ((4, 0.1, "balanced"), (4, 0.02, "balanced"), (8, 0.1, "balanced"), (8, 0.02, "balanced"),
-                        (4, 0.1, "sqrt"), (4, 0.02, "sqrt"))]
+       for e, lr, s in CRT_GRID]
 ABLATION = ["ce_hycon", "ce_p2p", "gbbn_only", "allnc_no_hycon", "allnc_no_p2p"]
 
 # trial name -> what the docs' tables call it (``render``); every trial of TRIALS and CRT has one
@@ -106,9 +106,7 @@ TRIAL_LABELS: dict[str, str] = {
     "allnc_default": "the earlier defaults (reversed sampler)", "allnc_bal": "+ balanced sampler",
     "allnc_bal_centre": "+ HyCon centred", "allnc_bal_centre_both": "+ HyCon anchors on both branches",
     "allnc_bal_centre_both_eqn": "+ P2P equinorm 1.0", "allnc_bal_centre_both_eqn_x2": "+ mix scale 2",
-    **{f"crt_e{e}_lr{lr}_{s}": f"{e} epochs, lr {lr}, {'square-root' if s == 'sqrt' else s}"
-       for e, lr, s in ((4, 0.1, "balanced"), (4, 0.02, "balanced"), (8, 0.1, "balanced"), (8, 0.02, "balanced"),
-                        (4, 0.1, "sqrt"), (4, 0.02, "sqrt"))},
+    **{f"crt_e{e}_lr{lr}_{s}": f"{e} epochs, lr {lr}, {'square-root' if s == 'sqrt' else s}" for e, lr, s in CRT_GRID},
 }
 
 
@@ -384,8 +382,8 @@ DOCS = (ROOT / "docs" / "study_fmnist.md", ROOT / "docs" / "method.md")
 # a trial that is also the setting of a results row other than its method's own
 ROW_NOTES = {"ce": "the plain CE row", "ce_rs": "the CE + class-balanced sampling row"}
 METHOD_CELLS = {"crt": "cRT (on the plain CE trial's backbone)"}
-# distinct from the README's <!-- results:ID --> blocks (allnc.report.results._BLOCK)
-_TRIALS_BLOCK = re.compile(r"(<!-- trials:(?P<id>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /trials -->)", re.S)
+# the docs' blocks: <!-- trials:ID --> ... <!-- /trials -->, apart from the README's results blocks
+TAG = "trials"
 
 
 def _label(name: str) -> str:
@@ -469,7 +467,7 @@ def render_final_table(records: list[dict]) -> str:
     if not order:
         return "No results yet.\n"
     return "\n".join(["| " + " | ".join(order) + " |", "|" + "---|" * len(order),
-                      "| " + " | ".join(_mean_std(rows[k]) for k in order) + " |"]) + "\n"
+                      "| " + " | ".join(mean_std(rows[k]) for k in order) + " |"]) + "\n"
 
 
 def render_long_table(long: dict | None) -> str:
@@ -506,17 +504,14 @@ def render_tables_from_files(trials_file: Path = TRIALS_FILE, results: Path = RO
 def update_trial_blocks(text: str, tables: dict[str, str]) -> str:
     """Replace the body of every ``<!-- trials:ID -->`` ... ``<!-- /trials -->`` block by the
     table ID; an unknown ID is an error."""
-
-    def sub(m: re.Match) -> str:
-        if m.group("id") not in tables:
-            raise SystemExit(f"no trials table {m.group('id')!r} (known: {', '.join(sorted(tables))})")
-        return m.group(1) + tables[m.group("id")] + m.group(4)
-
-    return _TRIALS_BLOCK.sub(sub, text)
+    try:
+        return update_markdown(text, tables, tag=TAG, missing=None)
+    except KeyError as e:
+        raise SystemExit(e.args[0]) from None
 
 
 def trial_blocks(text: str) -> list[str]:
-    return [m.group("id") for m in _TRIALS_BLOCK.finditer(text)]
+    return markdown_blocks(text, tag=TAG)
 
 
 def phase_render(args) -> int:

@@ -8,6 +8,7 @@ and a test checks that the README holds exactly what the files give.
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -124,7 +125,7 @@ def load_results(folder: Path) -> list[dict]:
     return out
 
 
-def _mean_std(vals: list[float]) -> str:
+def mean_std(vals: list[float]) -> str:
     if not vals:
         return "–"
     m = sum(vals) / len(vals)
@@ -171,8 +172,8 @@ def render_table(records: list[dict]) -> str:
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for c in sorted(rows, key=key):
         rs = sorted(rows[c], key=lambda r: r["cell"])
-        top1 = _mean_std([r["top1"] for r in rs])
-        grp = [_mean_std([r["groups"][g] for r in rs if r["groups"].get(g) is not None]) for g in ("many", "medium", "few")]
+        top1 = mean_std([r["top1"] for r in rs])
+        grp = [mean_std([r["groups"][g] for r in rs if r["groups"].get(g) is not None]) for g in ("many", "medium", "few")]
         nc1s, cw, cm = (_nc_mean(rs, k) for k in ("nc1_cb", "medium_w_cos", "medium_means_cos"))
         wall = f"{sum(r['wall_time_s'] for r in rs) / len(rs):.0f}"
         seeds = ", ".join(str(r["config"]["seed"]) for r in rs)
@@ -188,19 +189,27 @@ def render_tables(records: Iterable[dict]) -> dict[str, str]:
     return {tid: render_table(rs) for tid, rs in sorted(by.items())}
 
 
-_BLOCK = re.compile(r"(<!-- results:(?P<id>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /results -->)", re.S)
+@functools.lru_cache(maxsize=None)
+def _block_re(tag: str) -> re.Pattern:
+    """``<!-- TAG:ID -->`` ... ``<!-- /TAG -->``: a block of generated text in a markdown file."""
+    return re.compile(rf"(<!-- {tag}:(?P<id>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /{tag} -->)", re.S)
 
 
-def update_markdown(text: str, tables: dict[str, str]) -> str:
-    """Replace the body of every ``<!-- results:ID -->`` ... ``<!-- /results -->`` block by
-    the rendered table ID; a block whose table has no results says so."""
+def update_markdown(text: str, tables: dict[str, str], tag: str = "results",
+                    missing: Optional[str] = "No results yet.\n") -> str:
+    """Replace the body of every ``<!-- TAG:ID -->`` ... ``<!-- /TAG -->`` block (TAG
+    ``results``: the README's tables) by the table ID. A block whose table is absent gets
+    ``missing`` (for results: it has none yet); with ``missing=None`` that is an error
+    (``KeyError`` naming the known tables)."""
 
     def sub(m: re.Match) -> str:
-        body = tables.get(m.group("id"), "No results yet.\n")
+        body = tables.get(m.group("id"), missing)
+        if body is None:
+            raise KeyError(f"no {tag} table {m.group('id')!r} (known: {', '.join(sorted(tables))})")
         return m.group(1) + body + m.group(4)
 
-    return _BLOCK.sub(sub, text)
+    return _block_re(tag).sub(sub, text)
 
 
-def markdown_blocks(text: str) -> list[str]:
-    return [m.group("id") for m in _BLOCK.finditer(text)]
+def markdown_blocks(text: str, tag: str = "results") -> list[str]:
+    return [m.group("id") for m in _block_re(tag).finditer(text)]
