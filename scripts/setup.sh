@@ -33,7 +33,7 @@ case "$mode" in
       extra=(data.root=.data/fashion-mnist data.download=true)
     fi
     out="runs/demo-$(date +%Y%m%d-%H%M%S)"
-    "$VENV/bin/allnc" train --config fmnist_lt_allnc --out "$out" device=cpu "${extra[@]}"
+    "$VENV/bin/allnc" train --config fmnist_lt_allnc_fast --out "$out" device=cpu "${extra[@]}"
     ;;
   test)
     "$VENV/bin/python" -m pytest -p no:cacheprovider tests

@@ -61,6 +61,12 @@ def test_every_builtin_config_loads_and_follows_its_protocol():
             assert f"{ds}_{m}" in names
     for n in names:
         cfg = load_config(n)
+        # every schedule fits: the warm-up ends and every step decay happens inside the run
+        assert cfg.train.warmup_epochs < cfg.train.epochs, n
+        if cfg.train.schedule == "step":
+            assert all(0 < m < cfg.train.epochs for m in cfg.train.milestones), n
+        # the fast preset alone changes the backbone's stem, so the study's names keep their model
+        assert cfg.model.stem_stride == (2 if n.endswith("_fast") else 1), n
         if n.startswith("cifar") and not n.endswith("_crt"):
             # the standard CIFAR-LT protocol of docs/reference.md
             assert (cfg.model.name, cfg.train.epochs, cfg.train.batch_size) == ("resnet32", 200, 128), n

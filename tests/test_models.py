@@ -81,6 +81,33 @@ def test_width_scales_features_and_in_channels_option():
     assert len(resnet_small(blocks=(1, 2, 3)).stages()[2]) == 3
 
 
+def test_stem_stride_two_is_the_stride_one_network_subsampled_after_its_stem():
+    """``model.stem_stride=2``: the same parameters; the stem's output is the stride-1 stem's
+    output at every second row and column, and every stage then runs at that resolution."""
+    one = build_backbone(_cfg(name="resnet_small", width=8), 1)
+    two = build_backbone(_cfg(name="resnet_small", width=8, stem_stride=2), 1)
+    assert two.stem_stride == 2 and count_parameters(two) == count_parameters(one)
+    two.load_state_dict(one.state_dict())  # same keys and shapes: strict load succeeds
+    one.train()
+    with torch.no_grad():
+        one(torch.randn(16, 1, 28, 28) * 2 + 1)  # non-trivial BN statistics
+    two.load_state_dict(one.state_dict())
+    one.eval(), two.eval()
+    x = torch.randn(4, 1, 28, 28)
+    with torch.no_grad():
+        h = one.conv1(x)[:, :, ::2, ::2]
+        h = one.relu(one.bn1(h))
+        for stage in one.stages():
+            h = stage(h)
+        assert h.shape[-2:] == (4, 4)  # 28 -> 14 -> 7 -> 4
+        assert torch.allclose(two(x), one.pool(h), atol=1e-6)
+        assert not torch.allclose(two(x), one(x), atol=1e-3)
+    with pytest.raises(ConfigError, match="stem_stride=3 must be 1 or 2"):
+        build_backbone(_cfg(name="resnet_small", stem_stride=3), 1)
+    with pytest.raises(ConfigError, match="stem_stride applies to resnet32 and resnet_small only"):
+        build_backbone(_cfg(name="resnet50", stem_stride=2), 3)
+
+
 def test_kaiming_init_as_ldam():
     bb = resnet32()
     w = bb.stages()[2][3].conv1.weight  # 64 x 64 x 3 x 3, fan-in 576

@@ -82,6 +82,9 @@ class ModelConfig:
     name: str = "resnet32"
     # base width of the CIFAR/small ResNets (16 = the standard ResNet-32)
     width: int = 16
+    # stride of the CIFAR/small ResNets' stem convolution: 2 runs every stage at half the
+    # resolution (about 5x less convolution work; the fast CPU demo's preset)
+    stem_stride: int = 1
     # linear | normed (cosine, LDAM) | etf (fixed simplex ETF buffer)
     classifier: str = "linear"
     # a bias in the linear classifier

@@ -15,6 +15,7 @@ from typing import Any
 
 from torch import nn
 
+from ..errors import ConfigError
 from .branched import BranchedNet
 from ..config_io import cfg_get
 from .heads import CLASSIFIERS, ETFClassifier, NormedLinear, build_classifier, simplex_etf
@@ -23,7 +24,7 @@ from .torchvision_nets import TorchvisionResNet, load_backbone_state, resnet50, 
 
 log = logging.getLogger(__name__)
 
-# Backbones whose size is set by model.width.
+# Backbones whose size is set by model.width (and whose stem stride by model.stem_stride).
 _WIDTH_BACKBONES = ("resnet32", "resnet_small")
 
 __all__ = [
@@ -56,13 +57,17 @@ def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
 
 def build_backbone(model_cfg: Any, in_channels: int) -> Backbone:
     """The backbone named by ``model_cfg.name``; ``model_cfg.width`` sizes the CIFAR/small
-    ResNets (ignored by the torchvision nets); ``model_cfg.pretrained`` is an optional local
+    ResNets (ignored by the torchvision nets) and ``model_cfg.stem_stride`` their stem's stride; ``model_cfg.pretrained`` is an optional local
     state_dict file (never a download), loaded with a strict key check."""
     name = str(cfg_get(model_cfg, "name", "resnet32"))
     factory = BACKBONES.get(name)
     kwargs: dict[str, Any] = {"in_channels": int(in_channels)}
     if name in _WIDTH_BACKBONES:
         kwargs["width"] = int(cfg_get(model_cfg, "width", 16))
+        kwargs["stem_stride"] = int(cfg_get(model_cfg, "stem_stride", 1))
+    elif int(cfg_get(model_cfg, "stem_stride", 1)) != 1:
+        raise ConfigError(f"model.stem_stride applies to {' and '.join(_WIDTH_BACKBONES)} only, not {name}; "
+                          "remove it or pick one of those backbones")
     backbone = factory(**kwargs)
     pretrained = cfg_get(model_cfg, "pretrained", None)
     if pretrained:
