@@ -289,3 +289,15 @@ def test_curves_draw_groups_and_validation(tmp_path, monkeypatch):
     assert set(rec.legend(top)) == {"c1", "c1 (validation)", "c2"}
     few = rec.figs["compare_curves.png"].axes[titles.index("few group: mean accuracy (%)")]
     assert "c2: no class in this group" in rec.legend(few)
+
+
+def test_run_label_names_the_run_and_tells_the_fast_model_apart():
+    from allnc.config import load_config, to_dict
+    from allnc.report.runreport import run_label
+
+    fast = run_label(to_dict(load_config("fmnist_lt_allnc_fast")))
+    full = run_label(to_dict(load_config("fmnist_lt_allnc")))
+    assert fast.startswith("AllNC (fast), config fmnist_lt_allnc_fast, method gbbn")
+    assert "resnet_small w16 stem stride 2, 16 epochs" in fast
+    assert full.startswith("AllNC, config fmnist_lt_allnc, method gbbn")
+    assert "resnet_small w16, 12 epochs" in full and "stride" not in full

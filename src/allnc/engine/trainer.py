@@ -120,7 +120,8 @@ class Trainer:
                  f"{b.num_classes} classes, n_max {counts.max()} n_min {counts.min()}, "
                  f"groups many/medium/few {len(g['many'])}/{len(g['medium'])}/{len(g['few'])}")
         self.log(f"run      {c.display_name or c.method.name} ({c.config_name or 'no named config'})")
-        self.log(f"model    {c.model.name} (width {c.model.width}) + {c.method.name}: {self.n_params:,} parameters")
+        stem = f", stem stride {c.model.stem_stride}" if c.model.stem_stride != 1 else ""
+        self.log(f"model    {c.model.name} (width {c.model.width}{stem}) + {c.method.name}: {self.n_params:,} parameters")
         self.log(f"device   {device_name(self.device)}; pipeline {self.choice.name} [{self.choice.reason}]; "
                  f"{'bf16 autocast' if self.amp else 'fp32'}"
                  f"{', channels_last' if self.channels_last else ''}"

@@ -90,7 +90,8 @@ def read_npz(path: Path) -> Optional[dict[str, np.ndarray]]:
 
 
 def run_label(config: Optional[Mapping]) -> str:
-    """A short human label of a run's config (method, data, imbalance, model, epochs, augmentation)."""
+    """A short human label of a run's config: its display and config names, then method, data,
+    imbalance, model (width, and the stem's stride where it is not 1), epochs, augmentation."""
     if not isinstance(config, Mapping):
         return ""
 
@@ -101,6 +102,10 @@ def run_label(config: Optional[Mapping]) -> str:
         return v
 
     parts = []
+    if g("display_name"):
+        parts.append(str(g("display_name")))
+    if g("config_name"):
+        parts.append(f"config {g('config_name')}")
     if g("name"):
         parts.append(str(g("name")))
     if g("method", "name"):
@@ -111,7 +116,9 @@ def run_label(config: Optional[Mapping]) -> str:
             s += f" IF {fmt(g('data', 'imbalance_factor'))}"
         parts.append(s)
     if g("model", "name"):
-        parts.append(f"{g('model', 'name')}" + (f" w{g('model', 'width')}" if g("model", "width") else ""))
+        stride = g("model", "stem_stride")
+        parts.append(f"{g('model', 'name')}" + (f" w{g('model', 'width')}" if g("model", "width") else "")
+                     + (f" stem stride {stride}" if stride not in (None, 1) else ""))
     if g("train", "epochs") is not None:
         parts.append(f"{g('train', 'epochs')} epochs")
     if g("data", "augment"):
