@@ -3,6 +3,7 @@ precision: what training, evaluation, the NC metrics and the diagnostics all nee
 from a config (``RunContext.build``) or restored from a run directory (``load_run``)."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -58,7 +59,9 @@ class RunContext:
             src = Path(init_from) / CHECKPOINT
             if not src.is_file():
                 raise ConfigError(f"init_from={init_from}: no {CHECKPOINT} there; point it at a finished run directory")
-            method.load_backbone_from(load_checkpoint(src)["method"])
+            ckpt = load_checkpoint(src)
+            check_same_backbone(cfg, ckpt.get("config"), init_from)
+            method.load_backbone_from(ckpt["method"])
         if cfg.train.sync_bn and dist.is_dist():
             method = dist.convert_sync_batchnorm(method, device.type)
         method.to(device)
@@ -71,6 +74,23 @@ class RunContext:
     def prep(self, x: torch.Tensor) -> torch.Tensor:
         """An input batch in the model's memory format."""
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x
+
+
+# the model keys a backbone's state_dict cannot tell apart when they differ (a stride has no weights)
+BACKBONE_KEYS = (("name", "resnet32"), ("width", 16), ("stem_stride", 1))
+
+
+def check_same_backbone(cfg: DictConfig, source: Any, init_from: str) -> None:
+    """``init_from``'s run must have trained the backbone this config builds: a different stem
+    stride loads without a shape error but computes another function."""
+    if not isinstance(source, Mapping):
+        return
+    model = source.get("model") or {}
+    for key, default in BACKBONE_KEYS:
+        theirs, ours = model.get(key, default), cfg.model.get(key, default)
+        if theirs != ours:
+            raise ConfigError(f"init_from={init_from} trained model.{key}={theirs} but this config has "
+                              f"model.{key}={ours}: add model.{key}={theirs}")
 
 
 # runtime settings that may differ when a run is resumed or re-evaluated elsewhere
