@@ -16,7 +16,7 @@ def test_demo_table_rows_are_the_timed_runs():
     timed = json.loads((RESULTS / "demo_time.json").read_text())
     rows = {m.group(1): (m.group(2), int(m.group(3)), m.group(4)) for m in
             re.finditer(r"^\| ([^|]+?) \| `(\w+)`[^|]*\| (\d+) s \| ([\d.]+) \|$", README, re.M)}
-    names = {"today": "demo", "until this change": "full", "before the method study": "earlier"}
+    names = {"the demo": "demo", "the full model (the demo before)": "full", "the demo before the method study": "earlier"}
     assert set(rows) == set(names)
     for label, key in names.items():
         run = timed["runs"][key]
