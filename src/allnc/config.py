@@ -83,7 +83,7 @@ class ModelConfig:
     # base width of the CIFAR/small ResNets (16 = the standard ResNet-32)
     width: int = 16
     # stride of the CIFAR/small ResNets' stem convolution: 2 runs every stage at half the
-    # resolution (about 5x less convolution work; the fast CPU demo's preset)
+    # resolution (about a quarter of the convolution work; the fast preset, the CPU demo)
     stem_stride: int = 1
     # linear | normed (cosine, LDAM) | etf (fixed simplex ETF buffer)
     classifier: str = "linear"

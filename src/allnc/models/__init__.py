@@ -57,7 +57,8 @@ def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
 
 def build_backbone(model_cfg: Any, in_channels: int) -> Backbone:
     """The backbone named by ``model_cfg.name``; ``model_cfg.width`` sizes the CIFAR/small
-    ResNets (ignored by the torchvision nets) and ``model_cfg.stem_stride`` their stem's stride; ``model_cfg.pretrained`` is an optional local
+    ResNets and ``model_cfg.stem_stride`` sets their stem's stride (the torchvision nets ignore
+    the width and refuse a stride other than 1); ``model_cfg.pretrained`` is an optional local
     state_dict file (never a download), loaded with a strict key check."""
     name = str(cfg_get(model_cfg, "name", "resnet32"))
     factory = BACKBONES.get(name)

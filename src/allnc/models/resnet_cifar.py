@@ -17,7 +17,7 @@ stage: features are ``4 * width``-dimensional.
 grey-scale images such as Fashion-MNIST.
 
 ``stem_stride`` (``model.stem_stride``, default 1): the stride of the 3x3 stem convolution.
-2 halves the resolution every stage runs at (28x28 -> 14/7/4), about a fifth of the
+2 halves the resolution every stage runs at (28x28 -> 14/7/4), about a quarter of the
 convolution work per image; the fast CPU demo uses it.
 """
 from __future__ import annotations
