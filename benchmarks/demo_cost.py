@@ -37,8 +37,11 @@ import sys
 import time
 from pathlib import Path
 
+from allnc.config import load_config, to_dict
 from allnc.engine.runtime import git_commit
 from allnc.rundir import atomic_write_json
+
+import study_fmnist as study  # the sibling script (benchmarks/ is on the path of `python benchmarks/...`)
 
 HERE = Path(__file__).resolve().parent
 HALF = ["train.epochs=6", "train.batch_size=64", "train.milestones=[4, 5]"]
@@ -69,9 +72,17 @@ CANDIDATES = {
 }
 # backbones timed per image at batch 128: name -> (width, stem_stride)
 BACKBONE_VARIANTS = {"w16": (16, 1), "s2_w16": (16, 2), "s2_w24": (24, 2)}
-STUDY = ["device=cpu", "train.progress=false", "data.val_per_class=300", "train.eval_test=false",
-         "method.gbbn.inference_mix=val"]
-BASE_TRIAL = "allnc_bal_centre_both_eqn"
+
+
+def study_overrides(data_root: str | None) -> list[str]:
+    """The method study's trial settings: its validation split, the test set not read, the
+    two-branch mix chosen on validation."""
+    return [*study.common(argparse.Namespace(data_root=data_root)), "train.eval_test=false",
+            "method.gbbn.inference_mix=val"]
+
+
+def epochs_of(overrides: list[str]) -> int:
+    return next((int(o.split("=", 1)[1]) for o in overrides if o.startswith("train.epochs=")), study.EPOCHS)
 
 
 def batch_cost(threads: int, sizes=(32, 64, 128, 256), images: int = 2048, width: int = 16,
@@ -105,8 +116,9 @@ def batch_cost(threads: int, sizes=(32, 64, 128, 256), images: int = 2048, width
 
 
 def base_trial() -> dict:
-    trials = json.loads((HERE / "results" / "fmnist_study_trials.json").read_text())
-    return next(r for r in trials["trials"]["allnc"] if r["name"] == BASE_TRIAL)
+    """The study's chosen AllNC trial: the settings ``fmnist_lt_allnc`` has, at seed 0."""
+    trials = json.loads(study.TRIALS_FILE.read_text())
+    return next(r for r in trials["trials"]["allnc"] if r["name"] == trials["chosen"]["allnc"]["name"])
 
 
 def candidate_run(out: Path, name: str, threads: int, data_root: str | None) -> dict:
@@ -114,7 +126,7 @@ def candidate_run(out: Path, name: str, threads: int, data_root: str | None) -> 
     run = out / name
     if not (run / "metrics.json").is_file():
         cmd = [sys.executable, "-m", "allnc", "train", "--config", "fmnist_lt_allnc", "--out", str(run), "--overwrite",
-               *STUDY, *extra, f"seed={seed}"] + ([f"data.root={data_root}"] if data_root else [])
+               *study_overrides(data_root), *extra, f"seed={seed}"]
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
         subprocess.run(cmd, env=env, check=True)
     m = json.loads((run / "metrics.json").read_text())
@@ -126,7 +138,7 @@ def candidate_run(out: Path, name: str, threads: int, data_root: str | None) -> 
 def compare(rows: dict) -> dict:
     """Each candidate against the full-resolution width-16 model of the same seed."""
     base = base_trial()
-    ref = {0: {"run": f"study trial {BASE_TRIAL}", "val_top1_final_alpha": base["val_top1_final"],
+    ref = {0: {"run": f"study trial {base['name']}", "val_top1_final_alpha": base["val_top1_final"],
                "val_top1_chosen_alpha": base["val_top1"]}}
     if "base_seed1" in rows:
         ref[1] = {"run": "base_seed1", **{k: rows["base_seed1"][k] for k in ("val_top1_final_alpha",
@@ -148,22 +160,18 @@ def choose(rows: dict, ref: dict) -> dict:
         other = rows.get(f"{name}_seed1")
         if r["seed"] == 0 and other is not None and not name.startswith("base"):
             means[name] = round((r["val_top1_final_alpha"] + other["val_top1_final_alpha"]) / 2, 2)
-    epochs = {"s2_w16_e16": 16, "s2_w16_e18": 18, "s2_w16_e24": 24}
-    ok = sorted((epochs[n], n) for n in epochs if n in means and means[n] >= base)
+    ok = sorted((epochs_of(CANDIDATES[n][0]), n) for n in means
+                if n.startswith("s2_w16") and means[n] >= base)
     return {"rule": "shortest stride-2 width-16 schedule with mean val top-1 (seeds 0, 1) >= the full model's",
             "full_model_mean": round(base, 2), "means": means, "chosen": ok[0][1] if ok else None}
 
 
 def preset_matches(config: str, candidate: str) -> bool:
-    """Whether ``config`` resolves to ``fmnist_lt_allnc`` with the candidate's model and schedule
-    (its evaluation and checkpoint cadence apart)."""
-    from allnc.config import load_config
-
-    keep = [o for o in CANDIDATES[candidate][0] if not o.startswith(("train.eval_every", "train.ckpt_every"))]
-    a, b = load_config(config), load_config("fmnist_lt_allnc", keep)
-    return all(getattr(getattr(a, s), k) == getattr(getattr(b, s), k) for s, k in
-               (("model", "stem_stride"), ("model", "width"), ("train", "epochs"), ("train", "warmup_epochs"),
-                ("train", "milestones"), ("train", "batch_size"), ("train", "lr")))
+    """Whether ``config`` resolves to ``fmnist_lt_allnc`` with the candidate's model and training
+    settings (its evaluation and checkpoint cadence apart)."""
+    cadence = ("eval_every", "ckpt_every")
+    a, b = (to_dict(c) for c in (load_config(config), load_config("fmnist_lt_allnc", CANDIDATES[candidate][0])))
+    return a["model"] == b["model"] and all(a["train"][k] == b["train"][k] for k in a["train"] if k not in cadence)
 
 
 def main(argv=None) -> int:
@@ -179,8 +187,9 @@ def main(argv=None) -> int:
             "batch_cpu_ms_per_image": batch_cost(a.threads),
             "backbone_cpu_ms_per_image_b128": {k: batch_cost(a.threads, (128,), width=w, stem_stride=st)["128"]
                                                for k, (w, st) in BACKBONE_VARIANTS.items()},
-            "reference": (ref := compare(rows)), "candidates": rows, "choice": choose(rows, ref),
-            "preset_matches_choice": preset_matches("fmnist_lt_allnc_fast", "s2_w16_e16")}
+            "reference": (ref := compare(rows)), "candidates": rows, "choice": (choice := choose(rows, ref)),
+            "preset_matches_choice": choice["chosen"] is not None and preset_matches("fmnist_lt_allnc_fast",
+                                                                                     choice["chosen"])}
     atomic_write_json(HERE / "results" / "demo_cost.json", data)
     print(json.dumps(data, indent=1))
     return 0

@@ -56,17 +56,22 @@ GBBN = {"bbn", "allnc"}
 BAL = "method.gbbn.sampler=balanced"
 AL_BEST = [BAL, "method.hycon.centre=true", "method.hycon.anchors=both"]
 
+# the single-branch methods' trial grids (TRIALS and TRIAL_LABELS)
+CE_GRID = [(s, lr) for s in ("instance", "sqrt", "balanced") for lr in (0.1, 0.05)]  # (sampler, lr)
+LA_TAUS = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
+LDAM_GRID = [(m, s) for m in (0.3, 0.5, 0.7) for s in (30.0, 15.0)]  # (max margin, scale)
+ETF_GRID = [(a, lr) for a in (0.0, 0.5, 1.0) for lr in (0.1, 0.05)]  # (mixup, lr)
+BCL_GRID = [(t, w) for t in (0.07, 0.1) for w in (0.35, 0.6, 1.0)]  # (tau, lambda_scl)
+
 # method -> [(trial name, config, overrides)]; at most six each
 TRIALS: dict[str, list[tuple[str, str, list[str]]]] = {
-    "ce": [(f"ce_{s}_lr{lr}", "fmnist_lt_ce", [f"method.sampler={s}", f"train.lr={lr}"])
-           for s in ("instance", "sqrt", "balanced") for lr in (0.1, 0.05)],
-    "la": [(f"la_tau{t}", "fmnist_lt_la", [f"method.la.tau={t}"]) for t in (0.5, 0.75, 1.0, 1.25, 1.5, 2.0)],
+    "ce": [(f"ce_{s}_lr{lr}", "fmnist_lt_ce", [f"method.sampler={s}", f"train.lr={lr}"]) for s, lr in CE_GRID],
+    "la": [(f"la_tau{t}", "fmnist_lt_la", [f"method.la.tau={t}"]) for t in LA_TAUS],
     "ldam_drw": [(f"ldam_m{m}_s{s}", "fmnist_lt_ldam_drw", [f"method.ldam.max_margin={m}", f"method.ldam.scale={s}"])
-                 for m in (0.3, 0.5, 0.7) for s in (30.0, 15.0)],
-    "etf_dr": [(f"etf_mix{a}_lr{lr}", "fmnist_lt_etf_dr", [f"train.mixup={a}", f"train.lr={lr}"])
-               for a in (0.0, 0.5, 1.0) for lr in (0.1, 0.05)],
+                 for m, s in LDAM_GRID],
+    "etf_dr": [(f"etf_mix{a}_lr{lr}", "fmnist_lt_etf_dr", [f"train.mixup={a}", f"train.lr={lr}"]) for a, lr in ETF_GRID],
     "bcl": [(f"bcl_tau{t}_scl{w}", "fmnist_lt_bcl", [f"method.bcl.tau={t}", f"method.bcl.lambda_scl={w}"])
-            for t in (0.07, 0.1) for w in (0.35, 0.6, 1.0)],
+            for t, w in BCL_GRID],
     "bbn": [("bbn_rev_x2", "fmnist_lt_bbn", []),
             ("bbn_rev_x1", "fmnist_lt_bbn", ["method.gbbn.mix_scale=1.0"]),
             ("bbn_bal_x2", "fmnist_lt_bbn", [BAL]),
@@ -94,11 +99,10 @@ TRIAL_LABELS: dict[str, str] = {
     "ce_instance_lr0.1": "instance sampler, lr 0.1", "ce_instance_lr0.05": "instance, lr 0.05",
     "ce_sqrt_lr0.1": "square-root sampler, lr 0.1", "ce_sqrt_lr0.05": "square-root, lr 0.05",
     "ce_balanced_lr0.1": "class-balanced sampler, lr 0.1", "ce_balanced_lr0.05": "class-balanced, lr 0.05",
-    **{f"la_tau{t}": f"tau {t}" for t in (0.5, 0.75, 1.0, 1.25, 1.5, 2.0)},
-    **{f"ldam_m{m}_s{s}": f"max margin {m}, s {s:g}" for m in (0.3, 0.5, 0.7) for s in (30.0, 15.0)},
-    **{f"etf_mix{a}_lr{lr}": f"mixup {a:g}, lr {lr}" if a == 0 else f"mixup {a}, lr {lr}"
-       for a in (0.0, 0.5, 1.0) for lr in (0.1, 0.05)},
-    **{f"bcl_tau{t}_scl{w}": f"tau {t}, lambda_SCL {w}" for t in (0.07, 0.1) for w in (0.35, 0.6, 1.0)},
+    **{f"la_tau{t}": f"tau {t}" for t in LA_TAUS},
+    **{f"ldam_m{m}_s{s}": f"max margin {m}, s {s:g}" for m, s in LDAM_GRID},
+    **{f"etf_mix{a}_lr{lr}": f"mixup {a:g}, lr {lr}" if a == 0 else f"mixup {a}, lr {lr}" for a, lr in ETF_GRID},
+    **{f"bcl_tau{t}_scl{w}": f"tau {t}, lambda_SCL {w}" for t, w in BCL_GRID},
     "bbn_rev_x2": "BBN's recipe: reversed sampler, s = 2", "bbn_rev_x1": "reversed, s = 1",
     "bbn_bal_x2": "balanced sampler, s = 2", "bbn_bal_x1": "balanced, s = 1",
     "bbn_rev_x2_protocol": "reversed, s = 2, BBN's decays at 60/80 %",

@@ -13,7 +13,7 @@ import torch
 from omegaconf import DictConfig
 
 from .. import dist
-from ..config import flatten, from_dict, parse_override, set_key, to_dict
+from ..config import ModelConfig, flatten, from_dict, parse_override, set_key, to_dict
 from ..data import DataBundle, build_data
 from ..errors import ConfigError, RunDirError
 from ..methods import DataInfo, Method, build_method
@@ -77,17 +77,18 @@ class RunContext:
 
 
 # the model keys a backbone's state_dict cannot tell apart when they differ (a stride has no weights)
-BACKBONE_KEYS = (("name", "resnet32"), ("width", 16), ("stem_stride", 1))
+BACKBONE_KEYS = ("name", "width", "stem_stride")
 
 
 def check_same_backbone(cfg: DictConfig, source: Any, init_from: str) -> None:
     """``init_from``'s run must have trained the backbone this config builds: a different stem
-    stride loads without a shape error but computes another function."""
+    stride loads without a shape error but computes another function. A key an older run's
+    config lacks had its default."""
     if not isinstance(source, Mapping):
         return
-    model = source.get("model") or {}
-    for key, default in BACKBONE_KEYS:
-        theirs, ours = model.get(key, default), cfg.model.get(key, default)
+    model, defaults = source.get("model") or {}, ModelConfig()
+    for key in BACKBONE_KEYS:
+        theirs, ours = model.get(key, getattr(defaults, key)), cfg.model[key]
         if theirs != ours:
             raise ConfigError(f"init_from={init_from} trained model.{key}={theirs} but this config has "
                               f"model.{key}={ours}: add model.{key}={theirs}")

@@ -101,20 +101,20 @@ class Stepper:
         if backend == "cudagraphs":
             # no generated kernels: the step's forward and backward are recorded as CUDA graphs
             # and replayed; the optimizer stays eager (its buffers in ordinary memory)
-            self.step_fn = torch.compile(self.step_module, backend="cudagraphs")
+            mode = "default"
+            self.step_fn = torch.compile(self.step_module, backend=backend)
             self.opt_step = self.opt.step
             self._float_lr()
-            self.info.update(used=True, backend=backend, mode="default")
-            self._mark_step = self.device.type == "cuda"
-            return
-        kw = {"mode": mode} if backend == "inductor" and mode != "default" else {}
-        self.step_fn = torch.compile(self.step_module, backend=backend, **kw)
-        # the optimizer step is a few fused element-wise kernels: compiled without CUDA graphs,
-        # so that its state stays in ordinary memory
-        self.opt_step = torch.compile(self.opt.step, backend=backend)
+        else:
+            kw = {"mode": mode} if backend == "inductor" and mode != "default" else {}
+            self.step_fn = torch.compile(self.step_module, backend=backend, **kw)
+            # the optimizer step is a few fused element-wise kernels: compiled without CUDA graphs,
+            # so that its state stays in ordinary memory
+            self.opt_step = torch.compile(self.opt.step, backend=backend)
         self.info.update(used=True, backend=backend, mode=mode)
         # CUDA graph trees want to know where a training iteration begins
-        self._mark_step = self.device.type == "cuda" and mode in ("reduce-overhead", "max-autotune")
+        self._mark_step = self.device.type == "cuda" and (
+            backend == "cudagraphs" or mode in ("reduce-overhead", "max-autotune"))
 
     def _float_lr(self) -> None:
         for g in self.opt.param_groups:  # eager SGD takes a plain float

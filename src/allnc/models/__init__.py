@@ -63,10 +63,11 @@ def build_backbone(model_cfg: Any, in_channels: int) -> Backbone:
     name = str(cfg_get(model_cfg, "name", "resnet32"))
     factory = BACKBONES.get(name)
     kwargs: dict[str, Any] = {"in_channels": int(in_channels)}
+    stem_stride = int(cfg_get(model_cfg, "stem_stride", 1))
     if name in _WIDTH_BACKBONES:
         kwargs["width"] = int(cfg_get(model_cfg, "width", 16))
-        kwargs["stem_stride"] = int(cfg_get(model_cfg, "stem_stride", 1))
-    elif int(cfg_get(model_cfg, "stem_stride", 1)) != 1:
+        kwargs["stem_stride"] = stem_stride
+    elif stem_stride != 1:
         raise ConfigError(f"model.stem_stride applies to {' and '.join(_WIDTH_BACKBONES)} only, not {name}; "
                           "remove it or pick one of those backbones")
     backbone = factory(**kwargs)
