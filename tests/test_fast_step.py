@@ -1,6 +1,7 @@
 """The fast path is the same method: device-resident batches equal the conventional
 pipeline's, and the compiled training step gives the eager step's loss, gradients and state."""
 import copy
+import shutil
 
 import pytest
 import torch
@@ -8,6 +9,7 @@ import torch
 from allnc.config import load_config
 from allnc.engine.loaders import build_train_loaders, choose_pipeline
 from allnc.engine.trainer import Trainer
+from allnc.methods.base import mixup
 
 FAST = ["device=cpu", "train.progress=false", "model.width=8", "train.batch_size=32", "data.num_workers=0",
         "data.imbalance_factor=10", "data.augment=none"]
@@ -100,3 +102,24 @@ def test_per_view_augmentation_presets(tiny_learnable_fmnist, tmp_path):
         plain = (imgs.reshape(x0.shape) - t.bundle.mean[0]) / t.bundle.std[0]
         assert torch.allclose(x0, plain, atol=1e-5), pipeline
         assert not torch.allclose(x1, plain, atol=1e-3) and not torch.equal(x1, x2), pipeline
+
+
+def _has_c_compiler() -> bool:
+    return any(shutil.which(c) for c in ("cc", "gcc", "g++", "clang"))
+
+
+@pytest.mark.skipif(not _has_c_compiler(), reason="inductor on the CPU needs a C/C++ compiler")
+def test_mixup_compiles_under_inductor_with_the_eager_draws():
+    """Mixup inside a step compiled by inductor (torch 2.11's inductor fails on
+    x[torch.randperm(n)] in a graph): the compiled function runs and draws the same lambda and
+    permutation as the eager one from the same seed."""
+    x, y = torch.randn(16, 3, 8, 8), torch.arange(16) % 10
+    torch.manual_seed(0)
+    xe, ya_e, yb_e, lam_e = mixup(x, y, 1.0)
+    torch._dynamo.reset()
+    f = torch.compile(lambda x, y: mixup(x, y, 1.0), backend="inductor")
+    torch.manual_seed(0)
+    xc, ya_c, yb_c, lam_c = f(x, y)
+    assert lam_c == lam_e and 0 < lam_e < 1
+    assert torch.equal(ya_c, y) and torch.equal(yb_c, yb_e) and not torch.equal(yb_e, y)
+    assert torch.allclose(xc, xe, atol=1e-6)

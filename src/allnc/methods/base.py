@@ -113,8 +113,18 @@ def build_method(cfg: DictConfig, info: DataInfo) -> Method:
     return METHODS.get(cfg.method.name)(cfg, info)
 
 
+@torch.compiler.disable
+def mixup_draw(n: int, alpha: float, device: torch.device) -> tuple[float, torch.Tensor]:
+    """Mixup's random draws: lambda ~ Beta(alpha, alpha) and a permutation of the batch.
+
+    Kept out of a compiled step: torch 2.11's inductor fails on ``x[torch.randperm(n)]``
+    inside a graph (its randperm-index pattern expects a slice), so the permutation enters
+    the graph as an input. The draws, and so the run, are the same compiled or not."""
+    lam = float(np.random.default_rng(int(torch.randint(0, 2**31 - 1, (1,)).item())).beta(alpha, alpha))
+    return lam, torch.randperm(n, device=device)
+
+
 def mixup(x: torch.Tensor, y: torch.Tensor, alpha: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
     """Mixup (Zhang et al. 2018): returns mixed x, the two label vectors and lambda."""
-    lam = float(np.random.default_rng(int(torch.randint(0, 2**31 - 1, (1,)).item())).beta(alpha, alpha))
-    perm = torch.randperm(x.shape[0], device=x.device)
+    lam, perm = mixup_draw(x.shape[0], alpha, x.device)
     return lam * x + (1 - lam) * x[perm], y, y[perm], lam
