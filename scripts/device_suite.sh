@@ -5,7 +5,7 @@
 #                                                        .whl/ (wheels) and .data/cifar10-jpeg.tar.xz
 #   bash scripts/device_suite.sh --tiny OUT [options]    CPU, tiny generated data (the test suite runs this)
 #
-# Environment: PYTHON (default python3), DEADLINE (seconds for the whole command, default 520),
+# Environment: PYTHON (default python3), TARGET (install into this folder: see device_install.sh), DEADLINE (seconds for the whole command, default 520),
 # ALLNC_COMMIT (the commit, where the checkout has no .git), ARCHIVE, DATA_DIR.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -23,6 +23,11 @@ if [ "$tiny" = 1 ]; then
 fi
 
 log "install"
+# an image whose environment is not writable (a non-root user) gets the package in a folder of
+# its own, on PYTHONPATH for everything this command starts (device_install.sh decides alike)
+purelib=$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])' 2>/dev/null || true)
+if [ -z "${TARGET:-}" ] && [ -n "$purelib" ] && [ ! -w "$purelib" ]; then TARGET=/tmp/allnc-site; fi
+if [ -n "${TARGET:-}" ]; then export TARGET PYTHONPATH="$TARGET${PYTHONPATH:+:$PYTHONPATH}"; fi
 if ! PYTHON="$PY" bash scripts/device_install.sh 2>&1 | tee -a "$OUT/suite.log"; then
   log "install failed; nothing else can run"; exit 1
 fi
