@@ -5,9 +5,11 @@ import json
 
 import pytest
 import torch
+from torch._inductor import list_mode_options
 
 from allnc.config import load_config
 from allnc.engine.checkpoint import load_checkpoint
+from allnc.engine.stepper import compile_kwargs
 from allnc.engine.trainer import Trainer
 
 FAST = ["device=cpu", "train.progress=false", "model.width=8", "train.batch_size=32", "data.num_workers=0",
@@ -57,6 +59,29 @@ def test_probe_leaves_every_value_as_it_found_it(config, tiny_learnable_fmnist, 
     assert info["used"] and info["fallback"] is None and info["probe_s"] >= 0
 
 
+def mode_of(kw: dict) -> str:
+    """The compile mode that torch.compile's keywords ask for (a mode, or its options)."""
+    if "mode" in kw:
+        return kw["mode"]
+    opts = kw.get("options") or {}
+    for mode in ("max-autotune", "max-autotune-no-cudagraphs", "reduce-overhead"):
+        if list_mode_options(mode).items() <= opts.items():
+            return mode
+    return "default"
+
+
+def test_inductor_gets_its_mode_and_the_extra_options():
+    """Each mode reaches inductor as its own options plus INDUCTOR_OPTIONS; other backends get
+    no options."""
+    for mode in ("default", "reduce-overhead", "max-autotune"):
+        opts = compile_kwargs("inductor", mode)["options"]
+        assert mode_of({"options": opts}) == mode
+        assert opts["reorder_for_peak_memory"] is False
+    assert compile_kwargs("inductor", "reduce-overhead")["options"]["triton.cudagraphs"] is True
+    assert "triton.cudagraphs" not in compile_kwargs("inductor", "default")["options"]
+    assert compile_kwargs("aot_eager", "default") == compile_kwargs("cudagraphs", "default") == {}
+
+
 def _failing_compile(monkeypatch, fail_when):
     """torch.compile replaced by a wrapper that runs the function eagerly until
     ``fail_when(kwargs, call_number)`` says to raise (as a compiler or CUDA-graph error would)."""
@@ -64,7 +89,7 @@ def _failing_compile(monkeypatch, fail_when):
 
     def fake_compile(fn, backend=None, **kw):
         calls = {"n": 0}
-        made.append(kw.get("mode", "default"))
+        made.append(mode_of(kw))
 
         def wrapped(*a, **k):
             calls["n"] += 1
@@ -110,7 +135,7 @@ def test_failed_compilation_falls_back_to_the_eager_run(config, tiny_learnable_f
 
 def test_cuda_graph_failure_falls_back_to_the_default_mode(tiny_learnable_fmnist, tmp_path, monkeypatch):
     """Only the CUDA-graph mode fails: the run keeps a compiled step in the default mode."""
-    made = _failing_compile(monkeypatch, lambda kw, n: kw.get("mode") == "reduce-overhead" and n >= 2)
+    made = _failing_compile(monkeypatch, lambda kw, n: mode_of(kw) == "reduce-overhead" and n >= 2)
     lines = []
     t = Trainer(cfg_of(tiny_learnable_fmnist, "fmnist_lt_ce", "train.epochs=1", "train.compile=on",
                        "train.compile_backend=inductor", "train.compile_mode=reduce-overhead"),
@@ -183,3 +208,17 @@ def test_cudagraphs_backend_on_the_cpu_is_a_config_error(tiny_learnable_fmnist, 
     with pytest.raises(ConfigError, match="needs a CUDA device"):
         Trainer(cfg_of(tiny_learnable_fmnist, "fmnist_lt_ce", "train.compile=on", "train.compile_backend=cudagraphs"),
                 tmp_path / "r")
+
+
+@pytest.mark.parametrize("amp,want", [("bf16", torch.bfloat16), ("auto", torch.float32)])
+def test_bf16_autocast_runs_on_the_cpu_when_asked_for(amp, want, tiny_learnable_fmnist, tmp_path):
+    """train.amp=bf16 on the CPU: the step's convolutions run in bf16, as on a GPU, and the loss
+    stays float32; auto leaves the CPU in float32."""
+    from allnc.methods.base import StepState
+
+    t = Trainer(cfg_of(tiny_learnable_fmnist, "fmnist_lt_ce", "train.epochs=1", f"train.amp={amp}"), tmp_path / "r")
+    conv = next(m for m in t.method.modules() if isinstance(m, torch.nn.Conv2d))
+    seen = []
+    conv.register_forward_hook(lambda mod, i, o: seen.append(o.dtype))
+    loss, _ = t.stepper.step(next(t._first_batches(0)()), StepState(0, 1, 0, t.steps))
+    assert seen == [want] and loss.dtype == torch.float32 and torch.isfinite(loss)

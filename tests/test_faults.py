@@ -163,7 +163,7 @@ def test_interrupt_before_the_first_checkpoint_says_how_to_start_again(tiny_lear
 
 
 @pytest.mark.parametrize("bad", ["train.lr=nan", "data.imbalance_factor=.inf", "data.imbalance_factor=1e9",
-                                 "data.imbalance_factor=nan", "data.lt_seed=-1", "train.amp=bf16", "train.epochs=0",
+                                 "data.imbalance_factor=nan", "data.lt_seed=-1", "train.amp=fp16", "train.epochs=0",
                                  "model.name=resnet99", "nosuch.key=1"])
 def test_bad_values_are_one_line(bad, tiny_learnable_fmnist, tmp_path, capsys):
     d = tmp_path / "bad"

@@ -253,7 +253,8 @@ class TrainConfig:
     mixup: float = 0.0
     # drop the last partial batch of an epoch (the fast path always does)
     drop_last: bool = True
-    # auto (bf16 on GPU, off on CPU) | bf16 | off
+    # auto (bf16 autocast on GPU, off on CPU) | bf16 (on the CPU too: slow there without AMX or
+    # AVX-512 BF16, but the GPU's numerics and compiled graphs can be checked on a CPU) | off
     amp: str = "auto"
     # auto (on GPU) | on | off
     channels_last: str = "auto"

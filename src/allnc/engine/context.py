@@ -45,9 +45,6 @@ class RunContext:
         device = resolve_device(cfg.device)
         dist.init_from_env(device.type)
         on_gpu = device.type == "cuda"
-        if cfg.train.amp == "bf16" and not on_gpu:
-            raise ConfigError("train.amp=bf16 needs a GPU (bf16 autocast is for CUDA here); on the CPU use "
-                              "train.amp=auto or off")
         amp = cfg.train.amp == "bf16" or (cfg.train.amp == "auto" and on_gpu)
         channels_last = cfg.train.channels_last == "on" or (cfg.train.channels_last == "auto" and on_gpu)
         configure_backends(device)

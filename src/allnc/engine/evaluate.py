@@ -16,8 +16,10 @@ from .loaders import PipelineChoice, iter_eval
 
 
 def autocast_ctx(device: torch.device, amp: bool):
-    if amp and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+    """bf16 autocast on ``device`` when ``amp`` (the GPU's default; on the CPU only when asked
+    for, with train.amp=bf16), else nothing."""
+    if amp and device.type in ("cuda", "cpu"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 

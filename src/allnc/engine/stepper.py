@@ -106,11 +106,10 @@ class Stepper:
             self.opt_step = self.opt.step
             self._float_lr()
         else:
-            kw = {"mode": mode} if backend == "inductor" and mode != "default" else {}
-            self.step_fn = torch.compile(self.step_module, backend=backend, **kw)
+            self.step_fn = torch.compile(self.step_module, backend=backend, **compile_kwargs(backend, mode))
             # the optimizer step is a few fused element-wise kernels: compiled without CUDA graphs,
             # so that its state stays in ordinary memory
-            self.opt_step = torch.compile(self.opt.step, backend=backend)
+            self.opt_step = torch.compile(self.opt.step, backend=backend, **compile_kwargs(backend, "default"))
         self.info.update(used=True, backend=backend, mode=mode)
         # CUDA graph trees want to know where a training iteration begins
         self._mark_step = self.device.type == "cuda" and (
@@ -214,6 +213,26 @@ class Stepper:
         self.info["probe_s"] = round(time.time() - t0, 2)
         self.log(f"compile  {errors[-1]}; training eagerly (not compiled)"
                  + (f"; the full error is in {self.error_log}" if self.error_log else ""))
+
+
+# inductor settings of every compiled step, on top of its mode's own
+INDUCTOR_OPTIONS = {
+    # torch 2.11's reordering for peak memory can place a buffer's first use before its
+    # allocation in the generated backward (UnboundLocalError: 'buf8'), seen for LDAM-DRW, fixed
+    # ETF + DR and BCL on ResNet-32 under bf16 autocast (the GPU's precision, run on the CPU);
+    # a network this small has no memory to save
+    "reorder_for_peak_memory": False,
+}
+
+
+def compile_kwargs(backend: str, mode: str) -> dict:
+    """``torch.compile``'s keywords for ``backend`` in ``mode``: for inductor, the mode's own
+    options plus ``INDUCTOR_OPTIONS`` (torch.compile takes a mode or options, not both)."""
+    if backend != "inductor":
+        return {}
+    from torch._inductor import list_mode_options
+
+    return {"options": {**list_mode_options(mode), **INDUCTOR_OPTIONS}}
 
 
 def compile_stages(device_type: str, backend: str, mode: str) -> list[tuple[str, str]]:
