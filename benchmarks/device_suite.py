@@ -186,6 +186,10 @@ class Suite:
         said = [f"{b} {'ok' if c.get('ok') else 'FAILED: ' + _last_line(c.get('error', ''))} ({c.get('s', '-')} s)"
                 for b, c in checks.items()]
         self.log("compile check: " + ("; ".join(said) or "not finished"))
+        self.compile_backend = backend_after_check(checks, self.compile_backend)
+        if self.compile_backend != "inductor":
+            self.log(f"compile check: inductor fails here; the smoke starts from the {self.compile_backend} backend "
+                     "(no run spends its probe on inductor's failing modes)")
 
     def start_mps(self) -> dict:
         """Start the CUDA MPS control daemon (its clients are the processes started after it)."""
@@ -455,6 +459,16 @@ class Suite:
             atomic_write_json(self.out / "suite.json", self.summary)
             self.log(f"suite finished in {time.monotonic() - self.t0:.0f} s; output in {self.out}")
         return status
+
+
+def backend_after_check(checks: dict, backend: str) -> str:
+    """The compile backend the smoke starts from, given the environment's compile check: the
+    ``cudagraphs`` backend where inductor failed the check (each run would otherwise spend a
+    minute of its probe on inductor's failing modes before reaching it); ``backend`` where the
+    check passed inductor or did not finish."""
+    if backend == "inductor" and "ok" in checks.get("inductor", {}) and not checks["inductor"]["ok"]:
+        return "cudagraphs"
+    return backend
 
 
 # ---------------------------------------------------------------------- measurement

@@ -102,3 +102,15 @@ def test_compile_check_reports_each_backend_and_the_compilers_words():
     assert got["aot_eager"]["ok"] is True and "error" not in got["aot_eager"]
     assert got["no_such_backend"]["ok"] is False and "no_such_backend" in got["no_such_backend"]["error"]
     assert suite_mod._last_line("a\n  b: why \n\n") == "b: why"
+
+
+def test_a_failed_inductor_check_starts_the_smoke_from_cudagraphs():
+    """inductor failing the environment's compile check sends every smoke run straight to the
+    cudagraphs backend; a passed or unfinished check leaves the configured backend."""
+    after = suite_mod.backend_after_check
+    failed, passed = {"ok": False, "error": "x"}, {"ok": True, "s": 1.0}
+    assert after({"inductor": failed, "cudagraphs": passed}, "inductor") == "cudagraphs"
+    assert after({"inductor": failed, "cudagraphs": failed}, "inductor") == "cudagraphs"  # it fails fast, then eager
+    assert after({"inductor": passed, "cudagraphs": passed}, "inductor") == "inductor"
+    assert after({"unfinished": True}, "inductor") == "inductor"
+    assert after({}, "inductor") == "inductor"
