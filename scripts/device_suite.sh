@@ -5,8 +5,9 @@
 #                                                        .whl/ (wheels) and .data/cifar10-jpeg.tar.xz
 #   bash scripts/device_suite.sh --tiny OUT [options]    CPU, tiny generated data (the test suite runs this)
 #
-# Environment: PYTHON (default python3), TARGET (install into this folder: see device_install.sh), DEADLINE (seconds for the whole command, default 520),
-# ALLNC_COMMIT (the commit, where the checkout has no .git), ARCHIVE, DATA_DIR.
+# Environment: PYTHON (default python3), DEADLINE (seconds for the whole command, default 520),
+# ALLNC_COMMIT (the commit, where the checkout has no .git), ARCHIVE, DATA_DIR, TARGET (install
+# into this folder instead of the Python's environment: see device_install.sh).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
