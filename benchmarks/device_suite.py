@@ -20,11 +20,15 @@ each logged with the seconds since the start, all bounded by ``--deadline``:
 5. the plan: methods x imbalance factors x seeds, concurrently, most important first. Each
    finished run immediately gets ``RESULTS/<cell>.json`` and the output tarballs are
    rewritten; a run still going at the deadline is stopped and listed as unfinished, never
-   as a result. Cells whose results file exists already are skipped.
+   as a result. Cells whose results file exists already are skipped. Unfinished runs that
+   have a checkpoint go into ``resume.tar``, the most advanced first; a later suite given it
+   (``--resume-from``) continues them where they stopped, so that runs longer than one
+   session's minutes still finish.
 
 Everything to bring back is in OUT, at most 8 files, no sub-folders: ``suite.log``,
-``env.json``, ``speed.json``, ``summary.md``, ``results.tar.gz`` (the new results files,
-as ``results/<cell>.json``) and ``runs.tar.gz`` (every run directory's small files).
+``env.json``, ``speed.json``, ``suite.json``, ``summary.md``, ``results.tar.gz`` (the new results
+files, as ``results/<cell>.json``), ``runs.tar.gz`` (every run directory's small files) and
+``resume.tar`` (the unfinished plan runs to continue, when there are any).
 """
 from __future__ import annotations
 
@@ -54,6 +58,8 @@ PLANS = {
                   imbalance=[100.0], seeds=[0], epochs=200),
 }
 SMALL_FILES = {"config.yaml", "metrics.json", "metrics.jsonl", "log.txt", "nc.json", "compile_error.txt"}
+RESUME_FILES = ("checkpoint.pt", "config.yaml", "metrics.jsonl", "log.txt")  # what --resume needs, and the history
+PLAN_CKPT_EVERY = 5  # a plan run stopped at the deadline loses at most this many epochs
 TINY = ["model.width=4", "train.batch_size=16", "nc.batch_size=64", "data.num_workers=0", "train.eval_every=1"]
 
 
@@ -79,6 +85,7 @@ class Suite:
         self.method_backends: dict[str, str] = {}  # and backend (inductor, or cudagraphs after its failure)
         self.compile_backend = "inductor"
         self.broken: dict[str, str] = {}  # methods whose smoke run failed: not in the plan
+        self.resumed: dict[str, int] = {}  # plan cells continued from --resume-from: their epoch then
         self._compile_thread: threading.Thread | None = None  # the environment stage's compile check (GPU)
         self._compile_check: dict = {}
 
@@ -347,19 +354,21 @@ class Suite:
             self.summary["stages"]["plan"] = {"skipped": skipped, "done": [], "unfinished": [], "not_started": [],
                                               "failed": []}
             return
+        if a.resume_from:
+            self.unpack_resume(Path(a.resume_from), {c[0] for c in todo})
+        # the most advanced resumed runs first, then the plan's order
+        todo.sort(key=lambda c: -self.resumed.get(c[0], -1))
         conc = self.plan_concurrency(len(todo))
-        runs = [{"config": cfg, "name": name,
-                 "overrides": [f"data.imbalance_factor={f:g}", f"train.epochs={a.epochs}", f"seed={s}",
-                               *self.compile_overrides(cfg[len(a.prefix) + 1:])]}
-                for name, cfg, f, s in todo]
-        extra = self.common(imbalance=False) + [f"nc.every={a.epochs}", *self.plan_extra]
+        runs, extra = self.plan_runs(todo)
         self.log(f"plan: {len(todo)} runs, {conc} at once, compile modes {self.method_modes or self.compile_mode}, "
                  f"{self.left() - a.pack_reserve_s:.0f} s left for them")
 
         def done(spec, secs):
+            suite = {"plan": a.plan, "concurrent_runs": conc, "mps": self.summary["env"]["mps"]["started"]}
+            if spec.name in self.resumed:  # begun in an earlier suite (see its suite.log), continued here
+                suite["resumed_from_epoch"] = self.resumed[spec.name]
             rec = result_record(spec.run_dir, spec.name, {
-                "data_label": a.data_label, "process_wall_s": round(secs, 1),
-                "suite": {"plan": a.plan, "concurrent_runs": conc, "mps": self.summary["env"]["mps"]["started"]}})
+                "data_label": a.data_label, "process_wall_s": round(secs, 1), "suite": suite})
             path = self.results / f"{spec.name}.json"
             atomic_write_json(path, rec)
             self.new_results.append(path)
@@ -371,11 +380,70 @@ class Suite:
             self.pack()
 
         res = self.grid("plan", runs, conc, self.deadline - a.pack_reserve_s, extra, on_done=done)
+        packed = self.pack_resume([s.run_dir for s in res.unfinished])
         self.summary["stages"]["plan"] = {
             "skipped": skipped, "concurrent": conc, "done": [s.name for s in res.done],
             "failed": {s.name: res.reasons.get(s.name) for s in res.failed},
             "unfinished": {s.name: _last_epoch(s.run_dir) for s in res.unfinished},
-            "not_started": [s.name for s in res.not_started]}
+            "not_started": [s.name for s in res.not_started], "resumed": self.resumed, "resume_tar": packed}
+
+    def plan_runs(self, todo: list[tuple]) -> tuple[list[dict], list[str]]:
+        """The grid's runs for the plan cells ``todo`` and the overrides they share."""
+        a = self.args
+        runs = [{"config": cfg, "name": name,
+                 "overrides": [f"data.imbalance_factor={f:g}", f"train.epochs={a.epochs}", f"seed={s}",
+                               *self.compile_overrides(cfg[len(a.prefix) + 1:])]}
+                for name, cfg, f, s in todo]
+        extra = self.common(imbalance=False) + [f"nc.every={a.epochs}", f"train.ckpt_every={PLAN_CKPT_EVERY}",
+                                                *self.plan_extra]
+        return runs, extra
+
+    def unpack_resume(self, tar: Path, cells: set[str]) -> None:
+        """Put the run directories of an earlier suite's ``resume.tar`` where the plan's runs go,
+        for the cells still to do; the grid then resumes them from their checkpoints."""
+        if not tar.is_file():
+            self.log(f"plan: no {tar}; nothing to resume")
+            return
+        dest = self.work / "plan"
+        with tarfile.open(tar) as tf:
+            members = [m for m in tf.getmembers() if m.isfile() and len(Path(m.name).parts) == 2
+                       and Path(m.name).parts[0] in cells and Path(m.name).name in RESUME_FILES]
+            for m in members:  # names checked above: <cell>/<one of RESUME_FILES>, nothing else
+                run_dir = dest / Path(m.name).parts[0]
+                if (run_dir / "metrics.json").is_file():
+                    continue  # finished here already
+                run_dir.mkdir(parents=True, exist_ok=True)
+                data = tf.extractfile(m).read()
+                atomic_write_bytes(run_dir / Path(m.name).name, lambda f: f.write(data))
+        for cell in sorted({Path(m.name).parts[0] for m in members}):
+            if (dest / cell / "checkpoint.pt").is_file() and not (dest / cell / "metrics.json").is_file():
+                self.resumed[cell] = _ckpt_epoch(dest / cell)
+        self.log(f"plan: resuming {len(self.resumed)} runs from {tar}: "
+                 + (", ".join(f"{c} at epoch {e}" for c, e in self.resumed.items()) or "none of its runs is still to do"))
+
+    def pack_resume(self, run_dirs: list[Path]) -> list[str]:
+        """``OUT/resume.tar``: the unfinished runs that have a checkpoint, the most advanced
+        first, as many as fit in ``--resume-cap-mib`` (a file that comes back from the device
+        may hold 16 MiB)."""
+        chosen = select_resume(run_dirs, int(self.args.resume_cap_mib * 2**20))
+        target = self.out / "resume.tar"
+        if not chosen:
+            target.unlink(missing_ok=True)
+            return []
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tf:  # checkpoints are floats: gzip would gain ~10%
+            for d in chosen:
+                for f in RESUME_FILES:
+                    if (d / f).is_file():
+                        tf.add(d / f, arcname=f"{d.name}/{f}")
+        data = buf.getvalue()
+        atomic_write_bytes(target, lambda f: f.write(data))
+        left = [d.name for d in run_dirs if d not in chosen and (d / "checkpoint.pt").is_file()]
+        self.log(f"plan: resume.tar holds {len(chosen)} unfinished runs ({len(data) / 2**20:.1f} MiB): "
+                 + ", ".join(f"{d.name} at epoch {_ckpt_epoch(d)}" for d in chosen)
+                 + (f"; left out for its size: {', '.join(left)}" if left else "")
+                 + "; continue them with --resume-from")
+        return [d.name for d in chosen]
 
     def posthoc_rows(self, spec, secs) -> None:
         """tau-norm and post-hoc logit adjustment of a finished CE run: two more rows of the
@@ -461,6 +529,20 @@ class Suite:
         return status
 
 
+def select_resume(run_dirs: list[Path], cap_bytes: int) -> list[Path]:
+    """The run directories to carry to the next suite: those with a checkpoint, the most
+    advanced (the checkpoint's epoch) first, while their files fit in ``cap_bytes`` together."""
+    def size(d: Path) -> int:
+        return sum((d / f).stat().st_size for f in RESUME_FILES if (d / f).is_file())
+
+    chosen, total = [], 0
+    for d in sorted((d for d in run_dirs if (d / "checkpoint.pt").is_file()), key=lambda d: -_ckpt_epoch(d)):
+        if total + size(d) <= cap_bytes:
+            chosen.append(d)
+            total += size(d)
+    return chosen
+
+
 def backend_after_check(checks: dict, backend: str) -> str:
     """The compile backend the smoke starts from, given the environment's compile check: the
     ``cudagraphs`` backend where inductor failed the check (each run would otherwise spend a
@@ -512,6 +594,17 @@ def _read_jsonl(p: Path) -> list[dict]:
         return [json.loads(x) for x in Path(p).read_text().splitlines() if x.strip()]
     except (OSError, ValueError):
         return []
+
+
+def _ckpt_epoch(run_dir: Path) -> int:
+    """The epoch a run's checkpoint holds (where --resume continues), 0 without one."""
+    from allnc.engine.checkpoint import load_checkpoint
+    from allnc.errors import RunDirError
+
+    try:
+        return int(load_checkpoint(run_dir / "checkpoint.pt")["epoch"])
+    except RunDirError:  # missing or damaged: it resumes nothing
+        return 0
 
 
 def _last_epoch(run_dir: Path):
@@ -642,6 +735,8 @@ def parse(argv=None):
     p.add_argument("--smoke-s", type=float, default=170.0)
     p.add_argument("--plan-reserve-s", type=float, default=260.0, help="speed stops early to leave the plan this much")
     p.add_argument("--pack-reserve-s", type=float, default=10.0)
+    p.add_argument("--resume-from", default=None, help="an earlier suite's resume.tar: continue its unfinished runs")
+    p.add_argument("--resume-cap-mib", type=float, default=15.0, help="resume.tar holds at most this much")
     p.add_argument("--no-speed", action="store_true")
     p.add_argument("--no-mps", dest="mps", action="store_false")
     p.add_argument("--tiny", action="store_true", help="CPU, tiny generated data, one epoch: the suite end to end")
@@ -651,12 +746,13 @@ def parse(argv=None):
     a.methods = a.methods or plan["methods"]
     a.imbalance = a.imbalance or plan["imbalance"]
     a.seeds = a.seeds if a.seeds is not None else plan["seeds"]
+    epochs_given = a.epochs
     a.epochs = a.epochs or plan["epochs"]
     a.smoke_methods = a.smoke_methods or (["ce", "allnc"] if a.tiny else list(dict.fromkeys(["ce", "allnc", *a.methods])))
     a.work = a.work or str(Path(a.out).resolve().parent / (Path(a.out).name + "-work"))
     if a.tiny:
         a.device = "cpu"
-        a.epochs = 1
+        a.epochs = epochs_given or 1
         a.imbalance = [10.0]
         a.speed_epochs, a.speed_epochs_conv = 2, 1
         a.data_label = "tiny generated CIFAR-like images"

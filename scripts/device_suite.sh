@@ -7,7 +7,8 @@
 #
 # Environment: PYTHON (default python3), DEADLINE (seconds for the whole command, default 520),
 # ALLNC_COMMIT (the commit, where the checkout has no .git), ARCHIVE, DATA_DIR, TARGET (install
-# into this folder instead of the Python's environment: see device_install.sh).
+# into this folder instead of the Python's environment: see device_install.sh), RESUME (an earlier
+# suite's resume.tar, default .data/resume.tar where it exists).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
@@ -47,7 +48,11 @@ if [ ! -d "$DATA_DIR/train" ]; then
 else
   log "data already unpacked in $DATA_DIR"
 fi
+# an earlier suite's unfinished runs (its resume.tar, carried back in .data/) are continued
+RESUME="${RESUME:-.data/resume.tar}"
+resume=()
+if [ -f "$RESUME" ]; then log "continuing the unfinished runs in $RESUME"; resume=(--resume-from "$RESUME"); fi
 left=$(( DEADLINE - ($(date +%s) - start) ))
 log "suite with $left s left"
 exec "$PY" benchmarks/device_suite.py --out "$OUT" --data-root "$DATA_DIR" --cache-dir "$(dirname "$DATA_DIR")/cache" \
-  --deadline "$left" "$@"
+  --deadline "$left" "${resume[@]}" "$@"

@@ -222,3 +222,15 @@ def test_bf16_autocast_runs_on_the_cpu_when_asked_for(amp, want, tiny_learnable_
     conv.register_forward_hook(lambda mod, i, o: seen.append(o.dtype))
     loss, _ = t.stepper.step(next(t._first_batches(0)()), StepState(0, 1, 0, t.steps))
     assert seen == [want] and loss.dtype == torch.float32 and torch.isfinite(loss)
+
+
+def test_a_run_may_resume_with_other_compile_settings():
+    """Compilation is how a step runs, not what it computes: a run begun compiled may go on
+    eagerly or in another backend (the next machine's), but not with another learning rate."""
+    from allnc.engine.context import check_resume_config
+    from allnc.errors import ConfigError
+
+    saved = load_config("fmnist_lt_ce", ["train.compile=on", "train.compile_mode=reduce-overhead"])
+    check_resume_config(saved, load_config("fmnist_lt_ce", ["train.compile=off", "train.compile_backend=cudagraphs"]))
+    with pytest.raises(ConfigError, match="train.lr"):
+        check_resume_config(saved, load_config("fmnist_lt_ce", ["train.compile=off", "train.lr=0.05"]))

@@ -10,6 +10,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 # the suite is a benchmark script, not package code: load it from its file
@@ -114,3 +115,70 @@ def test_a_failed_inductor_check_starts_the_smoke_from_cudagraphs():
     assert after({"inductor": passed, "cudagraphs": passed}, "inductor") == "inductor"
     assert after({"unfinished": True}, "inductor") == "inductor"
     assert after({}, "inductor") == "inductor"
+
+
+def test_select_resume_takes_the_most_advanced_runs_that_fit(tmp_path):
+    """Runs at epochs 3, 7 and 5 (and one without a checkpoint), a cap that holds two of the
+    three: the epoch-7 run first, then the epoch-3 one, since 7 and 5 together are too big."""
+    from allnc.engine.checkpoint import save_checkpoint
+
+    dirs = {}
+    for name, epoch, n in (("a", 3, 1000), ("b", 7, 20000), ("c", 5, 30000)):
+        d = dirs[name] = tmp_path / name
+        d.mkdir()
+        save_checkpoint(d / "checkpoint.pt", {"method": {"w": torch.zeros(n)}, "epoch": epoch})
+    (tmp_path / "d").mkdir()
+    size = {k: (d / "checkpoint.pt").stat().st_size for k, d in dirs.items()}
+    cap = size["b"] + size["a"] + 10
+    assert size["b"] + size["c"] > cap
+    got = suite_mod.select_resume([dirs["a"], dirs["b"], dirs["c"], tmp_path / "d"], cap)
+    assert got == [dirs["b"], dirs["a"]]
+    assert suite_mod.select_resume(list(dirs.values()), size["a"] - 1) == []
+
+
+def test_an_unfinished_run_is_carried_to_the_next_suite_and_finished_there(tmp_path, monkeypatch):
+    """A plan run stopped after its epoch-5 checkpoint (of 6) goes into resume.tar; the next
+    suite given that file continues it from epoch 5 instead of starting again, and its results
+    file says so."""
+    from allnc.config import cell_name, load_config
+    from allnc.engine.stepper import Stepper
+    from allnc.engine.trainer import Trainer
+
+    args = ["--epochs", "6", "--methods", "ce", "--smoke-methods", "ce", "--no-speed"]
+    first = suite_mod.Suite(suite_mod.parse(["--tiny", *args, "--out", str(tmp_path / "out1"), "--results",
+                                             str(tmp_path / "res"), "--work", str(tmp_path / "work1")]))
+    cell = cell_name("cifar10_lt_ce", 10.0, 6, 0)
+    (run,), extra = first.plan_runs([(cell, "cifar10_lt_ce", 10.0, 0)])
+    run_dir = tmp_path / "work1" / "plan" / cell
+
+    def stop_in_epoch_6(self, batches, state):
+        if state.epoch == 5:
+            raise KeyboardInterrupt  # as the deadline's SIGTERM would, after the epoch-5 checkpoint
+        return real_step(self, batches, state)
+
+    real_step = Stepper.step
+    monkeypatch.setattr(Stepper, "step", stop_in_epoch_6)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(load_config(run["config"], [*extra, *run["overrides"]]), run_dir).fit()
+    monkeypatch.undo()
+    assert not (run_dir / "metrics.json").exists()
+    assert first.pack_resume([run_dir]) == [cell]
+    with tarfile.open(tmp_path / "out1" / "resume.tar") as tf:
+        # log.txt is the grid's (this run was started without one)
+        assert sorted(tf.getnames()) == sorted(f"{cell}/{f}" for f in ("checkpoint.pt", "config.yaml", "metrics.jsonl"))
+
+    env = dict(os.environ, PYTHON=sys.executable)
+    r = subprocess.run(["bash", str(ROOT / "scripts" / "device_suite.sh"), "--tiny", str(tmp_path / "out2"), *args, "--results",
+                        str(tmp_path / "res"), "--work", str(tmp_path / "work2"),
+                        "--resume-from", str(tmp_path / "out1" / "resume.tar")],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    rec = json.loads((tmp_path / "res" / f"{cell}.json").read_text())
+    assert rec["suite"]["resumed_from_epoch"] == 5
+    log = (tmp_path / "work2" / "plan" / cell / "log.txt").read_text()
+    assert "resume   from epoch 5 of 6" in log
+    hist = [json.loads(x) for x in (tmp_path / "work2" / "plan" / cell / "metrics.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in hist] == [1, 2, 3, 4, 5, 6]
+    plan = json.loads((tmp_path / "out2" / "suite.json").read_text())["stages"]["plan"]
+    assert plan["resumed"] == {cell: 5} and plan["done"] == [cell] and plan["resume_tar"] == []
+    assert not (tmp_path / "out2" / "resume.tar").exists()

@@ -91,10 +91,13 @@ def check_same_backbone(cfg: DictConfig, source: Any, init_from: str) -> None:
                               f"model.{key}={ours}: add model.{key}={theirs}")
 
 
-# runtime settings that may differ when a run is resumed or re-evaluated elsewhere
+# runtime settings that may differ when a run is resumed or re-evaluated elsewhere; compilation
+# too: it changes how the step runs, not what it computes (a run begun compiled on one machine
+# may go on eagerly, or in another compile backend, on the next)
 RUNTIME_TOP = {"device"}
 RUNTIME_KEYS = {"data.root", "data.num_workers", "data.download", "data.cache_dir", "train.progress", "name",
-                "train.logger", "train.wandb_project", "train.wandb_mode"}
+                "train.logger", "train.wandb_project", "train.wandb_mode", "train.compile", "train.compile_mode",
+                "train.compile_backend"}
 
 
 def is_runtime(key: str) -> bool:
