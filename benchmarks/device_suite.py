@@ -380,7 +380,8 @@ class Suite:
             self.pack()
 
         res = self.grid("plan", runs, conc, self.deadline - a.pack_reserve_s, extra, on_done=done)
-        packed = self.pack_resume([s.run_dir for s in res.unfinished])
+        # a run resumed from --resume-from that never started here (too few slots) goes on too
+        packed = self.pack_resume([s.run_dir for s in (*res.unfinished, *res.not_started)])
         self.summary["stages"]["plan"] = {
             "skipped": skipped, "concurrent": conc, "done": [s.name for s in res.done],
             "failed": {s.name: res.reasons.get(s.name) for s in res.failed},

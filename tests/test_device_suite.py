@@ -182,3 +182,32 @@ def test_an_unfinished_run_is_carried_to_the_next_suite_and_finished_there(tmp_p
     plan = json.loads((tmp_path / "out2" / "suite.json").read_text())["stages"]["plan"]
     assert plan["resumed"] == {cell: 5} and plan["done"] == [cell] and plan["resume_tar"] == []
     assert not (tmp_path / "out2" / "resume.tar").exists()
+
+
+def test_resumed_runs_that_got_no_slot_are_carried_on(tmp_path, monkeypatch):
+    """Two runs resumed from resume.tar, one slot and no time: the one stopped unfinished and the
+    one that never started both go into the next resume.tar (neither checkpoint is dropped)."""
+    from allnc.engine.checkpoint import save_checkpoint
+    from allnc.grid.expand import RunSpec
+    from allnc.grid.runner import GridResult
+
+    s = suite_mod.Suite(suite_mod.parse(["--tiny", "--methods", "ce", "la", "--out", str(tmp_path / "out"), "--results",
+                                         str(tmp_path / "res"), "--work", str(tmp_path / "work"), "--epochs", "6"]))
+    cells = {m: f"cifar10_lt_{m}__if10__e6__seed0" for m in ("ce", "la")}
+    for m, epoch in (("ce", 5), ("la", 3)):
+        d = tmp_path / "work" / "plan" / cells[m]
+        d.mkdir(parents=True)
+        save_checkpoint(d / "checkpoint.pt", {"method": {}, "epoch": epoch})
+
+    def grid(name, runs, conc, until, extra, on_done=None):
+        specs = {r["name"]: RunSpec(r["name"], r["name"], r["config"], [], 0, tmp_path / "work" / name / r["name"])
+                 for r in runs}
+        return GridResult(tmp_path / "work" / name, list(specs.values()), unfinished=[specs[cells["ce"]]],
+                          not_started=[specs[cells["la"]]])
+
+    monkeypatch.setattr(s, "grid", grid)
+    s.plan()
+    plan = s.summary["stages"]["plan"]
+    assert plan["resume_tar"] == [cells["ce"], cells["la"]]  # the more advanced first
+    with tarfile.open(tmp_path / "out" / "resume.tar") as tf:
+        assert sorted(tf.getnames()) == sorted(f"{c}/checkpoint.pt" for c in cells.values())
