@@ -82,6 +82,19 @@ def test_inductor_gets_its_mode_and_the_extra_options():
     assert compile_kwargs("aot_eager", "default") == compile_kwargs("cudagraphs", "default") == {}
 
 
+def test_an_option_this_torch_does_not_know_is_left_out(monkeypatch):
+    """A later torch without one of INDUCTOR_OPTIONS still compiles (torch.compile would refuse
+    the unknown option); the known ones stay."""
+    from allnc.engine import stepper
+
+    extra = {"no_such_inductor_option": 1, "triton.no_such_option": 1, "triton.cudagraph_trees": True}
+    monkeypatch.setattr(stepper, "INDUCTOR_OPTIONS", {**stepper.INDUCTOR_OPTIONS, **extra})
+    opts = compile_kwargs("inductor", "default")["options"]
+    assert opts == {"reorder_for_peak_memory": False, "triton.cudagraph_trees": True}
+    with pytest.raises(RuntimeError, match="no_such_inductor_option"):
+        torch.compile(lambda x: x * 2, backend="inductor", options={"no_such_inductor_option": 1})
+
+
 def _failing_compile(monkeypatch, fail_when):
     """torch.compile replaced by a wrapper that runs the function eagerly until
     ``fail_when(kwargs, call_number)`` says to raise (as a compiler or CUDA-graph error would)."""

@@ -227,12 +227,21 @@ INDUCTOR_OPTIONS = {
 
 def compile_kwargs(backend: str, mode: str) -> dict:
     """``torch.compile``'s keywords for ``backend`` in ``mode``: for inductor, the mode's own
-    options plus ``INDUCTOR_OPTIONS`` (torch.compile takes a mode or options, not both)."""
+    options plus those of ``INDUCTOR_OPTIONS`` that this torch knows (torch.compile takes a
+    mode or options, not both, and refuses an option it does not know)."""
     if backend != "inductor":
         return {}
-    from torch._inductor import list_mode_options
+    from torch._inductor import config as inductor_config, list_mode_options
 
-    return {"options": {**list_mode_options(mode), **INDUCTOR_OPTIONS}}
+    def known(key: str) -> bool:  # "a.b" is inductor_config.a.b
+        obj = inductor_config
+        for part in key.split("."):
+            if not hasattr(obj, part):
+                return False
+            obj = getattr(obj, part)
+        return True
+
+    return {"options": {**list_mode_options(mode), **{k: v for k, v in INDUCTOR_OPTIONS.items() if known(k)}}}
 
 
 def compile_stages(device_type: str, backend: str, mode: str) -> list[tuple[str, str]]:
