@@ -23,13 +23,12 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from allnc.engine.runtime import git_commit, versions
+from allnc.grid import run_grid
 from allnc.rundir import atomic_write_json
 
 from demo_time import cpu_model  # sibling scripts (benchmarks/ is on the path of `python benchmarks/...`)
@@ -40,20 +39,13 @@ GPU_LIKE = ["train.compile=on", "train.compile_backend=inductor", "train.compile
             "train.channels_last=on"]
 
 
-def check(method: str, prefix: str, data: Path, work: Path, extra: list[str]) -> dict:
-    out = work / method
-    cmd = [sys.executable, "-m", "allnc", "train", "--config", f"{prefix}_{method}", "--out", str(out), "--overwrite",
-           "device=cpu", "train.progress=false", f"data.root={data}", "data.imbalance_factor=10", "data.num_workers=0",
-           "train.epochs=1", "train.batch_size=32", *GPU_LIKE, *extra]
-    # a cache of its own, emptied by main(): every graph is compiled here, not found from an earlier run
-    env = dict(os.environ, OMP_NUM_THREADS="1", TORCHINDUCTOR_CACHE_DIR=str(work / "inductor-cache"))
-    t = time.time()
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
-    row = {"wall_s": round(time.time() - t, 1), "exit": r.returncode}
+def row_of(run_dir: Path, secs: float | None, reason: str | None) -> dict:
+    """What the check records of one method's run: its compile record, or why it has none."""
+    row = {"wall_s": None if secs is None else round(secs, 1)}
     try:
-        rec = json.loads((out / "metrics.json").read_text())["compile"]
+        rec = json.loads((run_dir / "metrics.json").read_text())["compile"]
     except (OSError, ValueError, KeyError):
-        row["error"] = (r.stderr.strip().splitlines() or ["?"])[-1][:300]
+        row["error"] = reason or "no metrics.json"
         return row
     row.update(used=rec["used"], backend=rec["backend"], mode=rec["mode"], probe_s=rec["probe_s"],
                fallback=rec["fallback"])
@@ -73,25 +65,34 @@ def main(argv=None) -> int:
     methods = a.methods or plan["methods"]
     work = Path(a.work).resolve()
     data = work / "tiny-data"
-    shutil.rmtree(work / "inductor-cache", ignore_errors=True)
+    # every graph compiled here, none found from an earlier check: fresh run directories and a
+    # cache of the check's own (the grid's processes inherit this environment)
+    for d in ("runs", "inductor-cache"):
+        shutil.rmtree(work / d, ignore_errors=True)
+    os.environ.update(OMP_NUM_THREADS="1", TORCHINDUCTOR_CACHE_DIR=str(work / "inductor-cache"))
     if not (data / "train").is_dir():
         make_tiny_cifar(data)
+    runs = [{"config": f"{plan['prefix']}_{m}", "name": m} for m in methods]
+    extra = ["device=cpu", "train.progress=false", f"data.root={data}", "data.imbalance_factor=10",
+             "data.num_workers=0", "train.epochs=1", "train.batch_size=32", *GPU_LIKE, *a.extra]
+    secs: dict[str, float] = {}
     t0 = time.time()
-    with ThreadPoolExecutor(a.jobs) as pool:
-        rows = dict(zip(methods, pool.map(lambda m: check(m, plan["prefix"], data, work, a.extra), methods)))
+    res = run_grid({"runs": runs, "max_concurrent": a.jobs, "extra_overrides": extra}, out=work / "runs",
+                   on_done=lambda spec, s: secs.__setitem__(spec.name, s))
+    rows = {s.name: row_of(s.run_dir, secs.get(s.name), res.reasons.get(s.name)) for s in res.runs}
     for m, r in rows.items():
         said = "compiled" if r.get("used") else f"NOT compiled: {r.get('fallback') or r.get('error')}"
         print(f"{m:10s} {said} ({r['wall_s']} s)")
-    res = {"command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
+    rec = {"command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
            "what": "one epoch of each method's CIFAR-10-LT config (ResNet-32) on tiny generated images, on the CPU, "
                    "with the device plan's compiled step: " + " ".join(GPU_LIKE + a.extra),
            "cpu": cpu_model(), "cpu_cores": os.cpu_count(), "jobs": a.jobs,
            "versions": versions(), "git_commit": git_commit(), "total_s": round(time.time() - t0, 1),
            "methods": rows, "all_compiled": all(r.get("used") for r in rows.values())}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(Path(a.out), res)
-    print(f"{'all' if res['all_compiled'] else 'NOT all'} compiled; {a.out}")
-    return 0 if res["all_compiled"] else 1
+    atomic_write_json(Path(a.out), rec)
+    print(f"{'all' if rec['all_compiled'] else 'NOT all'} compiled; {a.out}")
+    return 0 if rec["all_compiled"] else 1
 
 
 if __name__ == "__main__":

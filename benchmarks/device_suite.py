@@ -426,7 +426,8 @@ class Suite:
         """``OUT/resume.tar``: the unfinished runs that have a checkpoint, the most advanced
         first, as many as fit in ``--resume-cap-mib`` (a file that comes back from the device
         may hold 16 MiB)."""
-        chosen = select_resume(run_dirs, int(self.args.resume_cap_mib * 2**20))
+        epochs = {d: _ckpt_epoch(d) for d in run_dirs if (d / "checkpoint.pt").is_file()}  # each read once
+        chosen = select_resume(run_dirs, int(self.args.resume_cap_mib * 2**20), epochs)
         target = self.out / "resume.tar"
         if not chosen:
             target.unlink(missing_ok=True)
@@ -439,9 +440,9 @@ class Suite:
                         tf.add(d / f, arcname=f"{d.name}/{f}")
         data = buf.getvalue()
         atomic_write_bytes(target, lambda f: f.write(data))
-        left = [d.name for d in run_dirs if d not in chosen and (d / "checkpoint.pt").is_file()]
+        left = [d.name for d in epochs if d not in chosen]
         self.log(f"plan: resume.tar holds {len(chosen)} unfinished runs ({len(data) / 2**20:.1f} MiB): "
-                 + ", ".join(f"{d.name} at epoch {_ckpt_epoch(d)}" for d in chosen)
+                 + ", ".join(f"{d.name} at epoch {epochs[d]}" for d in chosen)
                  + (f"; left out for its size: {', '.join(left)}" if left else "")
                  + "; continue them with --resume-from")
         return [d.name for d in chosen]
@@ -530,17 +531,18 @@ class Suite:
         return status
 
 
-def select_resume(run_dirs: list[Path], cap_bytes: int) -> list[Path]:
+def select_resume(run_dirs: list[Path], cap_bytes: int, epochs: dict[Path, int] | None = None) -> list[Path]:
     """The run directories to carry to the next suite: those with a checkpoint, the most
-    advanced (the checkpoint's epoch) first, while their files fit in ``cap_bytes`` together."""
-    def size(d: Path) -> int:
-        return sum((d / f).stat().st_size for f in RESUME_FILES if (d / f).is_file())
-
+    advanced (the checkpoint's epoch; ``epochs`` where the caller has read them) first, while
+    their files fit in ``cap_bytes`` together."""
+    if epochs is None:
+        epochs = {d: _ckpt_epoch(d) for d in run_dirs if (d / "checkpoint.pt").is_file()}
     chosen, total = [], 0
-    for d in sorted((d for d in run_dirs if (d / "checkpoint.pt").is_file()), key=lambda d: -_ckpt_epoch(d)):
-        if total + size(d) <= cap_bytes:
+    for d in sorted(epochs, key=lambda d: -epochs[d]):
+        size = sum((d / f).stat().st_size for f in RESUME_FILES if (d / f).is_file())
+        if total + size <= cap_bytes:
             chosen.append(d)
-            total += size(d)
+            total += size
     return chosen
 
 

@@ -6,9 +6,9 @@
 #   bash scripts/device_suite.sh --tiny OUT [options]    CPU, tiny generated data (the test suite runs this)
 #
 # Environment: PYTHON (default python3), DEADLINE (seconds for the whole command, default 520),
-# ALLNC_COMMIT (the commit, where the checkout has no .git), ARCHIVE, DATA_DIR, TARGET (install
-# into this folder instead of the Python's environment: see device_install.sh), RESUME (an earlier
-# suite's resume.tar, default .data/resume.tar where it exists).
+# ALLNC_COMMIT (the commit, where the checkout has no .git), ARCHIVE, DATA_DIR, TARGET (the folder
+# the package is installed into, default /tmp/allnc-site: see device_install.sh), RESUME (an
+# earlier suite's resume.tar, default .data/resume.tar where it exists).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
@@ -25,11 +25,10 @@ if [ "$tiny" = 1 ]; then
 fi
 
 log "install"
-# an image whose environment is not writable (a non-root user) gets the package in a folder of
-# its own, on PYTHONPATH for everything this command starts (device_install.sh decides alike)
-purelib=$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])' 2>/dev/null || true)
-if [ -z "${TARGET:-}" ] && [ -n "$purelib" ] && [ ! -w "$purelib" ]; then TARGET=/tmp/allnc-site; fi
-if [ -n "${TARGET:-}" ]; then export TARGET PYTHONPATH="$TARGET${PYTHONPATH:+:$PYTHONPATH}"; fi
+# the package goes into a folder of its own, on PYTHONPATH for everything this command starts:
+# one way for every image, whether or not its environment is writable (a non-root user)
+export TARGET="${TARGET:-/tmp/allnc-site}"
+export PYTHONPATH="$TARGET${PYTHONPATH:+:$PYTHONPATH}"
 if ! PYTHON="$PY" bash scripts/device_install.sh 2>&1 | tee -a "$OUT/suite.log"; then
   log "install failed; nothing else can run"; exit 1
 fi

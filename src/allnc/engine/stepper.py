@@ -233,15 +233,8 @@ def compile_kwargs(backend: str, mode: str) -> dict:
         return {}
     from torch._inductor import config as inductor_config, list_mode_options
 
-    def known(key: str) -> bool:  # "a.b" is inductor_config.a.b
-        obj = inductor_config
-        for part in key.split("."):
-            if not hasattr(obj, part):
-                return False
-            obj = getattr(obj, part)
-        return True
-
-    return {"options": {**list_mode_options(mode), **{k: v for k, v in INDUCTOR_OPTIONS.items() if known(k)}}}
+    known = inductor_config.get_config_copy()  # the names torch.compile checks options against ("a.b" too)
+    return {"options": {**list_mode_options(mode), **{k: v for k, v in INDUCTOR_OPTIONS.items() if k in known}}}
 
 
 def compile_stages(device_type: str, backend: str, mode: str) -> list[tuple[str, str]]:
