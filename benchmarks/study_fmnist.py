@@ -17,7 +17,8 @@ the adaptor's final alpha and the chosen one are compared from the same run.
 
 The best trial of each method (validation top-1) is its setting. ``long`` checks on
 validation that the ranking of the top methods holds at 30 epochs. ``final`` runs every method
-at its setting with seeds 0, 1, 2 at imbalance 100 and seed 0 at 50 and 10, the AllNC ablation
+at its setting with seeds 0, 1, 2 at imbalance 100 and seed 0 at 50 and 10 (``--other-seeds``
+for more), the AllNC ablation
 at AllNC's setting, reading the test set once per run (at its end), and writes one results
 file per run (``results/<cell>.json``). Finished runs are never run again.
 
@@ -276,13 +277,14 @@ def check_configs(trials: dict) -> dict:
 
 def phase_final(args) -> None:
     """Every row at its config (= its validation-chosen setting): IF 100 seeds 0-2 (--seeds),
-    IF 50 and 10 seed 0 (--other-ifs); the AllNC ablation at seed 0, IF 100. Seed 0 of every
+    IF 50 and 10 (--other-ifs) seed 0 (--other-seeds N: seeds 0..N-1); the AllNC ablation at
+    seed 0, IF 100. Seed 0 of every
     row and the ablation run first. The test set is read once, at the end of each run."""
     trials = json.loads((HERE / "results" / "fmnist_study_trials.json").read_text())
     chosen = check_configs(trials)
     results = Path(args.results)
     out = Path(args.out) / "final"
-    plan = [(100, s) for s in range(args.seeds)] + [(imb, 0) for imb in args.other_ifs]
+    plan = [(100, s) for s in range(args.seeds)] + [(imb, s) for s in range(args.other_seeds) for imb in args.other_ifs]
     specs, cells = [], {}
 
     def add(row_cfg, imb, seed, what):
@@ -306,7 +308,8 @@ def phase_final(args) -> None:
     # nc.every=EPOCHS: the NC figures of the final model; data.imbalance_factor comes per run
     extra = [e for e in extra if not e.startswith("data.imbalance_factor=")]
     prov = provenance(args, "python benchmarks/study_fmnist.py final" + (f" --seeds {args.seeds}" if args.seeds != 3 else "")
-                      + "".join(f" --other-ifs {x}" for x in args.other_ifs if args.other_ifs != [50, 10]))
+                      + (" --other-ifs " + " ".join(map(str, args.other_ifs)) if args.other_ifs != [50, 10] else "")
+                      + (f" --other-seeds {args.other_seeds}" if args.other_seeds != 1 else ""))
     t0 = time.time()
     # --deadline: runs still going then stop (resumable, never a result), the rest do not start
     stop = time.monotonic() + args.deadline if args.deadline else None
@@ -552,7 +555,8 @@ def main(argv=None) -> int:
     p.add_argument("--results", default=str(ROOT / "results"))
     p.add_argument("--parallel", type=int, default=2)
     p.add_argument("--seeds", type=int, default=3, help="final: seeds 0..N-1 at imbalance 100")
-    p.add_argument("--other-ifs", type=int, nargs="*", default=[50, 10], help="final: imbalance factors run at seed 0")
+    p.add_argument("--other-ifs", type=int, nargs="*", default=[50, 10], help="final: the other imbalance factors")
+    p.add_argument("--other-seeds", type=int, default=1, help="final: seeds 0..N-1 at the other imbalance factors")
     p.add_argument("--deadline", type=float, default=None, help="final, long: seconds after which running runs stop (resumable) and the rest do not start")
     p.add_argument("--cut", action="append", metavar="METHOD",
                    help="trials: do not run this method's unfinished trials (recorded as cut); repeatable")
