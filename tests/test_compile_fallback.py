@@ -247,3 +247,18 @@ def test_a_run_may_resume_with_other_compile_settings():
     check_resume_config(saved, load_config("fmnist_lt_ce", ["train.compile=off", "train.compile_backend=cudagraphs"]))
     with pytest.raises(ConfigError, match="train.lr"):
         check_resume_config(saved, load_config("fmnist_lt_ce", ["train.compile=off", "train.lr=0.05"]))
+
+
+@pytest.mark.parametrize("amp,layout,device,want", [
+    ("auto", "auto", "cpu", (False, False)),
+    ("auto", "auto", "cuda", (True, True)),
+    ("bf16", "on", "cpu", (True, True)),
+    ("off", "off", "cuda", (False, False)),
+])
+def test_precision_auto_means_on_a_gpu_only(amp, layout, device, want):
+    """One rule for training, evaluation and prediction: auto turns bf16 autocast and
+    channels_last on on a GPU only; bf16 / on ask for them anywhere, off nowhere."""
+    from allnc.engine.runtime import precision
+
+    cfg = load_config("fmnist_lt_ce", [f"train.amp={amp}", f"train.channels_last={layout}"])
+    assert precision(cfg, torch.device(device)) == want

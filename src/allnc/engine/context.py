@@ -21,7 +21,7 @@ from ..models import count_parameters
 from ..rundir import CHECKPOINT
 from .checkpoint import load_checkpoint
 from .loaders import PipelineChoice, choose_pipeline
-from .runtime import configure_backends, resolve_device, seed_everything
+from .runtime import configure_backends, precision, resolve_device, seed_everything
 
 
 @dataclass
@@ -44,9 +44,7 @@ class RunContext:
         method starts from ``init_from``'s backbone when given (cRT)."""
         device = resolve_device(cfg.device)
         dist.init_from_env(device.type)
-        on_gpu = device.type == "cuda"
-        amp = cfg.train.amp == "bf16" or (cfg.train.amp == "auto" and on_gpu)
-        channels_last = cfg.train.channels_last == "on" or (cfg.train.channels_last == "auto" and on_gpu)
+        amp, channels_last = precision(cfg, device)
         configure_backends(device)
         seed_everything(int(cfg.seed))
         bundle = build_data(cfg)

@@ -36,7 +36,7 @@ from ..rundir import CHECKPOINT, METRICS, atomic_write_bytes, atomic_write_json,
 from .checkpoint import load_checkpoint
 from .context import load_run, saved_with_runtime
 from .evaluate import autocast_ctx
-from .runtime import git_commit, resolve_device, seed_everything, versions
+from .runtime import git_commit, precision, resolve_device, seed_everything, versions
 
 WEIGHTS, META, FORMAT = "model.safetensors", "model.json", "allnc-export/1"
 
@@ -90,7 +90,7 @@ def _device(name: str) -> torch.device:
 
 def _finish(cfg, method, classes, counts, prep, device, provenance) -> Model:
     method.to(device).eval()
-    amp = cfg.train.amp == "bf16" or (cfg.train.amp == "auto" and device.type == "cuda")
+    amp, _ = precision(cfg, device)  # as in training; predict feeds images in the default layout
     return Model(method, cfg, [str(c) for c in classes], np.asarray(counts, dtype=np.int64), dict(prep), device, amp,
                  provenance)
 

@@ -30,6 +30,15 @@ def resolve_device(name: str) -> torch.device:
     return dev
 
 
+def precision(cfg, device: torch.device) -> tuple[bool, bool]:
+    """(bf16 autocast, channels_last) of a config on a device: ``auto`` means on a GPU only;
+    ``bf16`` / ``on`` ask for it on any device (train.amp, train.channels_last)."""
+    on_gpu = device.type == "cuda"
+    amp = cfg.train.amp == "bf16" or (cfg.train.amp == "auto" and on_gpu)
+    channels_last = cfg.train.channels_last == "on" or (cfg.train.channels_last == "auto" and on_gpu)
+    return amp, channels_last
+
+
 def configure_backends(device: torch.device) -> None:
     """CPU: deterministic algorithms (runs repeat bit for bit); GPU: fixed shapes every step,
     so cuDNN may pick its fastest kernels once."""
