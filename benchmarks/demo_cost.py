@@ -1,7 +1,7 @@
 """Where the demo's time goes, and what halves it at the same accuracy (issue: a faster demo).
 Two measurements, one JSON:
 
-    python benchmarks/demo_cost.py [--threads 1] [--out runs/demo_fast] [--data-root DIR]
+    python benchmarks/demo_cost.py [--threads 1] [--parallel 2] [--out runs/demo_fast] [--data-root DIR]
 
 1. ``batch``: CPU time per image of a training step of the demo's backbone (resnet_small,
    width 16, 28x28 grey images, forward + backward + SGD) at batch sizes 32..256, and of the
@@ -32,13 +32,13 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 from allnc.config import load_config, to_dict
 from allnc.engine.runtime import git_commit
+from allnc.grid import run_grid
 from allnc.rundir import atomic_write_json
 
 import study_fmnist as study  # the sibling script (benchmarks/ is on the path of `python benchmarks/...`)
@@ -121,18 +121,24 @@ def base_trial() -> dict:
     return next(r for r in trials["trials"]["allnc"] if r["name"] == trials["chosen"]["allnc"]["name"])
 
 
-def candidate_run(out: Path, name: str, threads: int, data_root: str | None) -> dict:
-    extra, seed = CANDIDATES[name]
-    run = out / name
-    if not (run / "metrics.json").is_file():
-        cmd = [sys.executable, "-m", "allnc", "train", "--config", "fmnist_lt_allnc", "--out", str(run), "--overwrite",
-               *study_overrides(data_root), *extra, f"seed={seed}"]
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-        subprocess.run(cmd, env=env, check=True)
-    m = json.loads((run / "metrics.json").read_text())
-    return {"overrides": extra, "seed": seed, "run_dir": str(run), "train_wall_s": round(m["wall_time_s"], 1),
-            "val_top1_final_alpha": m["calibration"]["val_top1_by_alpha"]["final"],
-            "val_top1_chosen_alpha": round(m["val"]["top1"], 3)}
+def candidate_runs(out: Path, threads: int, data_root: str | None, parallel: int) -> dict:
+    """Every candidate through the grid runner, ``parallel`` at a time with ``threads`` threads
+    each; a run directory that already has ``metrics.json`` is read, not trained again."""
+    specs = [{"config": "fmnist_lt_allnc", "name": name, "overrides": [*study_overrides(data_root), *extra, f"seed={seed}"]}
+             for name, (extra, seed) in CANDIDATES.items()]
+    os.environ["OMP_NUM_THREADS"] = str(threads)  # the runs' environment (the grid copies it)
+    res = run_grid({"runs": specs, "max_concurrent": parallel}, out=out, log=print)
+    if res.failed:
+        raise SystemExit(f"demo_cost: {len(res.failed)} candidate runs failed: "
+                         + "; ".join(f"{r.name}: {res.reasons.get(r.name, '?')}" for r in res.failed))
+    rows = {}
+    for name, (extra, seed) in CANDIDATES.items():
+        run = out / name
+        m = json.loads((run / "metrics.json").read_text())
+        rows[name] = {"overrides": extra, "seed": seed, "run_dir": str(run), "train_wall_s": round(m["wall_time_s"], 1),
+                      "val_top1_final_alpha": m["calibration"]["val_top1_by_alpha"]["final"],
+                      "val_top1_chosen_alpha": round(m["val"]["top1"], 3)}
+    return rows
 
 
 def compare(rows: dict) -> dict:
@@ -179,10 +185,13 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default="runs/demo_fast")
     p.add_argument("--data-root", default=None)
+    p.add_argument("--parallel", type=int, default=2, help="candidate runs at a time")
     a = p.parse_args(argv)
-    rows = {name: candidate_run(Path(a.out), name, a.threads, a.data_root) for name in CANDIDATES}
-    data = {"command": "python benchmarks/demo_cost.py" + (f" --threads {a.threads}" if a.threads != 1 else ""),
+    rows = candidate_runs(Path(a.out), a.threads, a.data_root, a.parallel)
+    data = {"command": "python benchmarks/demo_cost.py" + (f" --threads {a.threads}" if a.threads != 1 else "")
+            + (f" --parallel {a.parallel}" if a.parallel != 2 else ""),
             "git_commit": git_commit(), "host": platform.node(), "cpu_cores": os.cpu_count(), "threads": a.threads,
+            "parallel_runs": a.parallel,
             "date": time.strftime("%Y-%m-%d %H:%M:%S"),
             "batch_cpu_ms_per_image": batch_cost(a.threads),
             "backbone_cpu_ms_per_image_b128": {k: batch_cost(a.threads, (128,), width=w, stem_stride=st)["128"]
