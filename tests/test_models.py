@@ -18,7 +18,6 @@ from allnc.models import (
     build_classifier,
     count_parameters,
     resnet32,
-    resnet50,
     resnet_small,
     simplex_etf,
 )

@@ -80,6 +80,7 @@ def test_a_run_without_the_test_set_never_reads_it(tiny_learnable_fmnist, tmp_pa
     saved = json.loads((tmp_path / "r" / "metrics.json").read_text())
     assert saved["test_evaluated"] is False and "top1" not in saved and 0 <= saved["val"]["top1"] <= 100
     assert saved["val_moved_from_train"] == {"0": 4}
+    assert m["val"] == saved["val"] and m["test_evaluated"] is False  # what fit returns is what it wrote
     hist = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
     assert all("val_top1" in h and "test_top1" not in h for h in hist)
     with pytest.raises(ConfigError, match="give data.val_per_class"):

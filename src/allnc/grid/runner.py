@@ -149,6 +149,48 @@ def _stop(procs: list[subprocess.Popen]) -> None:
             p.wait()
 
 
+
+def _load(spec, out, max_concurrent) -> tuple[dict, Path, list[RunSpec], int]:
+    """A grid's data, output folder, runs and concurrency (``max_concurrent`` over the grid's own)."""
+    data, base_dir, default_out = load_grid(spec)
+    out_dir = Path(out if out is not None else data.get("out") or default_out)
+    specs = expand_grid(data, base_dir=base_dir, out_dir=out_dir)
+    conc = max_concurrent if max_concurrent is not None else data.get("max_concurrent", 1)
+    if not isinstance(conc, int) or isinstance(conc, bool) or conc < 1:
+        raise ConfigError(f"grid max_concurrent must be an integer >= 1, got {conc!r}")
+    return data, out_dir, specs, conc
+
+
+def _command(command, specs: list[RunSpec]):
+    """The default command validates every run's config first; a given one is taken as it is."""
+    if command is not None:
+        return command
+    _validate_configs(specs)
+    return default_command
+
+
+def _sort_out(specs: list[RunSpec], out_dir: Path, dry_run: bool) -> tuple[GridResult, list[tuple[RunSpec, bool]]]:
+    """Finished runs (with metrics.json) are skipped; the others are to run, resumed where a
+    checkpoint exists: (run, resume)."""
+    result = GridResult(out_dir=out_dir, runs=specs, dry_run=dry_run)
+    todo: list[tuple[RunSpec, bool]] = []
+    for s in specs:
+        if (s.run_dir / METRICS).is_file():
+            result.skipped.append(s)
+        else:
+            todo.append((s, (s.run_dir / CHECKPOINT).is_file()))
+    return result, todo
+
+
+def _list_plan(result: GridResult, todo: list[tuple[RunSpec, bool]], command, log: Callable[[str], None]) -> None:
+    """A dry run's listing: what is skipped, and the command of each run to come."""
+    for s in result.skipped:
+        log(f"  skip    {s.name} (has {METRICS})")
+    for s, resume in todo:
+        what = "resume" if resume else ("restart" if _has_leftovers(s.run_dir) else "run")
+        log(f"  {what:7s} {s.name}: {' '.join(command(s, resume))}")
+
+
 def run_grid(
     spec: Union[str, Path, dict],
     dry_run: bool = False,
@@ -172,12 +214,7 @@ def run_grid(
     listed as ``unfinished`` (their last checkpoint stays, so running the grid again
     resumes them), runs not yet started as ``not_started``; neither is a result.
     ``on_done(run, seconds)`` is called as soon as each run has written its metrics.json."""
-    data, base_dir, default_out = load_grid(spec)
-    out_dir = Path(out if out is not None else data.get("out") or default_out)
-    specs = expand_grid(data, base_dir=base_dir, out_dir=out_dir)
-    conc = max_concurrent if max_concurrent is not None else data.get("max_concurrent", 1)
-    if not isinstance(conc, int) or isinstance(conc, bool) or conc < 1:
-        raise ConfigError(f"grid max_concurrent must be an integer >= 1, got {conc!r}")
+    data, out_dir, specs, conc = _load(spec, out, max_concurrent)
     devices = data.get("devices")
     if devices is not None:
         if isinstance(devices, (int, str)):
@@ -186,27 +223,13 @@ def run_grid(
             raise ConfigError("grid devices: must be a non-empty list of GPU ids, e.g. [0, 1]")
         devices = [str(d) for d in devices]
         conc = min(conc, len(devices)) if max_concurrent is not None or "max_concurrent" in data else len(devices)
-    if command is None:
-        _validate_configs(specs)
-        command = default_command
-
-    result = GridResult(out_dir=out_dir, runs=specs, dry_run=dry_run)
-    todo: list[tuple[RunSpec, bool]] = []
-    for s in specs:
-        if (s.run_dir / METRICS).is_file():
-            result.skipped.append(s)
-        else:
-            todo.append((s, (s.run_dir / CHECKPOINT).is_file()))
+    command = _command(command, specs)
+    result, todo = _sort_out(specs, out_dir, dry_run)
     n = len(specs)
     log(f"grid: {n} runs in {out_dir} ({len(result.skipped)} finished already, {len(todo)} to run, "
         f"{conc} at once)")
     if dry_run:
-        for s in specs:
-            if s in result.skipped:
-                log(f"  skip    {s.name} (has {METRICS})")
-        for s, resume in todo:
-            what = "resume" if resume else ("restart" if _has_leftovers(s.run_dir) else "run")
-            log(f"  {what:7s} {s.name}: {' '.join(command(s, resume))}")
+        _list_plan(result, todo, command, log)
         return result
 
     out_dir.mkdir(parents=True, exist_ok=True)

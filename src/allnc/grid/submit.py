@@ -30,8 +30,8 @@ from typing import Any, Callable, Optional, Union
 
 from ..errors import ConfigError
 from ..rundir import CHECKPOINT, LOG, METRICS
-from .expand import RunSpec, expand_grid, load_grid
-from .runner import GridResult, _has_leftovers, _LogPump, _set_aside, _tail, _validate_configs, default_command
+from .expand import RunSpec
+from .runner import GridResult, _command, _has_leftovers, _list_plan, _load, _LogPump, _set_aside, _sort_out, _tail
 from .summary import write_summaries
 
 __all__ = ["EXECUTORS", "SLURM_KEYS", "GridJob", "executor_parameters", "submit_grid"]
@@ -185,33 +185,15 @@ def submit_grid(
     returns a ``GridResult`` like ``run_grid``. ``command(run, resume) -> argv`` as there
     (default ``default_command``; every config is validated before anything is submitted);
     it is pickled into the jobs."""
-    data, base_dir, default_out = load_grid(spec)
-    out_dir = Path(out if out is not None else data.get("out") or default_out)
-    specs = expand_grid(data, base_dir=base_dir, out_dir=out_dir)
-    conc = max_concurrent if max_concurrent is not None else data.get("max_concurrent", 1)
-    if not isinstance(conc, int) or isinstance(conc, bool) or conc < 1:
-        raise ConfigError(f"grid max_concurrent must be an integer >= 1, got {conc!r}")
+    data, out_dir, specs, conc = _load(spec, out, max_concurrent)
     params = executor_parameters(data, executor, conc, out_dir.name)
-    if command is None:
-        _validate_configs(specs)
-        command = default_command
-
-    result = GridResult(out_dir=out_dir, runs=specs, dry_run=dry_run)
-    todo: list[tuple[RunSpec, bool]] = []
-    for s in specs:
-        if (s.run_dir / METRICS).is_file():
-            result.skipped.append(s)
-        else:
-            todo.append((s, (s.run_dir / CHECKPOINT).is_file()))
+    command = _command(command, specs)
+    result, todo = _sort_out(specs, out_dir, dry_run)
     n = len(specs)
     log(f"grid: {n} runs in {out_dir} ({len(result.skipped)} finished already, {len(todo)} to run) as submitit "
         f"{executor} jobs, {conc} at once; " + ", ".join(f"{k}={v}" for k, v in params.items()))
     if dry_run:
-        for s in result.skipped:
-            log(f"  skip    {s.name} (has {METRICS})")
-        for s, resume in todo:
-            what = "resume" if resume else ("restart" if _has_leftovers(s.run_dir) else "run")
-            log(f"  {what:7s} {s.name}: {' '.join(command(s, resume))}")
+        _list_plan(result, todo, command, log)
         return result
     _need_submitit(executor)
     import submitit
