@@ -191,6 +191,17 @@ def _list_plan(result: GridResult, todo: list[tuple[RunSpec, bool]], command, lo
         log(f"  {what:7s} {s.name}: {' '.join(command(s, resume))}")
 
 
+
+def _failed(result: GridResult, s: RunSpec, why: str, when: str, log: Callable[[str], None]) -> None:
+    """Record a failed run and say why, with the end of its log."""
+    result.failed.append(s)
+    result.reasons[s.name] = why
+    log(f"  FAILED {s.name}: {why}{when}; log: {s.run_dir / LOG}")
+    tail = _tail(s.run_dir / LOG)
+    if tail:
+        log(tail)
+
+
 def run_grid(
     spec: Union[str, Path, dict],
     dry_run: bool = False,
@@ -301,13 +312,8 @@ def run_grid(
                     if on_done is not None:
                         on_done(s, secs)
                     continue
-                why = f"exit status {rc}" if rc != 0 else f"exited 0 but wrote no {METRICS}"
-                result.failed.append(s)
-                result.reasons[s.name] = why
-                log(f"  FAILED {s.name}: {why} after {secs:.0f} s; log: {s.run_dir / LOG}")
-                tail = _tail(s.run_dir / LOG)
-                if tail:
-                    log(tail)
+                _failed(result, s, (f"exit status {rc}" if rc != 0 else f"exited 0 but wrote no {METRICS}"),
+                        f" after {secs:.0f} s", log)
             if running:
                 time.sleep(poll_s)
                 now = time.monotonic()

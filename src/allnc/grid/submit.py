@@ -29,9 +29,9 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
 from ..errors import ConfigError
-from ..rundir import CHECKPOINT, LOG, METRICS
+from ..rundir import CHECKPOINT, METRICS
 from .expand import RunSpec
-from .runner import GridResult, _command, _has_leftovers, _list_plan, _load, _LogPump, _set_aside, _sort_out, _tail
+from .runner import GridResult, _command, _failed, _has_leftovers, _list_plan, _load, _LogPump, _set_aside, _sort_out
 from .summary import write_summaries
 
 __all__ = ["EXECUTORS", "SLURM_KEYS", "GridJob", "executor_parameters", "submit_grid"]
@@ -244,13 +244,7 @@ def submit_grid(
                     result.done.append(s)
                     log(f"  done   {s.name} ({secs:.0f} s)")
                     continue
-                why = why or f"exited 0 but wrote no {METRICS}"
-                result.failed.append(s)
-                result.reasons[s.name] = why
-                log(f"  FAILED {s.name}: {why}; log: {s.run_dir / LOG}")
-                tail = _tail(s.run_dir / LOG)
-                if tail:
-                    log(tail)
+                _failed(result, s, why or f"exited 0 but wrote no {METRICS}", "", log)
             if running:
                 time.sleep(poll_s)
     except BaseException:
