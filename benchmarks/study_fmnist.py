@@ -18,9 +18,9 @@ the adaptor's final alpha and the chosen one are compared from the same run.
 The best trial of each method (validation top-1) is its setting. ``long`` checks on
 validation that the ranking of the top methods holds at 30 epochs. ``final`` runs every method
 at its setting with seeds 0, 1, 2 at imbalance 100 and seed 0 at 50 and 10 (``--other-seeds``
-for more), the AllNC ablation
-at AllNC's setting, reading the test set once per run (at its end), and writes one results
-file per run (``results/<cell>.json``). Finished runs are never run again.
+for more), the AllNC ablation at AllNC's setting (seed 0; ``--ablation-seeds`` for more),
+reading the test set once per run (at its end), and writes one results file per run
+(``results/<cell>.json``). Finished runs are never run again.
 
 Results: ``benchmarks/results/fmnist_study_trials.json``, ``..._long.json``; ``results/``.
 
@@ -278,8 +278,8 @@ def check_configs(trials: dict) -> dict:
 def phase_final(args) -> None:
     """Every row at its config (= its validation-chosen setting): IF 100 seeds 0-2 (--seeds),
     IF 50 and 10 (--other-ifs) seed 0 (--other-seeds N: seeds 0..N-1); the AllNC ablation at
-    seed 0, IF 100. Seed 0 of every
-    row and the ablation run first. The test set is read once, at the end of each run."""
+    IF 100, seed 0 (--ablation-seeds N: seeds 0..N-1). Seed 0 of every row and the ablation
+    run first. The test set is read once, at the end of each run."""
     trials = json.loads((HERE / "results" / "fmnist_study_trials.json").read_text())
     chosen = check_configs(trials)
     results = Path(args.results)
@@ -298,18 +298,19 @@ def phase_final(args) -> None:
         cells[cell] = what
         specs.append({"config": row_cfg, "name": cell, "overrides": o})
 
-    for i, (imb, seed) in enumerate(plan):
+    for imb, seed in plan:
         for row, cfg in ROWS.items():
             add(cfg, imb, seed, {"method": row, "chosen_by_trial": chosen[row]})
-        if i == 0:
+        if imb == 100 and seed < args.ablation_seeds:
             for a in ABLATION:
-                add(f"fmnist_lt_{a}", 100, 0, {"method": a, "setting": "AllNC's (the config)"})
+                add(f"fmnist_lt_{a}", 100, seed, {"method": a, "setting": "AllNC's (the config)"})
     extra = common(args) + ["train.eval_every=1000", "train.ckpt_every=1000", f"nc.every={EPOCHS}"]
     # nc.every=EPOCHS: the NC figures of the final model; data.imbalance_factor comes per run
     extra = [e for e in extra if not e.startswith("data.imbalance_factor=")]
     prov = provenance(args, "python benchmarks/study_fmnist.py final" + (f" --seeds {args.seeds}" if args.seeds != 3 else "")
                       + (" --other-ifs " + " ".join(map(str, args.other_ifs)) if args.other_ifs != [50, 10] else "")
-                      + (f" --other-seeds {args.other_seeds}" if args.other_seeds != 1 else ""))
+                      + (f" --other-seeds {args.other_seeds}" if args.other_seeds != 1 else "")
+                      + (f" --ablation-seeds {args.ablation_seeds}" if args.ablation_seeds != 1 else ""))
     t0 = time.time()
     # --deadline: runs still going then stop (resumable, never a result), the rest do not start
     stop = time.monotonic() + args.deadline if args.deadline else None
@@ -557,6 +558,7 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", type=int, default=3, help="final: seeds 0..N-1 at imbalance 100")
     p.add_argument("--other-ifs", type=int, nargs="*", default=[50, 10], help="final: the other imbalance factors")
     p.add_argument("--other-seeds", type=int, default=1, help="final: seeds 0..N-1 at the other imbalance factors")
+    p.add_argument("--ablation-seeds", type=int, default=1, help="final: the AllNC ablation's seeds 0..N-1 (imbalance 100)")
     p.add_argument("--deadline", type=float, default=None, help="final, long: seconds after which running runs stop (resumable) and the rest do not start")
     p.add_argument("--cut", action="append", metavar="METHOD",
                    help="trials: do not run this method's unfinished trials (recorded as cut); repeatable")
