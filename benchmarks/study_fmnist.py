@@ -332,12 +332,21 @@ def phase_final(args) -> None:
         waves.append(cur)
     for wave in waves:
         crt = [s for s in wave if "_crt__" in s["name"]]
-        rest = [s for s in wave if "_crt__" not in s["name"]]
+        # the slowest first (BCL's three views, then the two-branch runs), so that no long run
+        # starts last while the other slot idles; the order changes no run's result
+        rest = sorted((s for s in wave if "_crt__" not in s["name"]), key=_slow_first)
         for group in (rest, crt):
             if group:
                 run_grid({"runs": group, "max_concurrent": args.parallel, "extra_overrides": extra},
                          out=out, log=print, on_done=done, deadline=stop)
     print(f"final: {time.time() - t0:.0f} s")
+
+
+SLOW_FIRST = ("fmnist_lt_bcl", "fmnist_lt_bbn", "fmnist_lt_allnc", "fmnist_lt_gbbn_only")
+
+
+def _slow_first(spec: dict) -> int:
+    return SLOW_FIRST.index(spec["config"]) if spec["config"] in SLOW_FIRST else len(SLOW_FIRST)
 
 
 POSTHOC_ON = ("fmnist_lt_ce",)  # the decoupling paper's setting: corrections of an instance-sampled CE model

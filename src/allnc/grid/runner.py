@@ -149,7 +149,6 @@ def _stop(procs: list[subprocess.Popen]) -> None:
             p.wait()
 
 
-
 def _load(spec, out, max_concurrent) -> tuple[dict, Path, list[RunSpec], int]:
     """A grid's data, output folder, runs and concurrency (``max_concurrent`` over the grid's own)."""
     data, base_dir, default_out = load_grid(spec)
@@ -189,7 +188,6 @@ def _list_plan(result: GridResult, todo: list[tuple[RunSpec, bool]], command, lo
     for s, resume in todo:
         what = "resume" if resume else ("restart" if _has_leftovers(s.run_dir) else "run")
         log(f"  {what:7s} {s.name}: {' '.join(command(s, resume))}")
-
 
 
 def _failed(result: GridResult, s: RunSpec, why: str, when: str, log: Callable[[str], None]) -> None:
