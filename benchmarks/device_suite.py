@@ -407,16 +407,17 @@ class Suite:
             return
         dest = self.work / "plan"
         with tarfile.open(tar) as tf:
-            members = [m for m in tf.getmembers() if m.isfile() and len(Path(m.name).parts) == 2
-                       and Path(m.name).parts[0] in cells and Path(m.name).name in RESUME_FILES]
-            for m in members:  # names checked above: <cell>/<one of RESUME_FILES>, nothing else
-                run_dir = dest / Path(m.name).parts[0]
+            # only <cell>/<one of RESUME_FILES> for a cell still to do; nothing else is written
+            members = {m: Path(m.name).parts for m in tf.getmembers() if m.isfile()}
+            members = {m: p for m, p in members.items() if len(p) == 2 and p[0] in cells and p[1] in RESUME_FILES}
+            for m, (cell, name) in members.items():
+                run_dir = dest / cell
                 if (run_dir / "metrics.json").is_file():
                     continue  # finished here already
                 run_dir.mkdir(parents=True, exist_ok=True)
                 data = tf.extractfile(m).read()
-                atomic_write_bytes(run_dir / Path(m.name).name, lambda f: f.write(data))
-        for cell in sorted({Path(m.name).parts[0] for m in members}):
+                atomic_write_bytes(run_dir / name, lambda f: f.write(data))
+        for cell in sorted({cell for cell, _ in members.values()}):
             if (dest / cell / "checkpoint.pt").is_file() and not (dest / cell / "metrics.json").is_file():
                 self.resumed[cell] = _ckpt_epoch(dest / cell)
         self.log(f"plan: resuming {len(self.resumed)} runs from {tar}: "
@@ -426,8 +427,8 @@ class Suite:
         """``OUT/resume.tar``: the unfinished runs that have a checkpoint, the most advanced
         first, as many as fit in ``--resume-cap-mib`` (a file that comes back from the device
         may hold 16 MiB)."""
-        epochs = {d: _ckpt_epoch(d) for d in run_dirs if (d / "checkpoint.pt").is_file()}  # each read once
-        chosen = select_resume(run_dirs, int(self.args.resume_cap_mib * 2**20), epochs)
+        epochs = resume_candidates(run_dirs)
+        chosen = select_resume(epochs, int(self.args.resume_cap_mib * 2**20))
         target = self.out / "resume.tar"
         if not chosen:
             target.unlink(missing_ok=True)
@@ -531,12 +532,14 @@ class Suite:
         return status
 
 
-def select_resume(run_dirs: list[Path], cap_bytes: int, epochs: dict[Path, int] | None = None) -> list[Path]:
-    """The run directories to carry to the next suite: those with a checkpoint, the most
-    advanced (the checkpoint's epoch; ``epochs`` where the caller has read them) first, while
-    their files fit in ``cap_bytes`` together."""
-    if epochs is None:
-        epochs = {d: _ckpt_epoch(d) for d in run_dirs if (d / "checkpoint.pt").is_file()}
+def resume_candidates(run_dirs: list[Path]) -> dict[Path, int]:
+    """The run directories that have a checkpoint, with the epoch it holds (each read once)."""
+    return {d: _ckpt_epoch(d) for d in run_dirs if (d / "checkpoint.pt").is_file()}
+
+
+def select_resume(epochs: dict[Path, int], cap_bytes: int) -> list[Path]:
+    """The run directories to carry to the next suite (``epochs``: ``resume_candidates``): the
+    most advanced first, while their files fit in ``cap_bytes`` together."""
     chosen, total = [], 0
     for d in sorted(epochs, key=lambda d: -epochs[d]):
         size = sum((d / f).stat().st_size for f in RESUME_FILES if (d / f).is_file())

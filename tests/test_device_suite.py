@@ -131,9 +131,9 @@ def test_select_resume_takes_the_most_advanced_runs_that_fit(tmp_path):
     size = {k: (d / "checkpoint.pt").stat().st_size for k, d in dirs.items()}
     cap = size["b"] + size["a"] + 10
     assert size["b"] + size["c"] > cap
-    got = suite_mod.select_resume([dirs["a"], dirs["b"], dirs["c"], tmp_path / "d"], cap)
+    got = suite_mod.select_resume(suite_mod.resume_candidates([dirs["a"], dirs["b"], dirs["c"], tmp_path / "d"]), cap)
     assert got == [dirs["b"], dirs["a"]]
-    assert suite_mod.select_resume(list(dirs.values()), size["a"] - 1) == []
+    assert suite_mod.select_resume(suite_mod.resume_candidates(list(dirs.values())), size["a"] - 1) == []
 
 
 def test_an_unfinished_run_is_carried_to_the_next_suite_and_finished_there(tmp_path, monkeypatch):
