@@ -17,6 +17,7 @@ from allnc.metrics import (
     NCMAccumulator,
     compute_nc,
     cosine_matrices,
+    SUMMARY_KEYS,
     nc_summary,
     save_nc,
 )
@@ -301,3 +302,19 @@ def test_run_label_names_the_run_and_tells_the_fast_model_apart():
     assert "resnet_small w16 stem stride 2, 16 epochs" in fast
     assert full.startswith("AllNC, config fmnist_lt_allnc, method gbbn")
     assert "resnet_small w16, 12 epochs" in full and "stride" not in full
+
+
+def test_every_nc_panel_curve_is_a_logged_summary_key(tmp_path):
+    """The NC-over-epochs picture draws keys of the per-epoch summary: a panel key that
+    ``nc_summary`` never logs would stay an empty curve (the many/medium norm ratios did)."""
+    from allnc.report.plots import NC_PANELS
+
+    drawn = {k for _, keys, _ in NC_PANELS for k, _ in keys}
+    assert drawn - set(SUMMARY_KEYS) == set()
+    run = make_run(tmp_path / "nofew", counts=NO_FEW)
+    nc = json.loads((run / "nc.json").read_text())["train"]
+    summary = nc_summary(nc)
+    ratios = nc["groups"]["norm_ratios"]
+    assert summary["w_norm_ratio_many_medium"] == pytest.approx(ratios["w_many_over_medium"])
+    assert summary["means_norm_ratio_many_medium"] == pytest.approx(ratios["means_many_over_medium"])
+    assert summary["w_norm_ratio_many_few"] is None  # no few class: nothing to divide by

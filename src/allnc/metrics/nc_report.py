@@ -346,6 +346,8 @@ SUMMARY_KEYS: dict[str, tuple[str, ...]] = {
     "few_nc1_cb": ("groups", "few", "nc1_class_balanced"),
     "w_norm_ratio_many_few": ("groups", "norm_ratios", "w_many_over_few"),
     "means_norm_ratio_many_few": ("groups", "norm_ratios", "means_many_over_few"),
+    "w_norm_ratio_many_medium": ("groups", "norm_ratios", "w_many_over_medium"),
+    "means_norm_ratio_many_medium": ("groups", "norm_ratios", "means_many_over_medium"),
 }
 
 
