@@ -54,16 +54,30 @@ def _interrupt_at(trainer, epoch_to_stop):
 
 
 @pytest.mark.parametrize("config", ["fmnist_lt_ce", "fmnist_lt_allnc"])
-def test_resume_ends_exactly_like_an_uninterrupted_run(tiny_learnable_fmnist, tmp_path, config):
+def test_resume_ends_exactly_like_an_uninterrupted_run(tiny_learnable_fmnist, tmp_path, config, monkeypatch):
     extra = ("train.epochs=4", "train.ckpt_every=2", "train.eval_every=1")
     full = Trainer(tiny_cfg(tiny_learnable_fmnist, *extra, config=config), tmp_path / "full").fit()
 
+    monkeypatch.setenv("ALLNC_COMMIT", "a" * 40)  # the code of the first start ...
     t = Trainer(tiny_cfg(tiny_learnable_fmnist, *extra, config=config), tmp_path / "cut")
     _interrupt_at(t, 3)  # epochs 1-3 run, the checkpoint of epoch 2 is the last one written
     with pytest.raises(Interrupt):
         t.fit()
     assert load_checkpoint(tmp_path / "cut" / "checkpoint.pt")["epoch"] == 2
-    resumed = Trainer(None, tmp_path / "cut", resume=True).fit()
+    monkeypatch.setenv("ALLNC_COMMIT", "b" * 40)  # ... and of the resume
+    r = Trainer(None, tmp_path / "cut", resume=True)
+    orig = r.method.on_epoch_start
+
+    def commit_meanwhile(epoch, epochs):  # a commit made while the run trains is not its code
+        monkeypatch.setenv("ALLNC_COMMIT", "c" * 40)
+        orig(epoch, epochs)
+
+    r.method.on_epoch_start = commit_meanwhile
+    resumed = r.fit()
+    saved = json.loads((tmp_path / "cut" / "metrics.json").read_text())
+    assert saved["sources"] == [{"from_epoch": 0, "git_commit": "a" * 40, "source_modified": None},
+                                {"from_epoch": 2, "git_commit": "b" * 40, "source_modified": None}]
+    assert saved["git_commit"] == "b" * 40
 
     assert resumed["top1"] == full["top1"] and resumed["per_class"] == full["per_class"]
     a = load_checkpoint(tmp_path / "full" / "checkpoint.pt")["method"]
@@ -183,3 +197,33 @@ def test_heartbeat_says_something_every_30_seconds():
     assert len(lines) == 2
     # 5 steps in 35 s: 64 * 5 / 35 images/s; 15 steps left at 7 s each: 1:45
     assert lines[0] == "epoch 1/2 step 5/10: 9 images/s, 1:45 left"
+
+
+def test_source_modified_reads_the_package_directory_only(tmp_path, monkeypatch):
+    import subprocess
+
+    from allnc.engine.runtime import source_modified
+
+    monkeypatch.delenv("ALLNC_COMMIT", raising=False)
+    assert source_modified(tmp_path) is None  # not a git repository: cannot tell
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    pkg = tmp_path / "src" / "pkg"
+    pkg.mkdir(parents=True)
+    (pkg / "mod.py").write_text("x = 1\n")
+    (tmp_path / "README.md").write_text("doc\n")
+    subprocess.run([*git, "add", "-A"], cwd=tmp_path, check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "c"], cwd=tmp_path, check=True)
+    assert source_modified(pkg) is False
+    (tmp_path / "README.md").write_text("doc, edited\n")  # outside the package
+    (tmp_path / ".gitignore").write_text("__pycache__/\n")
+    (pkg / "__pycache__").mkdir()
+    (pkg / "__pycache__" / "mod.pyc").write_bytes(b"\0")  # ignored
+    assert source_modified(pkg) is False
+    (pkg / "new.py").write_text("y = 2\n")  # a module not committed
+    assert source_modified(pkg) is True
+    (pkg / "new.py").unlink()
+    (pkg / "mod.py").write_text("x = 2\n")
+    assert source_modified(pkg) is True
+    monkeypatch.setenv("ALLNC_COMMIT", "a" * 40)  # a copied tree: its commit is named, its state unknown
+    assert source_modified(pkg) is None

@@ -83,6 +83,29 @@ def git_commit() -> str | None:
         return None
 
 
+def source_modified(package_dir: Path | None = None) -> bool | None:
+    """Whether the package's own source differs from the checkout's commit (files under
+    ``package_dir``, by default this package's directory, changed, added or deleted and not
+    committed; files git ignores, such as ``__pycache__``, do not count);
+    None where that cannot be told: no git repository, or a copied working tree whose commit
+    ``ALLNC_COMMIT`` names."""
+    if os.environ.get("ALLNC_COMMIT"):
+        return None
+    here = package_dir or Path(__file__).resolve().parent.parent
+    try:
+        r = subprocess.run(["git", "status", "--porcelain", "--", "."], cwd=here,
+                           capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return bool(r.stdout.strip()) if r.returncode == 0 else None
+
+
+def source_state(epoch: int) -> dict:
+    """What code a training process runs, read when it starts at ``epoch`` (0, or where a
+    resume continues): the commit and whether the package source had uncommitted changes."""
+    return {"from_epoch": int(epoch), "git_commit": git_commit(), "source_modified": source_modified()}
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)

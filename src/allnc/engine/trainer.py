@@ -26,7 +26,7 @@ from .evaluate import autocast_ctx, evaluate_accuracy, neural_collapse
 from .loaders import build_train_loaders, iter_eval
 from .loggers import NullLogger, make_logger
 from .progress import Heartbeat, epoch_line, progress_bar
-from .runtime import device_name, git_commit, resolve_device, seed_epoch, versions  # noqa: F401 (public here too)
+from .runtime import device_name, git_commit, resolve_device, seed_epoch, source_state, versions  # noqa: F401 (public here too)
 from .schedule import lr_at
 from .stepper import Stepper
 
@@ -103,6 +103,9 @@ class Trainer:
             self.opt.load_state_dict(ckpt["optimizer"])
             self.start_epoch = int(ckpt["epoch"])
             self.history = list(ckpt.get("history", []))
+        # the code each start of this run executed (read now, not when the run ends: a commit
+        # made while it trains is not the code it ran); a resume adds one entry
+        self.sources = (list(ckpt.get("sources", [])) if ckpt else []) + [source_state(self.start_epoch)]
         self.wall_before = float(ckpt.get("wall_time", 0.0)) if ckpt else 0.0
 
     def release(self) -> None:
@@ -142,6 +145,7 @@ class Trainer:
         save_checkpoint(self.out / CHECKPOINT, {
             "method": self.method.state_dict(), "optimizer": self.opt.state_dict(), "epoch": epoch_done,
             "config": to_dict(self.cfg), "history": self.history, "wall_time": wall, "versions": versions(),
+            "sources": self.sources,
         })
 
     def _log_epoch(self, rec: dict) -> None:
@@ -332,7 +336,10 @@ class Trainer:
             "world_size": dist.world_size(),
             "parameters": self.n_params,
             "wall_time_s": round(wall, 2),
-            "git_commit": git_commit(),
+            # the commit the last start of the run executed; `sources` has every start's
+            "git_commit": self.sources[-1]["git_commit"],
+            "source_modified": self.sources[-1]["source_modified"],
+            "sources": self.sources,
             "versions": versions(),
             "config": to_dict(self.cfg),
         }
