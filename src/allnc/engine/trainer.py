@@ -245,7 +245,7 @@ class Trainer:
                     raise TrainingDiverged(
                         f"the training loss became {float(loss.detach())} at epoch {epoch + 1} step {step + 1}; {kept}")
                 bar.update(1)
-                if step % 10 == 0 or step == steps - 1:
+                if bar.enabled and (step % 10 == 0 or step == steps - 1):  # reading the loss waits for the GPU
                     bar.set_postfix_str(f"epoch {epoch + 1}/{epochs} loss {float(loss.detach()):.3f} lr {lr:.4f}")
                 if not bar.enabled and dist.is_main():
                     heartbeat.tick(epoch, step, steps)
