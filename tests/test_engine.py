@@ -110,10 +110,21 @@ def test_run_directory_is_never_overwritten_silently(tiny_learnable_fmnist, tmp_
     out = tmp_path / "run"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
+    # a folder of other files is never a run's to replace, not even with --overwrite
+    for overwrite in (False, True):
+        with pytest.raises(RunDirError, match="is not a run directory.*choose another --out"):
+            Trainer(tiny_cfg(tiny_learnable_fmnist, "train.epochs=1"), out, overwrite=overwrite)
+    with pytest.raises(RunDirError, match="no run in"):
+        Trainer(None, out, resume=True)
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"] and (out / "notes.txt").read_text() == "mine"
+    grid_dir = tmp_path / "grid_run"  # a grid opens the run's log before the run starts: still a run's folder
+    grid_dir.mkdir()
+    (grid_dir / "log.txt").write_text("started\n")
+    Trainer(tiny_cfg(tiny_learnable_fmnist, "train.epochs=1"), grid_dir).release()
+    (out / "config.yaml").write_text("seed: 0\n")  # a run that stopped before its first checkpoint
     with pytest.raises(RunDirError, match="already exists.*--resume.*--overwrite"):
         Trainer(tiny_cfg(tiny_learnable_fmnist, "train.epochs=1"), out)
-    assert (out / "notes.txt").read_text() == "mine"
-    with pytest.raises(RunDirError, match="no checkpoint.pt"):
+    with pytest.raises(RunDirError, match="no checkpoint.pt.*--overwrite"):
         Trainer(None, out, resume=True)
     Trainer(tiny_cfg(tiny_learnable_fmnist, "train.epochs=1"), out, overwrite=True).fit()
     assert not (out / "notes.txt").exists() and (out / "metrics.json").exists()

@@ -18,7 +18,7 @@ from ..data import groups as class_groups
 from ..errors import RunDirError, TrainingDiverged
 from ..methods import StepState
 from ..metrics import nc_summary
-from ..rundir import (CHECKPOINT, CONFIG, METRICS, METRICS_LOG, RunLock, atomic_write_json, atomic_write_text,
+from ..rundir import (CHECKPOINT, CONFIG, LOCK, LOG, METRICS, METRICS_LOG, RunLock, atomic_write_json, atomic_write_text,
                       describe_os_error)
 from .checkpoint import load_checkpoint, save_checkpoint
 from .context import RunContext, check_resume_config, load_run, saved_with_runtime  # noqa: F401 (load_run: public)
@@ -31,16 +31,37 @@ from .schedule import lr_at
 from .stepper import Stepper
 
 
+# what makes a folder a run directory: a run writes config.yaml before its first step
+RUN_FILES = (CONFIG, CHECKPOINT, METRICS, METRICS_LOG)
+
+
+def _foreign(out: Path) -> bool:
+    """A folder that holds files, none of them a run's: not ours to write into or empty (the
+    lock, and the log a grid opens before its run starts, are a run's)."""
+    return (out.is_dir() and any(p.name not in (LOCK, LOG) for p in out.iterdir())
+            and not any((out / f).is_file() for f in RUN_FILES))
+
+
+def refuse_foreign(out: Path, resume: bool) -> None:
+    if _foreign(out):
+        if resume:
+            raise RunDirError(f"--resume: no run in {out}; drop --resume and choose another --out")
+        raise RunDirError(f"{out} is not empty and is not a run directory (it has none of {', '.join(RUN_FILES)}), "
+                          "choose another --out: a run writes only into a new or empty folder or its own run directory")
+
+
 def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
-    """Refuse to write into an existing run unless asked: never an interactive prompt."""
+    """Refuse to write into an existing run unless asked: never an interactive prompt; and
+    --overwrite empties only a run directory, never a folder of other files."""
+    refuse_foreign(out, resume)
     if resume:
         if not (out / CHECKPOINT).is_file():
-            if out.is_dir() and any(p.name != ".lock" for p in out.iterdir()):
+            if out.is_dir() and any((out / f).is_file() for f in RUN_FILES):
                 raise RunDirError(f"--resume: {out} holds no {CHECKPOINT} (the run stopped before its first "
                                   "checkpoint); start it again with --overwrite")
             raise RunDirError(f"--resume: no run in {out}; drop --resume to start a new run there")
         return
-    if out.exists() and any(p.name != ".lock" for p in out.iterdir()):
+    if out.exists() and any(p.name not in (LOCK, LOG) for p in out.iterdir()):
         if not overwrite:
             raise RunDirError(
                 f"run directory {out} already exists and is not empty; pass --resume to continue it, "
@@ -48,7 +69,7 @@ def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
             )
         if dist.is_main():
             for p in out.iterdir():
-                if p.name != ".lock":
+                if p.name not in (LOCK, LOG):  # the log of the process now starting stays
                     shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
     dist.barrier()
 
@@ -62,6 +83,7 @@ class Trainer:
         self.log = log if dist.is_main() else (lambda *a, **k: None)
         self.resume = resume
         self.last_ckpt_epoch = 0
+        refuse_foreign(self.out, resume)  # before the lock leaves its file in someone else's folder
         # one writer per run directory, from the check of the directory to the end of the run
         try:
             self.lock = RunLock(self.out).acquire() if dist.is_main() else None

@@ -72,9 +72,9 @@ def _tail(path: Path, lines: int = 5) -> str:
 class _LogPump(threading.Thread):
     """Copies a child's merged stdout/stderr into RUNDIR/log.txt.
 
-    The trainer refuses a non-empty run directory for a new run, so the log file is only
-    created once the run directory holds something else (the run has passed that check and
-    written its config); until then the output is kept in memory. A run that ends before
+    The log file is only created once the run directory holds something else (the run has
+    taken its lock; the trainer counts log.txt, like the lock, as a run's own file); until
+    then the output is kept in memory. A run that ends before
     that gets its log written at the end."""
 
     def __init__(self, proc: subprocess.Popen, run_dir: Path, header: str):
