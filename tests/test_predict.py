@@ -74,6 +74,18 @@ def test_export_gives_the_same_logits_and_holds_no_pickle(run, tmp_path, capsys,
     exp = tmp_path / "exp"
     cli(["export", run, exp], capsys)
     assert sorted(p.name for p in exp.iterdir()) == ["model.json", "model.safetensors"]
+    before = (exp / "model.json").read_text()
+    assert "already holds an export" in cli(["export", run, exp], capsys, code=2)[1]  # asked, not silent
+    cli(["export", run, exp, "--overwrite"], capsys)
+    assert json.loads((exp / "model.json").read_text())["classes"] == json.loads(before)["classes"]
+    run_files = sorted(p.name for p in Path(run).iterdir())
+    assert "is a run directory" in cli(["export", run, run, "--overwrite"], capsys, code=2)[1]
+    assert sorted(p.name for p in Path(run).iterdir()) == run_files  # predict on the run still reads the run
+    other = tmp_path / "photos"
+    other.mkdir()
+    (other / "a.png").write_bytes(b"x")
+    assert "holds no export" in cli(["export", run, other, "--overwrite"], capsys, code=2)[1]
+    assert sorted(p.name for p in other.iterdir()) == ["a.png"]
     head = (exp / "model.safetensors").read_bytes()[:9]
     assert head[8:9] == b"{"  # safetensors: 8-byte header length, then JSON; no pickle, no zip
     meta = json.loads((exp / "model.json").read_text())

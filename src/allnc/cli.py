@@ -178,7 +178,7 @@ def cmd_predict(a) -> int:
 def cmd_export(a) -> int:
     from .engine.predict import export_run
 
-    out = export_run(a.run_dir, a.out_dir)
+    out = export_run(a.run_dir, a.out_dir, overwrite=a.overwrite)
     print(f"wrote {out}/model.safetensors and {out}/model.json")
     return 0
 
@@ -280,7 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     x = sub.add_parser("export", help="a run's model as model.safetensors + model.json (loads without pickle)")
     x.add_argument("run_dir")
-    x.add_argument("out_dir")
+    x.add_argument("out_dir", help="a new or empty folder (never a run directory)")
+    x.add_argument("--overwrite", action="store_true", help="replace an earlier export in OUT_DIR")
     x.set_defaults(fn=cmd_export)
 
     s = sub.add_parser("config", help="list built-in configs, or print a resolved config")

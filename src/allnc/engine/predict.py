@@ -32,7 +32,7 @@ from ..data.sources.base import IMAGE_EXTENSIONS, _is_image, _reason
 from ..errors import ConfigError, DataError, RunDirError
 from ..methods import DataInfo, Method, build_method
 from ..metrics import AccuracyAccumulator
-from ..rundir import CHECKPOINT, METRICS, atomic_write_bytes, atomic_write_json, read_json
+from ..rundir import CHECKPOINT, CONFIG, METRICS, METRICS_LOG, atomic_write_bytes, atomic_write_json, read_json
 from .checkpoint import load_checkpoint
 from .context import load_run, saved_with_runtime
 from .evaluate import autocast_ctx
@@ -154,13 +154,32 @@ def _load_export(p: Path, dev: torch.device) -> Model:
     return _finish(cfg, method, meta["classes"], meta["class_counts"], pre, dev, meta.get("provenance", {}))
 
 
-def export_run(run_dir, out_dir) -> Path:
+def check_export_dir(out_dir, overwrite: bool = False) -> None:
+    """An export goes into a new or empty folder, or replaces an earlier export with
+    ``overwrite``; never into a run directory (``predict`` would then read the export, not the
+    run) or a folder of other files."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise RunDirError(f"{out} is a file; give a folder for the export")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if any((out / f).exists() for f in (CHECKPOINT, CONFIG, METRICS, METRICS_LOG)):
+        raise RunDirError(f"{out} is a run directory; give the export a folder of its own")
+    if (out / META).is_file() and all(p.name in (META, WEIGHTS) for p in out.iterdir()):
+        if not overwrite:
+            raise RunDirError(f"{out} already holds an export; pass --overwrite to replace it, or choose another folder")
+        return
+    raise RunDirError(f"{out} is not empty and holds no export; choose a new or empty folder")
+
+
+def export_run(run_dir, out_dir, overwrite: bool = False) -> Path:
     """Write ``out_dir/model.safetensors`` (the method's state-dict tensors) and
     ``out_dir/model.json`` (config, classes, preprocessing, training counts, provenance)."""
     from safetensors.torch import save
 
     if (Path(run_dir) / META).is_file():
         raise RunDirError(f"{run_dir} is already an export; give a run directory made by `allnc train`")
+    check_export_dir(out_dir, overwrite)
     m = load_model(run_dir, device="cpu")
     # a copy of every tensor: tied weights and views become separate, plain tensors
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in m.method.state_dict().items()}
