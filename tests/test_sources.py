@@ -406,3 +406,31 @@ def test_build_data_mean_override_checked(tmp_path, tiny_fmnist):
     assert b.mean == (0.5,) and b.std == (0.25,) and b.label == "Fashion-MNIST (full training set, IF 1)"
     with pytest.raises(ConfigError, match="1 channel"):
         build_data(_cfg(name="fmnist", root=str(tmp_path), imbalance_factor=1, mean=[0.5, 0.5, 0.5], std=[1.0, 1.0, 1.0]))
+
+
+def test_16_bit_grey_images_are_scaled_not_clipped(tmp_path):
+    """Pillow's own conversion of a 16-bit grey image to 8 bits clips at 255, so a folder of
+    16-bit PNGs would decode to flat white; decoding scales value / 257 instead, small images
+    in memory and large ones read from disk alike."""
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for cls, (lo, hi) in (("dark", (1000, 8000)), ("bright", (40000, 60000))):
+            d = tmp_path / "small" / split / cls
+            d.mkdir(parents=True)
+            for i in range(2):
+                Image.fromarray(rng.integers(lo, hi, (8, 8)).astype(np.uint16)).save(d / f"{i}.png")
+    first = tmp_path / "small" / "train" / "bright" / "0.png"
+    raw = np.asarray(Image.open(first)).astype(np.int64)
+    assert raw.max() > 255  # a real 16-bit file
+    src = S.load_imagefolder(str(tmp_path / "small"))
+    assert src.train.mode == "L"
+    bright = src.train.images[src.train.targets == src.train.classes.index("bright")]
+    dark = src.train.images[src.train.targets == src.train.classes.index("dark")]
+    assert np.array_equal(bright[0, :, :, 0], np.rint(raw / 257).astype(np.uint8))
+    assert bright.min() >= 40000 // 257 and dark.max() <= 8000 // 257 + 1
+    big = tmp_path / "big.png"
+    Image.fromarray((np.arange(80 * 80).reshape(80, 80) * 10).astype(np.uint16)).save(big)
+    lazy = S.base.Split(targets=np.array([0]), classes=["a"], paths=[str(big)], mode="L")
+    img = np.asarray(lazy.load(0)).astype(np.int64)
+    assert np.array_equal(img, np.rint(np.arange(80 * 80).reshape(80, 80) * 10 / 257))
+    assert np.array_equal(np.asarray(S.base.to_mode(Image.open(big), "RGB"))[..., 1], img)  # grey to colour

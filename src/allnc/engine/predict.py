@@ -28,7 +28,7 @@ from PIL import Image
 
 from ..config import from_dict, to_dict
 from ..data import build_transform
-from ..data.sources.base import IMAGE_EXTENSIONS, _is_image, _reason
+from ..data.sources.base import IMAGE_EXTENSIONS, _is_image, _reason, to_mode
 from ..errors import ConfigError, DataError, RunDirError
 from ..methods import DataInfo, Method, build_method
 from ..metrics import AccuracyAccumulator
@@ -265,7 +265,7 @@ def _loader(model: Model):
     def load(path: str) -> torch.Tensor:
         try:
             with Image.open(path) as im:
-                img = im.convert(mode)
+                img = to_mode(im, mode)
         except Exception as e:  # noqa: BLE001 - any decoder failure is a bad file
             raise DataError(f"cannot read image {path}: {_reason(e)}") from None
         if model.prep["small"] and img.size != (hw[1], hw[0]):

@@ -31,7 +31,19 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".pbm", ".t
 SMALL_MAX_SIDE = 64
 #: how many images decide small/large and grey/colour
 PROBE_IMAGES = 8
-_GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")
+_GREY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+
+
+def to_mode(im: Image.Image, mode: str) -> Image.Image:
+    """``im`` as an 8-bit image of ``mode`` ("L" or "RGB"). 16-bit grey images (Pillow's
+    ``I;16*`` modes, and ``I`` holding values above 255) are scaled to 0..255 (value / 257),
+    where Pillow's own conversion clips them (every value above 255 would turn white)."""
+    if im.mode.startswith("I;16") or im.mode == "I":
+        a = np.asarray(im).astype(np.int64)
+        if im.mode.startswith("I;16") or a.max(initial=0) > 255:
+            a = np.rint(np.clip(a, 0, 65535) / 257.0)
+        im = Image.fromarray(np.clip(a, 0, 255).astype(np.uint8), "L")
+    return im.convert(mode)  # a loaded copy, also in the same mode: the file may close after this
 
 #: ``data.name`` -> loader taking the ``data`` config section and returning a Source
 SOURCES: Registry[Callable[[Any], "Source"]] = Registry("data source")
@@ -104,7 +116,7 @@ class Split:
         path = self.paths[i]  # type: ignore[index]
         try:
             with Image.open(path) as im:
-                return im.convert(self.mode)
+                return to_mode(im, self.mode)
         except Exception as e:  # noqa: BLE001 - any decoder failure is a bad file
             raise DataError(f"cannot read image {path}: {_reason(e)}; replace or remove the file") from None
 
@@ -169,9 +181,7 @@ def decode_images(paths: Sequence[str], mode: str) -> np.ndarray:
     for i, p in enumerate(paths):
         try:
             with Image.open(p) as im:
-                if im.mode != mode:
-                    im = im.convert(mode)
-                a = np.asarray(im)
+                a = np.asarray(to_mode(im, mode))
         except FileNotFoundError:
             raise DataError(f"image {p} does not exist; fix the path or the list file") from None
         except Exception as e:  # noqa: BLE001
