@@ -28,6 +28,11 @@ def test_readme_python_example_runs_as_written(tiny_learnable_fmnist, tmp_path, 
     assert 0 <= top1 <= 100 and set(groups) == {"many", "medium", "few"}
     assert printed[1][0] is True  # the loaded run evaluates to the same top-1
     assert printed[1][1] == ["T-shirt/top", "Trouser", "Pullover"]  # the class names, not indices
+    run = api.load_run(tmp_path / "runs" / "api-demo", device="cpu")
+    with pytest.raises(ConfigError, match="no validation split.*data.val_per_class=N"):
+        run.evaluate("val")
+    with pytest.raises(ConfigError, match="'bogus' is not 'test' or 'val'"):
+        run.evaluate("bogus")
 
 
 def test_overrides_are_typed_and_checked(tiny_learnable_fmnist, tmp_path):

@@ -189,6 +189,16 @@ def test_nc_subsample_is_class_stratified(copy, capsys):
     assert "below the 10 classes" in err
 
 
+@pytest.mark.parametrize("command", [["eval"], ["nc"], ["posthoc", "--method", "tau_norm"]])
+@pytest.mark.parametrize("device", ["tpu", "meta", "cuda:x"])
+def test_a_device_no_command_knows_is_one_line(command, device, copy, capsys):
+    d = copy()
+    before = snapshot(d)
+    err = run([command[0], d, *command[1:], "--device", device], capsys)
+    assert f"device='{device}' is not auto, cpu, cuda or cuda:N" in err
+    assert snapshot(d) == before
+
+
 def test_eval_where_the_data_moved(copy, tmp_path, capsys):
     d = copy()
     err = run(["eval", d, "--device", "cpu", f"data.root={tmp_path / 'gone'}"], capsys)

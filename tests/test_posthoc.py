@@ -145,3 +145,10 @@ def test_bad_input_is_one_line_and_exit_2(run, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(SingleBranch, "classifier_weight", none)
     err = _one_line_exit_2(capsys, ["posthoc", str(run), "--method", "logit_adjust", "--device", "cpu"])
     assert "no classifier weight" in err
+
+
+def test_a_split_too_large_for_a_class_names_the_option_that_fixes_it(tiny_learnable_fmnist, tmp_path, capsys):
+    run = _train(tiny_learnable_fmnist, tmp_path / "noval", "train.epochs=1")  # no validation split of its own
+    err = _one_line_exit_2(capsys, ["posthoc", str(run), "--method", "tau_norm", "--device", "cpu",
+                                    "--val-per-class", "100000"])
+    assert "lower --val-per-class (now 100000)" in err and "data.val_per_class" not in err.split("lower")[-1]

@@ -18,6 +18,7 @@ from typing import Any, Optional
 from omegaconf import DictConfig
 
 from .config import load_config, set_key, validate
+from .errors import ConfigError
 from .engine.context import RunContext
 from .engine.context import load_run as _load_run
 from .engine.evaluate import evaluate_accuracy, neural_collapse
@@ -59,6 +60,13 @@ class Run:
         self.method.eval()
 
     def evaluate(self, split: str = "test") -> dict:
+        """Top-1, many/medium/few and per-class accuracy on ``split``: "test", or "val" where
+        the run has a validation split (``data.val_per_class``)."""
+        if split not in ("test", "val"):
+            raise ConfigError(f"split {split!r} is not 'test' or 'val'")
+        if split == "val" and self.ctx.bundle.val is None:
+            raise ConfigError("the run has no validation split (it was trained without data.val_per_class); "
+                              "evaluate 'test', or train with data.val_per_class=N")
         return evaluate_accuracy(self.ctx, split=split)
 
     def neural_collapse(self, splits=("train", "test"), max_samples: int = 0) -> dict:

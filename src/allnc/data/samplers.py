@@ -93,7 +93,8 @@ class ClassAwareSampler(Sampler[int]):
         if self.drop_last and self.num_samples < self.batch_size:
             raise ConfigError(
                 f"the global batch size {self.batch_size} is larger than the {self.num_samples} samples of an "
-                "epoch, so drop_last leaves no batch; lower train.batch_size or set train.drop_last=false"
+                "epoch, so drop_last leaves no batch; lower train.batch_size (or set train.drop_last=false with "
+                "data.pipeline=conventional: the fast path always drops the last, partial batch)"
             )
 
     # ------------------------------------------------------------------ the epoch order

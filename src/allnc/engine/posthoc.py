@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from . import loaders
 from ..config import from_dict, set_key, to_dict
 from ..data import build_data
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from ..metrics import AccuracyAccumulator
 from ..models.heads import NormedLinear
 from ..registry import Registry
@@ -110,8 +110,9 @@ def _validation(ctx: RunContext, val_per_class: Optional[int], notes: list[str])
     set_key(cfg, "data.val_per_class", n, "--val-per-class")
     try:
         drawn = build_data(cfg)
-    except ConfigError as e:
-        raise ConfigError(f"post-hoc correction needs a balanced validation split, but: {e}") from None
+    except (ConfigError, DataError) as e:  # the split's key is this command's option here
+        why = str(e).replace("lower data.val_per_class", f"lower --val-per-class (now {n})")
+        raise type(e)(f"post-hoc correction needs a balanced validation split, but: {why}") from None
     moved = {int(c): int(k) for c, k in (drawn.val_moved or {}).items()}
     if moved:
         notes.append(f"the run had no validation split; the one drawn (data.val_per_class={n}) takes "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import random
+import re
 import subprocess
 from pathlib import Path
 
@@ -16,6 +17,11 @@ from ..errors import ConfigError
 
 
 def resolve_device(name: str) -> torch.device:
+    """The torch device of a ``device`` value (auto | cpu | cuda | cuda:N), checked: every
+    command (train, eval, nc, posthoc, predict) comes through here."""
+    name = str(name)
+    if not (name in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", name)):
+        raise ConfigError(f"device={name!r} is not auto, cpu, cuda or cuda:N; use one of those")
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():

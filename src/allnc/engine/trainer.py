@@ -260,7 +260,8 @@ class Trainer:
                 if check and not math.isfinite(float(sums["loss"])):
                     bar.close()
                     kept = (f"the last good checkpoint (epoch {self.last_ckpt_epoch}) is kept in {self.out}; lower "
-                            "train.lr or the loss weights and start again, or --resume from it"
+                            "train.lr or the loss weights and start again with --overwrite (a resume would repeat "
+                            "the same steps: they are deterministic and train.lr cannot change in a resumed run)"
                             if self.last_ckpt_epoch else
                             "no checkpoint was written yet; lower train.lr or the loss weights and start again with "
                             "--overwrite")
