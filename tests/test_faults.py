@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -281,3 +282,47 @@ def test_kill_at_a_random_step_then_resume_gives_the_uninterrupted_run(tiny_lear
     mb = json.loads((tmp_path / "x" / rundir.METRICS).read_text())
     assert ma["per_class"] == mb["per_class"]
     assert [h["epoch"] for h in rundir.read_jsonl(tmp_path / "x" / rundir.METRICS_LOG)] == [1, 2, 3]
+
+
+# ------------------------------------------------------------------ the data a run was trained on
+def _folder(root, tiny_image_folder, classes, channels=3, seed=0):
+    rng = np.random.RandomState(seed)
+    y = np.repeat(np.arange(len(classes)), 6)
+    for split in ("train", "test"):
+        x = rng.randint(0, 255, size=(len(y), 8, 8, channels)).astype(np.uint8)
+        tiny_image_folder(root, split, x, y, classes)
+    return root
+
+
+def test_other_data_under_data_root_is_one_line_not_a_wrong_result(tmp_path, tiny_image_folder, capsys):
+    """Class folders are sorted into classifier rows: data whose classes differ from the run's
+    (renamed, added) would be scored against the wrong rows or fail to load; each command says
+    so in one line instead, and a resume refuses to go on with other data."""
+    base = ["data.name=imagefolder", "data.imbalance_factor=1", "model.width=8", "train.batch_size=6", "device=cpu",
+            "data.num_workers=0", "train.warmup_epochs=0", "train.progress=false", "train.ckpt_every=1"]
+    good = _folder(tmp_path / "abc", tiny_image_folder, ["ant", "bee", "cat"])
+    d = tmp_path / "run"
+    run(["train", "--config", "cifar10_lt_ce", "--out", d, f"data.root={good}", "train.epochs=2", *base], capsys,
+        code=0)
+    renamed = _folder(tmp_path / "abz", tiny_image_folder, ["ant", "bee", "zebra"])
+    more = _folder(tmp_path / "abcd", tiny_image_folder, ["ant", "bee", "cat", "dog"])
+    grey = _folder(tmp_path / "grey", tiny_image_folder, ["ant", "bee", "cat"], channels=1)
+    before = snapshot(d)
+    for cmd in (["eval", d], ["nc", d], ["posthoc", d, "--method", "tau_norm"]):
+        err = run([*cmd, "--device", "cpu", f"data.root={renamed}"], capsys)
+        assert "trained on data with classes ['ant', 'bee', 'cat']" in err and "['ant', 'bee', 'zebra']" in err
+        assert "point data.root at the data it was trained on" in err
+        assert "classes" in run([*cmd, "--device", "cpu", f"data.root={more}"], capsys)
+    assert "image channels 3" in run(["eval", d, "--device", "cpu", f"data.root={grey}"], capsys)
+    assert snapshot(d) == before
+    # the same data elsewhere is fine, and so is the right data after a refusal
+    run(["eval", d, "--device", "cpu", f"data.root={good}"], capsys, code=0)
+    # a run checkpointed at epoch 1 resumes only on its own data
+    (d / rundir.METRICS).unlink()
+    ck = torch.load(d / rundir.CHECKPOINT, weights_only=True)
+    assert ck["data_facts"] == {"classes": ["ant", "bee", "cat"], "class_counts": [6, 6, 6], "in_channels": 3}
+    assert "classes" in run(["train", "--out", d, "--resume", f"data.root={renamed}"], capsys)
+    # cRT may train new classes on a backbone, but not other image channels
+    crt = ["train", "--config", "cifar10_lt_crt", "train.epochs=1", f"init_from={d}", *base]
+    run([*crt, "--out", tmp_path / "crt4", f"data.root={more}"], capsys, code=0)
+    assert "image channels 3" in run([*crt, "--out", tmp_path / "crtg", f"data.root={grey}"], capsys)

@@ -15,10 +15,10 @@ from omegaconf import DictConfig
 from .. import dist
 from ..config import ModelConfig, flatten, from_dict, parse_override, set_key, to_dict
 from ..data import DataBundle, build_data
-from ..errors import ConfigError, RunDirError
+from ..errors import ConfigError, DataError, RunDirError
 from ..methods import DataInfo, Method, build_method
 from ..models import count_parameters
-from ..rundir import CHECKPOINT
+from ..rundir import CHECKPOINT, METRICS, read_json
 from .checkpoint import load_checkpoint
 from .loaders import PipelineChoice, choose_pipeline
 from .runtime import configure_backends, precision, resolve_device, seed_everything
@@ -56,7 +56,9 @@ class RunContext:
                 raise ConfigError(f"init_from={init_from}: no {CHECKPOINT} there; point it at a finished run directory")
             ckpt = load_checkpoint(src)
             check_same_backbone(cfg, ckpt.get("config"), init_from)
-            method.load_backbone_from(ckpt["method"])
+            check_same_data(saved_data_facts(ckpt, Path(init_from)), bundle, cfg, f"init_from={init_from}",
+                            keys=("in_channels",))  # the classes may differ: cRT trains a new classifier
+            load_state(lambda: method.load_backbone_from(ckpt["method"]), f"init_from={init_from}")
         if cfg.train.sync_bn and dist.is_dist():
             method = dist.convert_sync_batchnorm(method, device.type)
         method.to(device)
@@ -69,6 +71,53 @@ class RunContext:
     def prep(self, x: torch.Tensor) -> torch.Tensor:
         """An input batch in the model's memory format."""
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x
+
+
+def data_facts(bundle: DataBundle) -> dict:
+    """What a checkpoint records of the data it was trained on, to recognise them again."""
+    return {"classes": [str(c) for c in bundle.classes], "class_counts": [int(c) for c in bundle.class_counts],
+            "in_channels": int(bundle.in_channels)}
+
+
+def saved_data_facts(ckpt: dict, run_dir: Path) -> dict:
+    """A checkpoint's ``data_facts``; for a checkpoint written before they were recorded, what
+    the run's metrics.json says (classes and counts), else nothing."""
+    if isinstance(ckpt.get("data_facts"), Mapping):
+        return dict(ckpt["data_facts"])
+    try:
+        m = read_json(run_dir / METRICS) if (run_dir / METRICS).is_file() else {}
+    except Exception:  # noqa: BLE001 - a damaged metrics.json only loses this check
+        m = {}
+    return {k: m[k] for k in ("classes", "class_counts") if isinstance(m, Mapping) and k in m}
+
+
+def _short(v: Any) -> str:
+    if isinstance(v, list) and len(v) > 6:
+        return f"[{', '.join(map(repr, v[:6]))}, ... ({len(v)} in all)]"
+    return repr(v)
+
+
+def check_same_data(saved: Mapping, bundle: DataBundle, cfg: DictConfig, what: str,
+                    keys: tuple[str, ...] = ("in_channels", "classes", "class_counts")) -> None:
+    """The data found now must be the data ``what`` was trained on: the same image channels,
+    class names (in order: they are the classifier's rows) and training images per class."""
+    ours = data_facts(bundle)
+    labels = {"in_channels": "image channels", "classes": "classes", "class_counts": "training images per class"}
+    for k in keys:
+        if saved.get(k) is not None and saved[k] != ours[k]:
+            raise DataError(f"{what} was trained on data with {labels[k]} {_short(saved[k])}, but data.root="
+                            f"{cfg.data.root} gives {_short(ours[k])}; point data.root at the data it was trained on")
+
+
+def load_state(load, what: str) -> None:
+    """Run ``load`` (a state-dict load); a shape mismatch becomes one line naming ``what``."""
+    try:
+        load()
+    except RuntimeError as e:
+        lines = [ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln or "Missing key" in ln
+                 or "Unexpected key" in ln]
+        raise DataError(f"{what} does not fit the model built for this data ({(lines or [str(e)])[0][:200]}); "
+                        "use the data and model settings it was trained with") from None
 
 
 # the model keys a backbone's state_dict cannot tell apart when they differ (a stride has no weights)
@@ -143,6 +192,7 @@ def load_run(run_dir: str | Path, device: str = "auto", overrides=()) -> RunCont
     ckpt: dict[str, Any] = load_checkpoint(run_dir / CHECKPOINT)
     cfg = saved_with_runtime(from_dict(ckpt["config"]), None, [f"device={device}", *overrides])
     ctx = RunContext.build(cfg)
-    ctx.method.load_state_dict(ckpt["method"])
+    check_same_data(saved_data_facts(ckpt, run_dir), ctx.bundle, cfg, f"the run in {run_dir}")
+    load_state(lambda: ctx.method.load_state_dict(ckpt["method"]), f"the checkpoint of {run_dir}")
     ctx.run_dir, ctx.ckpt_epoch = run_dir, int(ckpt["epoch"])
     return ctx

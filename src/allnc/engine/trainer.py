@@ -21,7 +21,8 @@ from ..metrics import nc_summary
 from ..rundir import (CHECKPOINT, CONFIG, LOCK, LOG, METRICS, METRICS_LOG, RunLock, atomic_write_json, atomic_write_text,
                       describe_os_error)
 from .checkpoint import load_checkpoint, save_checkpoint
-from .context import RunContext, check_resume_config, load_run, saved_with_runtime  # noqa: F401 (load_run: public)
+from .context import (RunContext, check_resume_config, check_same_data, data_facts, load_run,  # noqa: F401 (load_run: public)
+                      load_state, saved_data_facts, saved_with_runtime)
 from .evaluate import autocast_ctx, evaluate_accuracy, neural_collapse
 from .loaders import build_train_loaders, iter_eval
 from .loggers import NullLogger, make_logger
@@ -111,6 +112,8 @@ class Trainer:
         self.cfg, self.device, self.amp, self.channels_last = ctx.cfg, ctx.device, ctx.amp, ctx.channels_last
         self.bundle, self.info, self.method, self.choice, self.n_params = (ctx.bundle, ctx.info, ctx.method, ctx.choice,
                                                                            ctx.n_params)
+        if ckpt is not None:  # a resume goes on with the data it began with
+            check_same_data(saved_data_facts(ckpt, self.out), self.bundle, cfg, f"the run in {self.out}")
         self.loaders = build_train_loaders(cfg, self.bundle, self.method.loaders, self.choice, self.device,
                                            self.channels_last)
         self.steps = len(self.loaders[0])
@@ -121,7 +124,7 @@ class Trainer:
         self.start_epoch = 0
         self.history: list[dict] = []
         if ckpt is not None:
-            self.method.load_state_dict(ckpt["method"])
+            load_state(lambda: self.method.load_state_dict(ckpt["method"]), f"the checkpoint of {self.out}")
             self.opt.load_state_dict(ckpt["optimizer"])
             self.start_epoch = int(ckpt["epoch"])
             self.history = list(ckpt.get("history", []))
@@ -167,7 +170,7 @@ class Trainer:
         save_checkpoint(self.out / CHECKPOINT, {
             "method": self.method.state_dict(), "optimizer": self.opt.state_dict(), "epoch": epoch_done,
             "config": to_dict(self.cfg), "history": self.history, "wall_time": wall, "versions": versions(),
-            "sources": self.sources,
+            "sources": self.sources, "data_facts": data_facts(self.bundle),
         })
 
     def _log_epoch(self, rec: dict) -> None:
