@@ -342,6 +342,19 @@ def test_list_file_other_errors(tmp_path):
     (tmp_path / "missing.txt").write_text("img/none.png 0\n")
     with pytest.raises(DataError, match="none.png does not exist"):
         S.load_listfile(str(tmp_path), "missing.txt", "missing.txt")
+    # a test label the train list lacks is the test list's fault, and says so
+    (tmp_path / "test7.txt").write_text("img/sub dir/0.png 0\nimg/sub dir/5.png 7\n")
+    with pytest.raises(DataError, match=r"test7.txt labels .*5.png with class 7, but .*train.txt has classes 0..2"):
+        S.load_listfile(str(tmp_path), "train.txt", "test7.txt")
+
+
+def test_list_files_saved_with_a_byte_order_mark(tmp_path):
+    """Windows editors start UTF-8 files with a BOM; it is not part of the first path."""
+    x, y = _list_dataset(tmp_path)
+    for name in ("train.txt", "test.txt"):
+        (tmp_path / name).write_bytes(b"\xef\xbb\xbf" + (tmp_path / name).read_bytes())
+    src = S.load_listfile(str(tmp_path), "train.txt", "test.txt")
+    assert np.array_equal(src.train.images, x) and np.array_equal(src.train.targets, y)
 
 
 # ------------------------------------------------------------------------------ build_data
@@ -434,3 +447,16 @@ def test_16_bit_grey_images_are_scaled_not_clipped(tmp_path):
     img = np.asarray(lazy.load(0)).astype(np.int64)
     assert np.array_equal(img, np.rint(np.arange(80 * 80).reshape(80, 80) * 10 / 257))
     assert np.array_equal(np.asarray(S.base.to_mode(Image.open(big), "RGB"))[..., 1], img)  # grey to colour
+
+
+def test_one_colour_image_among_grey_ones_keeps_the_folder_in_colour(tmp_path, tiny_image_folder):
+    x = _rgb(24, 8, 8)
+    y = np.arange(24) % 2
+    tiny_image_folder(tmp_path, "train", x[..., :1], y, ["a", "b"])  # grey files ...
+    tiny_image_folder(tmp_path, "test", x[..., :1], y, ["a", "b"])
+    Image.fromarray(x[5]).save(tmp_path / "train" / "b" / "0002.png")  # ... and one in colour, not in the sample
+    src = S.load_imagefolder(str(tmp_path))
+    assert src.train.mode == "RGB" and src.train.images.shape == (24, 8, 8, 3)
+    i = [j for j, p in enumerate(sorted((tmp_path / "train").rglob("*.png"))) if p.name == "0002.png"
+         and p.parent.name == "b"][0]
+    assert np.array_equal(src.train.images[i], x[5])

@@ -233,7 +233,7 @@ def list_inputs(inputs, classes: list[str]) -> list[tuple[str, Optional[int]]]:
 def _read_list(p: Path, labels: dict, classes: list[str]) -> list[tuple[str, Optional[int]]]:
     items = []
     try:
-        lines = p.read_text(encoding="utf-8", errors="replace").splitlines()
+        lines = p.read_text(encoding="utf-8-sig", errors="replace").splitlines()
     except OSError as e:
         raise DataError(f"list file {p} cannot be read ({_reason(e)})") from None
     for n, line in enumerate(lines, 1):

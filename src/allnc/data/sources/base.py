@@ -161,15 +161,19 @@ def _open_header(path: str) -> tuple[tuple[int, int], str]:
         raise DataError(f"cannot read image {path}: {_reason(e)}; replace or remove the file") from None
 
 def probe(paths: Sequence[str], k: int = PROBE_IMAGES) -> tuple[bool, str]:
-    """(small, mode) judged from ``k`` images spread over ``paths``: small if each is at most
-    SMALL_MAX_SIDE pixels high and wide; mode "L" if each is grey, else "RGB"."""
+    """(small, mode): small if each of ``k`` images spread over ``paths`` is at most
+    SMALL_MAX_SIDE pixels high and wide; mode "L" if every image is grey, else "RGB". Where
+    the sample is all grey and the images are small (all decoded anyway), every header is read:
+    one colour image among grey ones keeps the set in colour."""
     if not paths:
         return True, "RGB"
     step = max(1, len(paths) // k)
     heads = [_open_header(p) for p in list(paths)[::step][:k]]
     small = all(w <= SMALL_MAX_SIDE and h <= SMALL_MAX_SIDE for (w, h), _ in heads)
-    mode = "L" if all(m in _GREY_MODES for _, m in heads) else "RGB"
-    return small, mode
+    grey = all(m in _GREY_MODES for _, m in heads)
+    if grey and small:
+        grey = all(_open_header(p)[1] in _GREY_MODES for p in paths)
+    return small, "L" if grey else "RGB"
 
 def decode_images(paths: Sequence[str], mode: str) -> np.ndarray:
     """Decode every image with Pillow into one uint8 N x H x W x C array (all one size)."""

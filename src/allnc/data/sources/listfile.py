@@ -19,7 +19,7 @@ def read_list_file(list_path: Path, root: Path) -> tuple[list[str], np.ndarray]:
         raise DataError(f"list file {list_path} does not exist; data.train_list/test_list are relative to data.root")
     paths: list[str] = []
     labels: list[int] = []
-    with open(list_path, encoding="utf-8", errors="replace") as f:
+    with open(list_path, encoding="utf-8-sig", errors="replace") as f:  # -sig: a BOM (Windows editors) is not a path
         for lineno, line in enumerate(f, 1):
             s = line.strip()
             if not s or s.startswith("#"):
@@ -56,7 +56,13 @@ def load_listfile(root: Optional[str], train_list: Optional[str], test_list: Opt
     te_file = Path(test_list) if Path(test_list).is_absolute() else base / test_list
     tr_paths, tr_targets = read_list_file(tr_file, base)
     te_paths, te_targets = read_list_file(te_file, base)
-    k = int(max(tr_targets.max(), te_targets.max())) + 1
+    k_train = int(tr_targets.max()) + 1
+    beyond = np.flatnonzero(te_targets >= k_train)
+    if len(beyond):
+        i = int(beyond[0])
+        raise DataError(f"{te_file} labels {te_paths[i]} with class {int(te_targets[i])}, but {tr_file} has classes "
+                        f"0..{k_train - 1} only; fix the test list or give that class training images")
+    k = k_train
     have = np.bincount(tr_targets, minlength=k)
     missing = np.flatnonzero(have == 0)
     if len(missing):
