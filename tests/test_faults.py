@@ -326,3 +326,20 @@ def test_other_data_under_data_root_is_one_line_not_a_wrong_result(tmp_path, tin
     crt = ["train", "--config", "cifar10_lt_crt", "train.epochs=1", f"init_from={d}", *base]
     run([*crt, "--out", tmp_path / "crt4", f"data.root={more}"], capsys, code=0)
     assert "image channels 3" in run([*crt, "--out", tmp_path / "crtg", f"data.root={grey}"], capsys)
+
+
+def test_a_reader_that_stops_early_is_not_an_error():
+    """`allnc config --keys | head -1`: the pipe closes after one line; the command stops quietly."""
+    p = subprocess.Popen([sys.executable, "-m", "allnc", "config", "--keys"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
+    p.stdout.close()  # before the command writes a line (its imports take a while): every write finds no reader
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=120) == 0 and err == "", err
+
+
+def test_file_errors_say_what_is_in_the_way():
+    e = OSError(errno.EEXIST, "File exists", "runs/out")
+    assert rundir.describe_os_error(e, "creating") == ("creating runs/out failed: a file is in the way where a "
+                                                      "folder is needed; choose another path")
+    assert "a file operation failed: no space left" in rundir.describe_os_error(OSError(errno.ENOSPC, "x"),
+                                                                               "a file operation")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -306,10 +307,14 @@ def main(argv=None) -> int:
     except AllncError as e:
         print(f"allnc: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader went away (`allnc config --keys | head`): nothing more to say
+        sys.stdout = open(os.devnull, "w")  # the interpreter's last flush must not fail again
+        return 0
     except OSError as e:  # a file the command had to read or write
         from .rundir import describe_os_error
 
-        print(f"allnc: error: {describe_os_error(e, 'the file operation on')}", file=sys.stderr)
+        doing = "the file operation on" if getattr(e, "filename", None) else "a file operation"
+        print(f"allnc: error: {describe_os_error(e, doing)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("allnc: interrupted", file=sys.stderr)

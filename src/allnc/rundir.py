@@ -114,7 +114,10 @@ def describe_os_error(e: OSError, doing: str) -> str:
     name = getattr(e, "filename", None)
     why = {errno.ENOSPC: "no space left on device", errno.EROFS: "read-only file system",
            errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
-           errno.EDQUOT: "disk quota exceeded"}.get(e.errno or -1, e.strerror or type(e).__name__)
+           errno.EDQUOT: "disk quota exceeded",
+           errno.EEXIST: "a file is in the way where a folder is needed; choose another path",
+           errno.ENOTDIR: "part of the path is a file, not a folder; choose another path",
+           errno.EISDIR: "it is a folder where a file is needed; give a file name"}.get(e.errno or -1, e.strerror or type(e).__name__)
     return f"{doing}{f' {name}' if name else ''} failed: {why}"
 
 
