@@ -317,3 +317,30 @@ def test_deadline_leaves_waiting_runs_unstarted(tmp_path):
     res = run_grid(spec, command=fake_command, log=lambda m: None, deadline=time.monotonic() + 2)
     assert [s.name for s in res.unfinished] == ["long"] and [s.name for s in res.not_started] == ["next"]
     assert not res.done and not (tmp_path / "g" / "next").exists()
+
+
+def test_a_changed_grid_does_not_take_the_old_runs_as_its_own(tmp_path):
+    """Runs in the out folder are skipped (finished) or resumed (checkpointed) only where they
+    were made with the config the grid now gives; a changed setting is one line naming it."""
+    from allnc.config import load_config, to_yaml
+
+    out = tmp_path / "g"
+    grid = {"configs": ["fmnist_lt_ce"], "seeds": [0], "out": str(out),
+            "extra_overrides": ["train.epochs=1", "data.root=/nowhere"]}
+    spec = expand_grid(grid)[0]
+    spec.run_dir.mkdir(parents=True)
+    (spec.run_dir / "config.yaml").write_text(to_yaml(load_config(spec.config, spec.overrides)))
+    (spec.run_dir / "metrics.json").write_text("{}")
+    assert [s.name for s in run_grid(grid, dry_run=True, log=lambda *_: None).skipped] == [spec.name]
+    moved = {**grid, "extra_overrides": ["train.epochs=1", "data.root=/elsewhere"]}  # a runtime key may differ
+    assert len(run_grid(moved, dry_run=True, log=lambda *_: None).skipped) == 1
+    changed = {**grid, "extra_overrides": ["train.epochs=2", "data.root=/nowhere"]}
+    with pytest.raises(ConfigError, match=r"holds a run made with train.epochs=1, but the grid now gives "
+                                          r"train.epochs=2; give the changed grid another out folder"):
+        run_grid(changed, dry_run=True, log=lambda *_: None)
+    (spec.run_dir / "metrics.json").unlink()  # a checkpointed run would be resumed: the same check
+    (spec.run_dir / "checkpoint.pt").write_bytes(b"x")
+    with pytest.raises(ConfigError, match="train.epochs=1"):
+        run_grid(changed, dry_run=True, log=lambda *_: None)
+    (spec.run_dir / "checkpoint.pt").unlink()  # an attempt that never checkpointed is started again
+    assert run_grid(changed, dry_run=True, log=lambda *_: None).skipped == []

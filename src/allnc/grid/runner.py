@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
 from ..errors import ConfigError
-from ..rundir import CHECKPOINT, LOG, METRICS
+from ..rundir import CHECKPOINT, CONFIG, LOG, METRICS
 from .expand import RunSpec, expand_grid, load_grid
 from .summary import write_summaries
 
@@ -52,13 +52,38 @@ def default_command(spec: RunSpec, resume: bool) -> list[str]:
 
 
 def _validate_configs(specs: list[RunSpec]) -> None:
+    """Every run's config resolves; a run directory that already holds a run (finished, to be
+    skipped, or checkpointed, to be resumed) holds one of this config: a grid changed since
+    (other extra_overrides, epochs, settings) would otherwise report the old runs as its own."""
     from ..config import load_config
 
     for s in specs:
         try:
-            load_config(s.config, s.overrides)
+            cfg = load_config(s.config, s.overrides)
         except ConfigError as e:
             raise ConfigError(f"grid run {s.name}: {e}") from None
+        _check_existing_run(s, cfg)
+
+
+def _check_existing_run(s: RunSpec, cfg) -> None:
+    from omegaconf import OmegaConf
+
+    from ..config import flatten, to_dict
+    from ..engine.context import is_runtime
+
+    saved_file = s.run_dir / CONFIG
+    if not saved_file.is_file() or not ((s.run_dir / METRICS).is_file() or (s.run_dir / CHECKPOINT).is_file()):
+        return  # nothing there, or an attempt that never checkpointed (set aside and started again)
+    try:
+        saved = flatten(to_dict(OmegaConf.load(saved_file)))
+    except Exception:  # noqa: BLE001 - a damaged config.yaml is the run's own problem, reported when it runs
+        return
+    new = flatten(to_dict(cfg))
+    for k in sorted(set(saved) & set(new)):  # a key newer or older than the run had its default then
+        if not is_runtime(k) and saved[k] != new[k]:
+            raise ConfigError(f"grid run {s.name}: {s.run_dir} holds a run made with {k}={saved.get(k)!r}, but "
+                              f"the grid now gives {k}={new.get(k)!r}; give the changed grid another out folder, "
+                              "or delete that run directory to run it again")
 
 
 def _tail(path: Path, lines: int = 5) -> str:
