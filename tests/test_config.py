@@ -86,3 +86,13 @@ def test_every_builtin_config_loads_and_follows_its_protocol():
 def test_on_off_stay_strings_and_true_false_are_booleans():
     cfg = load_config("fmnist_lt_ce", ["train.compile=on", "train.amp=off", "train.sync_bn=true"])
     assert (cfg.train.compile, cfg.train.amp, cfg.train.sync_bn) == ("on", "off", True)
+
+
+@pytest.mark.parametrize("text,value", [("true", "true"), ("0x10", "0x10"), ("#c", "#c"), ("2024-01-01", "2024-01-01"),
+                                        ("1e3", "1e3"), ("null", None), ("~", None), ("'quoted'", "quoted")])
+def test_a_text_key_takes_the_text_as_written(text, value):
+    """YAML would read a folder named true, 0x10, #c or 2024-01-01 as a bool, a number, a
+    comment (null) or a date; a text key keeps the text, while null still clears it and
+    typed keys are still read as YAML."""
+    cfg = load_config("fmnist_lt_ce", [f"data.root={text}", "train.epochs=0x10"])
+    assert cfg.data.root == value and cfg.train.epochs == 16

@@ -348,10 +348,29 @@ def load_config(name_or_path: Optional[str] = None, overrides: Optional[list[str
         cfg.config_name = name_or_path if name_or_path in set(compose.builtin_names()) else Path(name_or_path).stem
         cfg.display_name = compose.display_name(builtin) if builtin else cfg.method.name
     for text in overrides or []:
-        k, v = parse_override(text)
+        k, v = override(cfg, text)
         set_key(cfg, k, v, "the command line")
     validate(cfg)
     return cfg
+
+
+def override(cfg: DictConfig, text: str) -> tuple[str, Any]:
+    """``key=value`` for ``cfg``: the value read as YAML, except that a text key (a path, a
+    name) takes the text as written: data.root=true, =0x10 or =#c name folders, not a bool, a
+    number or a comment. ``null`` or ``~`` still clears an optional text key."""
+    k, v = parse_override(text)
+    if isinstance(v, str):
+        return k, v
+    parent, _, leaf = k.rpartition(".")
+    try:
+        node = (OmegaConf.select(cfg, parent) if parent else cfg)._get_node(leaf)
+        text_key = node is not None and node._metadata.ref_type is str
+    except Exception:  # noqa: BLE001 - an unknown key: set_key says so
+        return k, v
+    raw = text.split("=", 1)[1].strip()
+    if not text_key or (v is None and raw in ("null", "~")):
+        return k, v
+    return k, raw
 
 
 def _check_choices(node: DictConfig, cls: type, prefix: str) -> None:

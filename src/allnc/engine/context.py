@@ -13,7 +13,7 @@ import torch
 from omegaconf import DictConfig
 
 from .. import dist
-from ..config import ModelConfig, flatten, from_dict, parse_override, set_key, to_dict
+from ..config import ModelConfig, flatten, from_dict, override, set_key, to_dict
 from ..data import DataBundle, build_data
 from ..errors import ConfigError, DataError, RunDirError
 from ..methods import DataInfo, Method, build_method
@@ -159,7 +159,7 @@ def saved_with_runtime(saved: DictConfig, given: DictConfig | None, overrides=()
             if is_runtime(k):
                 set_key(saved, k, d[k], "the command line")
     for text in overrides:
-        k, v = parse_override(text)
+        k, v = override(saved, text)
         if not is_runtime(k):
             raise ConfigError(
                 f"'{k}' cannot change in a resumed run or a re-evaluation (only "
