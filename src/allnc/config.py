@@ -354,6 +354,11 @@ def load_config(name_or_path: Optional[str] = None, overrides: Optional[list[str
     return cfg
 
 
+def is_device_name(name: Any) -> bool:
+    """A ``device`` value this package runs on: auto, cpu, cuda or cuda:N."""
+    return str(name) in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", str(name)) is not None
+
+
 def override(cfg: DictConfig, text: str) -> tuple[str, Any]:
     """``key=value`` for ``cfg``: the value read as YAML, except that a text key (a path, a
     name) takes the text as written: data.root=true, =0x10 or =#c name folders, not a bool, a
@@ -417,7 +422,7 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("train.eval_test=false leaves nothing to evaluate; give data.val_per_class=N for a validation split")
     if cfg.train.ckpt_every < 1 or cfg.train.eval_every < 1:
         raise ConfigError("train.ckpt_every and train.eval_every must be at least 1")
-    if not (cfg.device in ("auto", "cpu", "cuda") or str(cfg.device).startswith("cuda:")):
+    if not is_device_name(cfg.device):
         raise ConfigError(f"device={cfg.device!r} is not auto, cpu, cuda or cuda:N")
 
 

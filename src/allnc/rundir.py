@@ -36,6 +36,13 @@ LOG = "log.txt"
 REPORT_DIR = "report"
 TB_DIR = "tb"
 LOCK = ".lock"
+# what makes a folder a run directory: a run writes config.yaml before its first step
+RUN_FILES = (CONFIG, CHECKPOINT, METRICS, METRICS_LOG)
+
+
+def holds_run(folder: Path) -> bool:
+    """Whether ``folder`` holds (part of) a run: any of ``RUN_FILES``."""
+    return any((Path(folder) / f).is_file() for f in RUN_FILES)
 
 
 def _umask() -> int:

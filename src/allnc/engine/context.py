@@ -56,8 +56,7 @@ class RunContext:
                 raise ConfigError(f"init_from={init_from}: no {CHECKPOINT} there; point it at a finished run directory")
             ckpt = load_checkpoint(src)
             check_same_backbone(cfg, ckpt.get("config"), init_from)
-            check_same_data(saved_data_facts(ckpt, Path(init_from)), bundle, cfg, f"init_from={init_from}",
-                            keys=("in_channels",))  # the classes may differ: cRT trains a new classifier
+            check_same_data(ckpt, Path(init_from), bundle, cfg, f"init_from={init_from}", keys=("in_channels",))  # the classes may differ: cRT trains a new classifier
             load_state(lambda: method.load_backbone_from(ckpt["method"]), f"init_from={init_from}")
         if cfg.train.sync_bn and dist.is_dist():
             method = dist.convert_sync_batchnorm(method, device.type)
@@ -79,7 +78,7 @@ def data_facts(bundle: DataBundle) -> dict:
             "in_channels": int(bundle.in_channels)}
 
 
-def saved_data_facts(ckpt: dict, run_dir: Path) -> dict:
+def _saved_data_facts(ckpt: dict, run_dir: Path) -> dict:
     """A checkpoint's ``data_facts``; for a checkpoint written before they were recorded, what
     the run's metrics.json says (classes and counts), else nothing."""
     if isinstance(ckpt.get("data_facts"), Mapping):
@@ -97,11 +96,12 @@ def _short(v: Any) -> str:
     return repr(v)
 
 
-def check_same_data(saved: Mapping, bundle: DataBundle, cfg: DictConfig, what: str,
+def check_same_data(ckpt: dict, run_dir: Path, bundle: DataBundle, cfg: DictConfig, what: str,
                     keys: tuple[str, ...] = ("in_channels", "classes", "class_counts")) -> None:
-    """The data found now must be the data ``what`` was trained on: the same image channels,
-    class names (in order: they are the classifier's rows) and training images per class."""
-    ours = data_facts(bundle)
+    """The data found now must be the data ``what`` (the run in ``run_dir``, whose checkpoint
+    is ``ckpt``) was trained on: the same image channels, class names (in order: they are the
+    classifier's rows) and training images per class."""
+    saved, ours = _saved_data_facts(ckpt, run_dir), data_facts(bundle)
     labels = {"in_channels": "image channels", "classes": "classes", "class_counts": "training images per class"}
     for k in keys:
         if saved.get(k) is not None and saved[k] != ours[k]:
@@ -192,7 +192,7 @@ def load_run(run_dir: str | Path, device: str = "auto", overrides=()) -> RunCont
     ckpt: dict[str, Any] = load_checkpoint(run_dir / CHECKPOINT)
     cfg = saved_with_runtime(from_dict(ckpt["config"]), None, [f"device={device}", *overrides])
     ctx = RunContext.build(cfg)
-    check_same_data(saved_data_facts(ckpt, run_dir), ctx.bundle, cfg, f"the run in {run_dir}")
+    check_same_data(ckpt, run_dir, ctx.bundle, cfg, f"the run in {run_dir}")
     load_state(lambda: ctx.method.load_state_dict(ckpt["method"]), f"the checkpoint of {run_dir}")
     ctx.run_dir, ctx.ckpt_epoch = run_dir, int(ckpt["epoch"])
     return ctx

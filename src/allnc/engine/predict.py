@@ -32,7 +32,7 @@ from ..data.sources.base import IMAGE_EXTENSIONS, _is_image, _reason, to_mode
 from ..errors import ConfigError, DataError, RunDirError
 from ..methods import DataInfo, Method, build_method
 from ..metrics import AccuracyAccumulator
-from ..rundir import CHECKPOINT, CONFIG, METRICS, METRICS_LOG, atomic_write_bytes, atomic_write_json, read_json
+from ..rundir import CHECKPOINT, METRICS, atomic_write_bytes, atomic_write_json, holds_run, read_json
 from .checkpoint import load_checkpoint
 from .context import load_run, saved_with_runtime
 from .evaluate import autocast_ctx
@@ -163,7 +163,7 @@ def check_export_dir(out_dir, overwrite: bool = False) -> None:
         raise RunDirError(f"{out} is a file; give a folder for the export")
     if not out.is_dir() or not any(out.iterdir()):
         return
-    if any((out / f).exists() for f in (CHECKPOINT, CONFIG, METRICS, METRICS_LOG)):
+    if holds_run(out):
         raise RunDirError(f"{out} is a run directory; give the export a folder of its own")
     if (out / META).is_file() and all(p.name in (META, WEIGHTS) for p in out.iterdir()):
         if not overwrite:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import platform
 import random
-import re
 import subprocess
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import numpy as np
 import torch
 
 from .. import __version__, dist
+from ..config import is_device_name
 from ..errors import ConfigError
 
 
@@ -20,7 +20,7 @@ def resolve_device(name: str) -> torch.device:
     """The torch device of a ``device`` value (auto | cpu | cuda | cuda:N), checked: every
     command (train, eval, nc, posthoc, predict) comes through here."""
     name = str(name)
-    if not (name in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", name)):
+    if not is_device_name(name):
         raise ConfigError(f"device={name!r} is not auto, cpu, cuda or cuda:N; use one of those")
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"

@@ -18,11 +18,11 @@ from ..data import groups as class_groups
 from ..errors import RunDirError, TrainingDiverged
 from ..methods import StepState
 from ..metrics import nc_summary
-from ..rundir import (CHECKPOINT, CONFIG, LOCK, LOG, METRICS, METRICS_LOG, RunLock, atomic_write_json, atomic_write_text,
-                      describe_os_error)
+from ..rundir import (CHECKPOINT, CONFIG, LOCK, LOG, METRICS, METRICS_LOG, RUN_FILES, RunLock, atomic_write_json,
+                      atomic_write_text, describe_os_error, holds_run)
 from .checkpoint import load_checkpoint, save_checkpoint
 from .context import (RunContext, check_resume_config, check_same_data, data_facts, load_run,  # noqa: F401 (load_run: public)
-                      load_state, saved_data_facts, saved_with_runtime)
+                      load_state, saved_with_runtime)
 from .evaluate import autocast_ctx, evaluate_accuracy, neural_collapse
 from .loaders import build_train_loaders, iter_eval
 from .loggers import NullLogger, make_logger
@@ -32,15 +32,11 @@ from .schedule import lr_at
 from .stepper import Stepper
 
 
-# what makes a folder a run directory: a run writes config.yaml before its first step
-RUN_FILES = (CONFIG, CHECKPOINT, METRICS, METRICS_LOG)
-
-
 def _foreign(out: Path) -> bool:
     """A folder that holds files, none of them a run's: not ours to write into or empty (the
     lock, and the log a grid opens before its run starts, are a run's)."""
     return (out.is_dir() and any(p.name not in (LOCK, LOG) for p in out.iterdir())
-            and not any((out / f).is_file() for f in RUN_FILES))
+            and not holds_run(out))
 
 
 def refuse_foreign(out: Path, resume: bool) -> None:
@@ -57,7 +53,7 @@ def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
     refuse_foreign(out, resume)
     if resume:
         if not (out / CHECKPOINT).is_file():
-            if out.is_dir() and any((out / f).is_file() for f in RUN_FILES):
+            if holds_run(out):
                 raise RunDirError(f"--resume: {out} holds no {CHECKPOINT} (the run stopped before its first "
                                   "checkpoint); start it again with --overwrite")
             raise RunDirError(f"--resume: no run in {out}; drop --resume to start a new run there")
@@ -113,10 +109,11 @@ class Trainer:
         self.bundle, self.info, self.method, self.choice, self.n_params = (ctx.bundle, ctx.info, ctx.method, ctx.choice,
                                                                            ctx.n_params)
         if ckpt is not None:  # a resume goes on with the data it began with
-            check_same_data(saved_data_facts(ckpt, self.out), self.bundle, cfg, f"the run in {self.out}")
+            check_same_data(ckpt, self.out, self.bundle, cfg, f"the run in {self.out}")
         self.loaders = build_train_loaders(cfg, self.bundle, self.method.loaders, self.choice, self.device,
                                            self.channels_last)
         self.steps = len(self.loaders[0])
+        self.data_facts = data_facts(self.bundle)  # recorded in every checkpoint
         on_gpu = self.device.type == "cuda"
         compile_ = cfg.train.compile == "on" or (cfg.train.compile == "auto" and on_gpu and self.choice.fast)
         self.stepper = Stepper(self.method, cfg, self.device, self.amp, compile_, log=self.log)
@@ -170,7 +167,7 @@ class Trainer:
         save_checkpoint(self.out / CHECKPOINT, {
             "method": self.method.state_dict(), "optimizer": self.opt.state_dict(), "epoch": epoch_done,
             "config": to_dict(self.cfg), "history": self.history, "wall_time": wall, "versions": versions(),
-            "sources": self.sources, "data_facts": data_facts(self.bundle),
+            "sources": self.sources, "data_facts": self.data_facts,
         })
 
     def _log_epoch(self, rec: dict) -> None:

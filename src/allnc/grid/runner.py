@@ -81,8 +81,8 @@ def _check_existing_run(s: RunSpec, cfg) -> None:
     new = flatten(to_dict(cfg))
     for k in sorted(set(saved) & set(new)):  # a key newer or older than the run had its default then
         if not is_runtime(k) and saved[k] != new[k]:
-            raise ConfigError(f"grid run {s.name}: {s.run_dir} holds a run made with {k}={saved.get(k)!r}, but "
-                              f"the grid now gives {k}={new.get(k)!r}; give the changed grid another out folder, "
+            raise ConfigError(f"grid run {s.name}: {s.run_dir} holds a run made with {k}={saved[k]!r}, but "
+                              f"the grid now gives {k}={new[k]!r}; give the changed grid another out folder, "
                               "or delete that run directory to run it again")
 
 

@@ -56,13 +56,12 @@ def load_listfile(root: Optional[str], train_list: Optional[str], test_list: Opt
     te_file = Path(test_list) if Path(test_list).is_absolute() else base / test_list
     tr_paths, tr_targets = read_list_file(tr_file, base)
     te_paths, te_targets = read_list_file(te_file, base)
-    k_train = int(tr_targets.max()) + 1
-    beyond = np.flatnonzero(te_targets >= k_train)
+    k = int(tr_targets.max()) + 1
+    beyond = np.flatnonzero(te_targets >= k)
     if len(beyond):
         i = int(beyond[0])
         raise DataError(f"{te_file} labels {te_paths[i]} with class {int(te_targets[i])}, but {tr_file} has classes "
-                        f"0..{k_train - 1} only; fix the test list or give that class training images")
-    k = k_train
+                        f"0..{k - 1} only; fix the test list or give that class training images")
     have = np.bincount(tr_targets, minlength=k)
     missing = np.flatnonzero(have == 0)
     if len(missing):
