@@ -147,6 +147,7 @@ def test_cli_data_prints_counts_and_groups(tiny_learnable_fmnist, capsys):
     out = capsys.readouterr().out
     assert "counts " + " ".join(map(str, lt_counts(60, 10, 10))) in out
     assert "many      0 classes" in out
+    assert "images grey, decoded into memory at 28x28" in out
 
 
 # ------------------------------------------------------------------ data parallel

@@ -234,8 +234,57 @@ def test_small_images_of_different_sizes(tmp_path, tiny_image_folder):
     tiny_image_folder(tmp_path, "train", _rgb(2, 8, 8), np.array([0, 0]), ["a"])
     tiny_image_folder(tmp_path, "test", _rgb(1, 8, 8), np.array([0]), ["a"])
     Image.fromarray(_rgb(1, 9, 8)[0]).save(tmp_path / "train" / "a" / "0002.png")
-    with pytest.raises(DataError, match="0002.png is 8x9 .* one size"):
+    with pytest.raises(DataError, match=r"0002.png is 8x9 .* one size; set data.small_size=8 to resize"):
         S.load_imagefolder(str(tmp_path))
+
+
+def test_small_size_resizes_every_image_bilinearly(tmp_path, tiny_image_folder):
+    """data.small_size decodes each image at that size, mixed or large: each array is Pillow's
+    bilinear resize of that image, images already of that size are kept bit for bit, and the
+    .npz cache of one size is never read for another."""
+    tiny_image_folder(tmp_path, "train", _smooth(2, 8, 8), np.array([0, 1]), ["a", "b"])
+    tiny_image_folder(tmp_path, "test", _smooth(1, 8, 8), np.array([1]), ["a", "b"])
+    big = _smooth(1, 100, 120)[0]
+    Image.fromarray(big).save(tmp_path / "train" / "b" / "0009.png")
+    cache = str(tmp_path / "cache")
+    src = S.load_imagefolder(str(tmp_path), cache_dir=cache, small_size=8)
+    assert src.train.images.shape == (3, 8, 8, 3) and src.test.images.shape == (1, 8, 8, 3)
+    want = np.asarray(Image.fromarray(big).resize((8, 8), Image.BILINEAR))
+    assert np.array_equal(src.train.images[2], want)
+    with Image.open(tmp_path / "train" / "a" / "0000.png") as im:
+        assert np.array_equal(src.train.images[0], np.asarray(im.convert("RGB")))
+    other = S.load_imagefolder(str(tmp_path), cache_dir=cache, small_size=4)
+    assert other.train.images.shape == (3, 4, 4, 3)
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 4
+    # a folder of only large images, which would stay on disk, is decoded into memory
+    tiny_image_folder(tmp_path / "large", "train", _smooth(2, 70, 80), np.array([0, 1]), ["a", "b"])
+    tiny_image_folder(tmp_path / "large", "test", _smooth(1, 70, 80), np.array([0]), ["a", "b"])
+    assert not S.load_imagefolder(str(tmp_path / "large")).train.in_memory
+    assert S.load_imagefolder(str(tmp_path / "large"), small_size=16).train.images.shape == (2, 16, 16, 3)
+
+
+def test_one_class_is_refused_before_training(tmp_path, tiny_image_folder):
+    tiny_image_folder(tmp_path, "train", _rgb(3, 8, 8), np.array([0, 0, 0]), ["cat"])
+    tiny_image_folder(tmp_path, "test", _rgb(1, 8, 8), np.array([0]), ["cat"])
+    with pytest.raises(DataError, match=r"has 1 class \('cat'\); a classifier needs at least two"):
+        build_data(_cfg(name="imagefolder", root=str(tmp_path), imbalance_factor=1))
+    (tmp_path / "train" / "dog").mkdir()
+    Image.fromarray(_rgb(1, 8, 8)[0]).save(tmp_path / "train" / "dog" / "0.png")
+    assert build_data(_cfg(name="imagefolder", root=str(tmp_path), imbalance_factor=1)).num_classes == 2
+
+
+def test_small_size_is_checked_and_reaches_the_bundle(tmp_path, tiny_image_folder):
+    from allnc.config import validate
+    from allnc.errors import ConfigError
+
+    tiny_image_folder(tmp_path, "train", _smooth(4, 20, 30), np.array([0, 0, 1, 1]), ["a", "b"])
+    tiny_image_folder(tmp_path, "test", _smooth(2, 20, 30), np.array([0, 1]), ["a", "b"])
+    b = build_data(_cfg(name="imagefolder", root=str(tmp_path), imbalance_factor=1, small_size=12))
+    assert b.small and b.image_hw == (12, 12)
+    for bad, msg in (({"name": "imagefolder", "small_size": 0}, "must be a size in pixels"),
+                     ({"name": "cifar10", "small_size": 32}, "not data.name=cifar10")):
+        with pytest.raises(ConfigError, match=msg):
+            validate(_cfg(**bad))
 
 
 def test_folder_errors(tmp_path, tiny_image_folder):

@@ -81,6 +81,10 @@ def cmd_data(a) -> int:
     g = groups(counts)
     print(f"{b.label}")
     print(f"train {len(b.train.targets)} images, test {len(b.test.targets)} images, {b.num_classes} classes")
+    h, w = b.image_hw
+    colour = "grey" if b.in_channels == 1 else "colour"
+    print(f"images {colour}, decoded into memory at {w}x{h}" if b.small else
+          f"images {colour}, read from disk, trained at {w}x{h} (data.image_size)")
     print("counts " + " ".join(str(int(c)) for c in counts))
     for name in ("many", "medium", "few"):
         ids = g[name]

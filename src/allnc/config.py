@@ -70,6 +70,9 @@ class DataConfig:
     pipeline: str = "auto"
     # DataLoader worker processes of the conventional data path
     num_workers: int = 2
+    # image folders and list files: decode every image into memory resized to this many pixels
+    # square, whatever its size (null = images of at most 64x64 keep their size, which must be one)
+    small_size: Optional[int] = None
     # decoded small image folders are cached as .npz here (null = no cache)
     cache_dir: Optional[str] = None
 
@@ -414,6 +417,11 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"{key} must be at least 1")
     if cfg.train.lr <= 0:
         raise ConfigError("train.lr must be positive")
+    if cfg.data.small_size is not None and not 1 <= int(cfg.data.small_size) <= 4096:
+        raise ConfigError(f"data.small_size={cfg.data.small_size} must be a size in pixels (1 .. 4096) or null")
+    if cfg.data.small_size is not None and cfg.data.name not in ("imagefolder", "listfile"):
+        raise ConfigError(f"data.small_size resizes image folders and list files, not data.name={cfg.data.name}; "
+                          "remove it or use data.name=imagefolder")
     if cfg.data.val_per_class < 0:
         raise ConfigError("data.val_per_class must be 0 (no validation split) or a positive number of images per class")
     if cfg.method.gbbn.inference_mix == "val" and not cfg.data.val_per_class and cfg.method.name == "gbbn":

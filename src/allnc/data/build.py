@@ -10,7 +10,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from ..config_io import section
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from . import augment as A
 from .augment import MultiView
 from .longtail import lt_counts, lt_indices, val_split
@@ -66,6 +66,10 @@ def build_data(cfg: Any) -> DataBundle:
     src = _load(d)
     train = src.train
     k = train.num_classes
+    if k < 2:
+        only = f" ('{train.classes[0]}')" if k else ""
+        raise DataError(f"{src.where} has {k} class{only}; a classifier needs at least two, so give each class "
+                        "its own folder (or label) in the training data")
     factor = float(d.imbalance_factor)
     kind = str(d.imbalance_type)
     base = {"fmnist": "Fashion-MNIST", "cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}.get(d.name)

@@ -175,17 +175,22 @@ def probe(paths: Sequence[str], k: int = PROBE_IMAGES) -> tuple[bool, str]:
         grey = all(_open_header(p)[1] in _GREY_MODES for p in paths)
     return small, "L" if grey else "RGB"
 
-def decode_images(paths: Sequence[str], mode: str) -> np.ndarray:
-    """Decode every image with Pillow into one uint8 N x H x W x C array (all one size)."""
+def decode_images(paths: Sequence[str], mode: str, size: Optional[int] = None) -> np.ndarray:
+    """Decode every image with Pillow into one uint8 N x H x W x C array: each resized to
+    ``size`` x ``size`` (bilinear) when ``size`` is given, else all must have one size."""
     n = len(paths)
+    c = 1 if mode == "L" else 3
     if n == 0:
-        return np.zeros((0, 1, 1, 1 if mode == "L" else 3), dtype=np.uint8)
+        return np.zeros((0, size or 1, size or 1, c), dtype=np.uint8)
     first = None
     out = None
     for i, p in enumerate(paths):
         try:
             with Image.open(p) as im:
-                a = np.asarray(to_mode(im, mode))
+                im = to_mode(im, mode)
+                if size is not None and im.size != (size, size):
+                    im = im.resize((size, size), Image.BILINEAR)
+                a = np.asarray(im)
         except FileNotFoundError:
             raise DataError(f"image {p} does not exist; fix the path or the list file") from None
         except Exception as e:  # noqa: BLE001
@@ -193,26 +198,28 @@ def decode_images(paths: Sequence[str], mode: str) -> np.ndarray:
         if out is None:
             first = p
             h, w = a.shape[:2]
-            out = np.empty((n, h, w, 1 if mode == "L" else 3), dtype=np.uint8)
+            out = np.empty((n, h, w, c), dtype=np.uint8)
         if a.shape[:2] != out.shape[1:3]:
+            h, w = out.shape[1:3]
             raise DataError(
-                f"image {p} is {a.shape[1]}x{a.shape[0]} but {first} is {out.shape[2]}x{out.shape[1]}: "
-                "small images are stacked in memory and must all have one size; resize them"
+                f"image {p} is {a.shape[1]}x{a.shape[0]} but {first} is {w}x{h}: images judged small (at most "
+                f"{SMALL_MAX_SIDE}x{SMALL_MAX_SIDE}, from {PROBE_IMAGES} of them) are decoded into memory at one "
+                f"size; set data.small_size={max(h, w)} to resize every image to {max(h, w)}x{max(h, w)}"
             )
         out[i] = a.reshape(out.shape[1:])
     return out
 
 
-def _decode(paths: Sequence[str], mode: str) -> np.ndarray:
+def _decode(paths: Sequence[str], mode: str, size: Optional[int] = None) -> np.ndarray:
     """``decode_images`` as the package ``allnc.data.sources`` exports it, looked up when
     called, so that replacing ``allnc.data.sources.decode_images`` (as a test does to prove
     the cache is read) still takes effect."""
     pkg = sys.modules.get(__package__ or "")
-    return getattr(pkg, "decode_images", decode_images)(paths, mode)
+    return getattr(pkg, "decode_images", decode_images)(paths, mode, size)
 
 
-def _cache_file(cache_dir: Path, tag: str, paths: Sequence[str], mode: str) -> Path:
-    h = hashlib.sha1(mode.encode())
+def _cache_file(cache_dir: Path, tag: str, paths: Sequence[str], mode: str, size: Optional[int] = None) -> Path:
+    h = hashlib.sha1(mode.encode() if size is None else f"{mode}\0{size}".encode())
     for p in paths:
         st = os.stat(p)
         h.update(f"{os.path.abspath(p)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
@@ -220,16 +227,17 @@ def _cache_file(cache_dir: Path, tag: str, paths: Sequence[str], mode: str) -> P
     return cache_dir / f"{safe}-{h.hexdigest()[:16]}.npz"
 
 def materialize(paths: list[str], targets: np.ndarray, classes: list[str], cache_dir: Optional[str] = None,
-                tag: str = "images", decide: Optional[tuple[bool, str]] = None) -> Split:
-    """A Split of ``paths``: decoded into memory when the images are small (cached as
-    ``.npz`` under ``cache_dir`` when given), else kept as paths."""
+                tag: str = "images", decide: Optional[tuple[bool, str]] = None, size: Optional[int] = None) -> Split:
+    """A Split of ``paths``: decoded into memory when the images are small or ``size`` is
+    given (each then resized to ``size`` x ``size``; cached as ``.npz`` under ``cache_dir``
+    when given), else kept as paths."""
     small, mode = decide if decide is not None else probe(paths)
-    if not small:
+    if not small and size is None:
         return Split(targets=targets, classes=classes, paths=paths, mode=mode)
     cfile = None
     if cache_dir:
         cdir = Path(cache_dir).expanduser()
-        cfile = _cache_file(cdir, tag, paths, mode)
+        cfile = _cache_file(cdir, tag, paths, mode, size)
         if cfile.is_file():
             try:
                 with np.load(cfile) as z:
@@ -238,7 +246,7 @@ def materialize(paths: list[str], targets: np.ndarray, classes: list[str], cache
                     return Split(targets=targets, classes=classes, images=images, mode=mode)
             except Exception:  # noqa: BLE001 - a broken cache is rebuilt
                 pass
-    images = _decode(paths, mode)
+    images = _decode(paths, mode, size)
     if cfile is not None:
         try:
             cfile.parent.mkdir(parents=True, exist_ok=True)

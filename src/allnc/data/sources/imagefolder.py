@@ -45,8 +45,10 @@ def scan_folder(folder: Path, classes: Optional[list[str]] = None) -> tuple[list
         targets.extend([index[c]] * len(files))
     return classes, paths, np.asarray(targets, dtype=np.int64)
 
-def load_imagefolder(root: Optional[str], cache_dir: Optional[str] = None, name: str = "image folder") -> Source:
-    """An image-folder tree ``root/train/<class>/*`` and ``root/test/<class>/*``."""
+def load_imagefolder(root: Optional[str], cache_dir: Optional[str] = None, name: str = "image folder",
+                     small_size: Optional[int] = None) -> Source:
+    """An image-folder tree ``root/train/<class>/*`` and ``root/test/<class>/*`` (every image
+    decoded into memory at ``small_size`` x ``small_size`` when that is given)."""
     if not root:
         raise DataError("data.name=imagefolder needs data.root=<dir with train/<class>/ and test/<class>/ folders>")
     base = Path(root).expanduser()
@@ -57,12 +59,12 @@ def load_imagefolder(root: Optional[str], cache_dir: Optional[str] = None, name:
     _, te_paths, te_targets = scan_folder(base / "test", classes)
     decide = probe(tr_paths)
     tag = f"{name}-{base.name}"
-    train = materialize(tr_paths, tr_targets, classes, cache_dir, tag + "-train", decide)
-    test = materialize(te_paths, te_targets, classes, cache_dir, tag + "-test", decide)
+    train = materialize(tr_paths, tr_targets, classes, cache_dir, tag + "-train", decide, small_size)
+    test = materialize(te_paths, te_targets, classes, cache_dir, tag + "-test", decide, small_size)
     jpeg = " (JPEG)" if tr_paths and tr_paths[0].lower().endswith((".jpg", ".jpeg")) else ""
     return Source(train, test, name, "folder", str(base), f"from image folder {base}{jpeg}")
 
 
 @SOURCES.register("imagefolder")
 def _imagefolder(d: Any) -> Source:
-    return load_imagefolder(d.root, d.cache_dir)
+    return load_imagefolder(d.root, d.cache_dir, small_size=d.small_size)

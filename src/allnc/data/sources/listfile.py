@@ -41,12 +41,13 @@ def read_list_file(list_path: Path, root: Path) -> tuple[list[str], np.ndarray]:
     return paths, np.asarray(labels, dtype=np.int64)
 
 def load_listfile(root: Optional[str], train_list: Optional[str], test_list: Optional[str],
-                  cache_dir: Optional[str] = None) -> Source:
+                  cache_dir: Optional[str] = None, small_size: Optional[int] = None) -> Source:
     """Image files named by "relative/path label" list files (ImageNet-LT, iNaturalist,
     Places-LT style). Class names are the label ids 0..K-1.
 
     These sets are already long-tailed: their counts are taken from the train list as
-    given, ``data.imbalance_factor`` is ignored and no subset is drawn.
+    given, ``data.imbalance_factor`` is ignored and no subset is drawn. With ``small_size``
+    every image is decoded into memory at ``small_size`` x ``small_size``.
     """
     if not train_list or not test_list:
         raise DataError("data.name=listfile needs data.train_list and data.test_list "
@@ -71,11 +72,11 @@ def load_listfile(root: Optional[str], train_list: Optional[str], test_list: Opt
         )
     classes = [str(i) for i in range(k)]
     decide = probe(tr_paths)
-    train = materialize(tr_paths, tr_targets, classes, cache_dir, f"list-{tr_file.stem}", decide)
-    test = materialize(te_paths, te_targets, classes, cache_dir, f"list-{te_file.stem}", decide)
+    train = materialize(tr_paths, tr_targets, classes, cache_dir, f"list-{tr_file.stem}", decide, small_size)
+    test = materialize(te_paths, te_targets, classes, cache_dir, f"list-{te_file.stem}", decide, small_size)
     return Source(train, test, "list file", "list", str(base), f"from list file {tr_file}", long_tailed=True)
 
 
 @SOURCES.register("listfile")
 def _listfile(d: Any) -> Source:
-    return load_listfile(d.root, d.train_list, d.test_list, d.cache_dir)
+    return load_listfile(d.root, d.train_list, d.test_list, d.cache_dir, d.small_size)
