@@ -162,3 +162,23 @@ def test_bad_inputs_are_one_line_and_exit_2(run, test_split, tmp_path, capsys):
         _, err = cli(argv, capsys, code=2)
         assert err.startswith("allnc: error:") and err.count("\n") == 1, err
     assert not (tmp_path / "p.csv").exists()
+
+
+def test_out_naming_a_folder_writes_predictions_csv_in_it(run, test_split, tmp_path, capsys):
+    img = tmp_path / "one.png"
+    Image.fromarray(test_split[0].test.images[0, :, :, 0]).save(img)
+    (tmp_path / "preds").mkdir()
+    out, _ = cli(["predict", run, img, "--out", tmp_path / "preds", "--device", "cpu"], capsys)
+    rows = list(csv.DictReader(open(tmp_path / "preds" / "predictions.csv")))
+    assert [r["path"] for r in rows] == [str(img)] and f"-> {tmp_path / 'preds' / 'predictions.csv'}" in out
+    assert sorted(p.name for p in (tmp_path / "preds").iterdir()) == ["predictions.csv"]
+
+
+def test_atomic_write_onto_a_folder_names_the_folder_not_a_temporary_file(tmp_path):
+    from allnc.rundir import atomic_write_text, describe_os_error
+
+    (tmp_path / "d").mkdir()
+    with pytest.raises(IsADirectoryError) as e:
+        atomic_write_text(tmp_path / "d", "x")
+    assert describe_os_error(e.value, "writing") == f"writing {tmp_path / 'd'} failed: it is a folder where a file is needed; give a file name"
+    assert list((tmp_path / "d").iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["d"]

@@ -277,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("source", metavar="RUN_DIR", help="run directory or `allnc export` folder")
     pr.add_argument("input", metavar="INPUT", help="image folder (class sub-folders give labels), "
                     "'relative/path label' list file, or one image")
-    pr.add_argument("--out", default="predictions.csv", help="CSV file; accuracy goes beside it as .json")
+    pr.add_argument("--out", default="predictions.csv", help="CSV file (a folder: FOLDER/predictions.csv); accuracy goes beside it as .json")
     pr.add_argument("--topk", type=int, default=5)
     pr.add_argument("--batch-size", type=int, default=256)
     pr.add_argument("--device", default="auto")

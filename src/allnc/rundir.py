@@ -54,6 +54,8 @@ def _umask() -> int:
 def atomic_write_bytes(path: Path, write: Callable[[Any], None]) -> None:
     """``write(f)`` into a temporary file beside ``path``, fsync, then rename over ``path``."""
     path = Path(path)
+    if path.is_dir():  # else the rename would fail naming the temporary file
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

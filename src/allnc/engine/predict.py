@@ -317,13 +317,16 @@ def accuracy(model: Model, rows: Iterable[dict]) -> Optional[dict]:
 
 
 def predict_to_files(source, inputs, out, topk: int = 5, batch_size: int = 256, device: str = "auto") -> dict:
-    """Write the CSV ``out`` (streamed, atomically) and, where labels are known, the
-    accuracy JSON beside it; returns {rows, csv, json, accuracy}."""
+    """Write the CSV ``out`` (streamed, atomically; ``out/predictions.csv`` when ``out`` is a
+    folder) and, where labels are known, the accuracy JSON beside it; returns {rows, csv,
+    json, accuracy}."""
     _check(topk, batch_size)
+    out = Path(out)
+    if out.is_dir():
+        out = out / "predictions.csv"
     model = load_model(source, device)
     items = list_inputs(inputs, model.classes)
     k = min(int(topk), len(model.classes))
-    out = Path(out)
     kept: list[dict] = []  # pred and target only, for the accuracy
 
     def write(f) -> None:
