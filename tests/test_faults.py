@@ -343,3 +343,15 @@ def test_file_errors_say_what_is_in_the_way():
                                                       "folder is needed; choose another path")
     assert "a file operation failed: no space left" in rundir.describe_os_error(OSError(errno.ENOSPC, "x"),
                                                                                "a file operation")
+
+
+def test_usage_errors_name_what_is_missing_and_what_is_extra(capsys):
+    """argparse would call the optional overrides required; --keys and --list ignored a name."""
+    for cmd, missing in (("eval", "run_dir"), ("nc", "run_dir"), ("posthoc", "run_dir, --method")):
+        with pytest.raises(SystemExit):
+            cli_main([cmd])
+        assert capsys.readouterr().err.splitlines()[-1].endswith(f"the following arguments are required: {missing}")
+    for argv in (["config", "--keys", "bogus"], ["config", "--list", "x=1"]):
+        assert cli_main(argv) == 2
+        out, err = capsys.readouterr()
+        assert out == "" and err.startswith(f"allnc: error: {argv[1]} covers every config") and argv[2] in err

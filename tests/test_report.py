@@ -318,3 +318,35 @@ def test_every_nc_panel_curve_is_a_logged_summary_key(tmp_path):
     assert summary["w_norm_ratio_many_medium"] == pytest.approx(ratios["w_many_over_medium"])
     assert summary["means_norm_ratio_many_medium"] == pytest.approx(ratios["means_many_over_medium"])
     assert summary["w_norm_ratio_many_few"] is None  # no few class: nothing to divide by
+
+
+def test_characters_the_font_lacks_are_one_note_per_picture(tmp_path, capsys):
+    """Class names in Chinese: matplotlib's default font has none of their glyphs and warns
+    once per character; the command line says it once per picture, naming the characters."""
+    from allnc.cli import main
+
+    names = ["猫", "犬", "鳥", "魚", "馬", "牛", "羊", "豚"]
+    run = make_run(tmp_path / "cjk", classes=names)
+    assert main(["report", str(run)]) == 0
+    err = capsys.readouterr().err
+    notes = [line for line in err.splitlines() if line.startswith("allnc: note:")]
+    assert sorted(n.split(":")[2].strip() for n in notes) == sorted(
+        ["per_class_acc.png", "cos_train.png", "cos_test.png", "norms_train.png", "norms_test.png"])
+    assert all("no glyph for 8 character(s)" in n and "猫, 犬, 鳥, 魚, 馬 ..." in n for n in notes)
+    assert "Glyph" not in err and len(err.splitlines()) == len(notes)
+
+
+def test_compare_shows_validation_accuracy_and_a_run_that_never_read_the_test_set(tmp_path):
+    a = make_run(tmp_path / "a", seed=1)
+    b = make_run(tmp_path / "b", seed=2)
+    m = json.loads((b / "metrics.json").read_text())
+    val = {"top1": 61.25, "groups": {"many": 70.5, "medium": 55.0, "few": 40.25}}
+    test_free = {k: v for k, v in m.items() if k not in ("top1", "groups", "per_class")}
+    (b / "metrics.json").write_text(json.dumps({**test_free, "test_evaluated": False, "val": val}))
+    text = compare_runs([a, b], tmp_path / "cmp").read_text()
+    first, rest = text.split("## Validation split")
+    assert [l for l in first.splitlines() if l.startswith("| b |")][0].startswith(
+        "| b | not evaluated (train.eval_test=false) | – | – | – |")
+    val_rows = [l for l in rest.split("## Minority")[0].splitlines() if l.startswith("| ")][1:]
+    assert val_rows == ["| b | 61.25 | 70.50 (3 classes) | 55.00 (3 classes) | 40.25 (2 classes) |"]
+    assert "## Validation split" not in compare_runs([a], tmp_path / "cmp1").read_text()

@@ -5,9 +5,10 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 
-from .errors import AllncError
+from .errors import AllncError, AllncWarning, ConfigError
 
 EPILOG = "Bad input ends with a one-line message and exit status 2."
 
@@ -191,6 +192,10 @@ def cmd_export(a) -> int:
 def cmd_config(a) -> int:
     from .config import builtin_names, load_config, to_yaml
 
+    if (a.keys or a.list) and (a.name or a.overrides):
+        flag = "--keys" if a.keys else "--list"
+        raise ConfigError(f"{flag} covers every config, so it takes no config name or override "
+                          f"(got {' '.join([a.name or '', *a.overrides]).strip()}); drop them, or drop {flag}")
     if a.keys:
         from .config import key_docs
 
@@ -222,26 +227,26 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, help="run directory")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     t.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
-    t.add_argument("overrides", nargs="*", help="key=value config overrides")
+    t.add_argument("overrides", nargs="*", default=[], help="key=value config overrides")
     t.set_defaults(fn=cmd_train)
 
     e = sub.add_parser("eval", help="re-evaluate a run's last checkpoint on the test set")
     e.add_argument("run_dir")
     e.add_argument("--device", default="auto")
     e.add_argument("--json", action="store_true", help="also print the full result as JSON")
-    e.add_argument("overrides", nargs="*", help="runtime key=value, e.g. data.root=DIR where the data moved")
+    e.add_argument("overrides", nargs="*", default=[], help="runtime key=value, e.g. data.root=DIR where the data moved")
     e.set_defaults(fn=cmd_eval)
 
     d = sub.add_parser("data", help="print class counts and many/medium/few groups without training")
     d.add_argument("--config", required=True)
-    d.add_argument("overrides", nargs="*")
+    d.add_argument("overrides", nargs="*", default=[])
     d.set_defaults(fn=cmd_data)
 
     n = sub.add_parser("nc", help="neural-collapse metrics of a run's last checkpoint -> RUN_DIR/nc.json")
     n.add_argument("run_dir")
     n.add_argument("--device", default="auto")
     n.add_argument("--max-samples", type=int, default=0, help="at most this many samples per split (0 = all)")
-    n.add_argument("overrides", nargs="*", help="runtime key=value, e.g. data.root=DIR where the data moved")
+    n.add_argument("overrides", nargs="*", default=[], help="runtime key=value, e.g. data.root=DIR where the data moved")
     n.set_defaults(fn=cmd_nc)
 
     ph = sub.add_parser("posthoc", help="tau-norm or post-hoc logit adjustment of a run, tau chosen on a balanced "
@@ -251,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     ph.add_argument("--device", default="auto")
     ph.add_argument("--val-per-class", type=int, default=None,
                     help="images per class of the validation split drawn when the run has none (default 20)")
-    ph.add_argument("overrides", nargs="*", help="runtime key=value, e.g. data.root=DIR where the data moved")
+    ph.add_argument("overrides", nargs="*", default=[], help="runtime key=value, e.g. data.root=DIR where the data moved")
     ph.set_defaults(fn=cmd_posthoc)
 
     r = sub.add_parser("report", help="pictures and report.md of a run -> RUN_DIR/report/")
@@ -293,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("name", nargs="?")
     s.add_argument("--list", action="store_true", help="every built-in config with one line on what it is")
     s.add_argument("--keys", action="store_true", help="every config key with its default and meaning")
-    s.add_argument("overrides", nargs="*")
+    s.add_argument("overrides", nargs="*", default=[])
     s.set_defaults(fn=cmd_config)
     return p
 
@@ -307,7 +312,17 @@ def main(argv=None) -> int:
         else:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
-        return args.fn(args)
+        with warnings.catch_warnings():  # restores the warning machinery when the command ends
+            shown = warnings.showwarning
+
+            def show(message, category, filename, lineno, file=None, line=None):
+                if issubclass(category, AllncWarning):
+                    print(f"allnc: note: {message}", file=sys.stderr)
+                else:
+                    shown(message, category, filename, lineno, file, line)
+
+            warnings.showwarning = show
+            return args.fn(args)
     except AllncError as e:
         print(f"allnc: error: {e}", file=sys.stderr)
         return 2

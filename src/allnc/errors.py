@@ -23,3 +23,8 @@ class RunDirError(AllncError):
 
 class TrainingDiverged(AllncError):
     pass
+
+
+class AllncWarning(UserWarning):
+    """Something the user should know that does not stop the command (the command line
+    prints it as one ``allnc: note:`` line)."""

@@ -77,7 +77,8 @@ def compare_runs(run_dirs: Sequence, out_dir) -> Path:
 
     First table: top-1, many/medium/few accuracy (test set, last epoch; an empty group says
     so) and key NC figures of the training features (class-balanced where it matters, see
-    docs/metrics.md). Second table: the minority-collapse figures of every non-empty group
+    docs/metrics.md); then, when runs have a validation split, their validation accuracy.
+    Next table: the minority-collapse figures of every non-empty group
     of every run (nc.json, training features), then each run's empty groups and the ratios
     and cross-group cosines between its non-empty groups. Returns the path of compare.md.
     """
@@ -98,7 +99,7 @@ def compare_runs(run_dirs: Sequence, out_dir) -> Path:
           f"cb = class-balanced. – = not available.", ""]
     header = ["run", "top-1", "many", "medium", "few"] + [h for h, _ in NC_COLUMNS]
     md += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    labels, group_rows, group_lines = [], [], []
+    labels, group_rows, group_lines, val_rows = [], [], [], []
     curves, sizes_by_run = {}, {}
     for name, d in zip(names, dirs):
         metrics = read_json(d / "metrics.json") or {}
@@ -106,7 +107,12 @@ def compare_runs(run_dirs: Sequence, out_dir) -> Path:
         nc = read_json(d / "nc.json") or {}
         sizes = group_sizes_of(metrics, nc, train_counts_of(metrics, nc))
         summ = plots.flat_nc(nc) if nc else {}
-        row = [name] + _acc_cells(metrics, sizes)
+        if metrics.get("test_evaluated", True) is False and metrics.get("top1") is None:
+            row = [name, "not evaluated (train.eval_test=false)", "–", "–", "–"]
+        else:
+            row = [name] + _acc_cells(metrics, sizes)
+        if isinstance(metrics.get("val"), Mapping):
+            val_rows.append("| " + " | ".join([name] + _acc_cells(metrics["val"], sizes)) + " |")
         row += [fmt(summ.get(k)) for _, k in NC_COLUMNS]
         md.append("| " + " | ".join(row) + " |")
         rows, lines = _group_rows(name, nc)
@@ -117,6 +123,11 @@ def compare_runs(run_dirs: Sequence, out_dir) -> Path:
         if records:
             curves[name] = records
             sizes_by_run[name] = sizes
+    if val_rows:
+        md += ["", "## Validation split", "",
+               "Accuracy on each run's validation split (`data.val_per_class` images per class, drawn from "
+               "the training images the long tail leaves out), percent, same model as the test row:", "",
+               "| run | top-1 | many | medium | few |", "|---|---|---|---|---|"] + val_rows
     md += ["", "## Minority collapse by group (training features)", ""]
     if group_rows:
         md += ["| run | group | classes | " + " | ".join(h for h, _ in GROUP_COLUMNS) + " |",

@@ -6,7 +6,11 @@ PNG and returns its path, or returns ``None`` when there is nothing to plot.
 """
 from __future__ import annotations
 
+import functools
 import math
+import re
+import unicodedata
+import warnings
 from pathlib import Path
 from typing import Iterable, Mapping, Optional, Sequence
 
@@ -16,6 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
 from .. import rundir
+from ..errors import AllncWarning
 from ..metrics.accuracy import FEW_BELOW, GROUP_NAMES, MANY_ABOVE, group_of
 from ..metrics import nc_summary
 
@@ -38,6 +43,43 @@ NC_PANELS: list[tuple[str, list[tuple[str, str]], bool]] = [
       ("means_norm_ratio_many_medium", "||mu-muG|| many/medium"),
       ("means_norm_ratio_many_few", "||mu-muG|| many/few")], False),
 ]
+
+
+def _glyph(text: str) -> str:
+    """The character matplotlib names as ``\\N{CJK UNIFIED IDEOGRAPH-732B}`` (or as itself)."""
+    if text.startswith("\\N{") and text.endswith("}"):
+        try:
+            return unicodedata.lookup(text[3:-1])
+        except KeyError:
+            return text[3:-1]
+    return text
+
+
+def _one_glyph_note(plot):
+    """Matplotlib warns once per character its font lacks (class names in Chinese, say): a
+    plot gathers those warnings into one ``AllncWarning`` naming the characters."""
+
+    @functools.wraps(plot)
+    def wrapped(*args, **kwargs):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            out = plot(*args, **kwargs)
+        missing: dict[str, None] = {}
+        for w in caught:
+            m = re.search(r"Glyph \d+ \((.*)\) missing from font", str(w.message))
+            if m is None:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+                continue
+            missing.setdefault(_glyph(m.group(1)))
+        if missing:
+            shown = ", ".join(list(missing)[:5]) + (" ..." if len(missing) > 5 else "")
+            where = Path(out).name if out is not None else plot.__name__
+            warnings.warn(f"{where}: the plot's font has no glyph for {len(missing)} character(s) of the labels "
+                          f"({shown}); they are drawn as boxes. Name a font that has them first in matplotlib's "
+                          "font.sans-serif (matplotlibrc) to see them", AllncWarning, stacklevel=2)
+        return out
+
+    return wrapped
 
 
 def _new_figure(w: float, h: float) -> Figure:
@@ -121,6 +163,7 @@ def _panel_grid(n: int, ncols: int = 3, w: float = 4.4, h: float = 3.2):
     return fig, axes
 
 
+@_one_glyph_note
 def plot_nc_over_epochs(records: Sequence[Mapping], path, split: str = "train",
                         title: Optional[str] = None, group_sizes: Optional[Mapping] = None) -> Optional[Path]:
     """NC metrics against epoch, from metrics.jsonl records that carry an "nc" key. Group
@@ -158,6 +201,7 @@ def _empty_group_note(ax, g: str, group_sizes: Optional[Mapping]) -> None:
         ax.plot([], [], " ", label=f"{g}: no class in this group")
 
 
+@_one_glyph_note
 def plot_training_curves(records: Sequence[Mapping], path, title: Optional[str] = None,
                          group_sizes: Optional[Mapping] = None) -> Optional[Path]:
     """Training loss (and its terms), learning rate, and the test / validation accuracy
@@ -243,6 +287,7 @@ def _rotate_ticks(labels: Sequence[str]) -> int:
     return 90 if len(labels) > 12 or max((len(t) for t in labels), default=0) > 3 else 0
 
 
+@_one_glyph_note
 def plot_cosine_heatmaps(mats: Mapping[str, np.ndarray], train_counts: Sequence[int], path,
                          title: Optional[str] = None,
                          class_names: Optional[Sequence[str]] = None) -> Optional[Path]:
@@ -278,6 +323,7 @@ def plot_cosine_heatmaps(mats: Mapping[str, np.ndarray], train_counts: Sequence[
     return _save(fig, path)
 
 
+@_one_glyph_note
 def plot_norms_vs_size(per_class: Mapping, path, train_counts: Optional[Sequence[int]] = None,
                        title: Optional[str] = None,
                        class_names: Optional[Sequence[str]] = None) -> Optional[Path]:
@@ -330,6 +376,7 @@ def plot_norms_vs_size(per_class: Mapping, path, train_counts: Optional[Sequence
     return _save(fig, path)
 
 
+@_one_glyph_note
 def plot_per_class_accuracy(per_class_acc: Sequence[Optional[float]], train_counts: Sequence[int], path,
                             title: Optional[str] = None,
                             class_names: Optional[Sequence[str]] = None) -> Optional[Path]:
@@ -402,6 +449,7 @@ def _acc_series(recs: Sequence[Mapping], split: str, g: Optional[str]) -> tuple[
     return xs, ys
 
 
+@_one_glyph_note
 def plot_overlaid_curves(runs: Mapping[str, Sequence[Mapping]], path, split: str = "train",
                          title: Optional[str] = None,
                          group_sizes: Optional[Mapping[str, Optional[Mapping]]] = None) -> Optional[Path]:
