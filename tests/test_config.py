@@ -1,4 +1,5 @@
 import pytest
+from omegaconf import OmegaConf
 
 from allnc.config import builtin_names, load_config, parse_override
 from allnc.errors import ConfigError
@@ -96,3 +97,32 @@ def test_a_text_key_takes_the_text_as_written(text, value):
     typed keys are still read as YAML."""
     cfg = load_config("fmnist_lt_ce", [f"data.root={text}", "train.epochs=0x10"])
     assert cfg.data.root == value and cfg.train.epochs == 16
+
+
+def _beside(interval: str, integer: bool) -> tuple[float, float, float | None]:
+    """(a value just below the lower end, the lowest value inside, a value just above the
+    upper end or None) of an interval of BOUNDS, in integer steps for an integer key."""
+    lo, hi = (float(x) for x in interval[1:-1].split(","))
+    step = 1 if integer else 1e-6
+    below, lowest = (lo - step, lo) if interval[0] == "[" else (lo, lo + step)
+    above = None if hi == float("inf") else (hi + step if interval[-1] == "]" else hi)
+    cast = int if integer else float
+    return cast(below), cast(lowest), None if above is None else cast(above)
+
+
+def test_every_bounded_key_exists_and_its_range_is_enforced_at_both_ends():
+    from allnc.config import BOUNDS, default_config, flatten, in_interval, to_dict
+
+    keys = flatten(to_dict(default_config()))
+    for key, interval in BOUNDS.items():
+        assert key in keys, key  # a renamed key would leave its bound unchecked
+        below, lowest, above = _beside(interval, isinstance(keys[key], int))
+        with pytest.raises(ConfigError, match=rf"^{key}=\S+ is outside \{interval[0]}"):
+            load_config("fmnist_lt_ce", [f"{key}={below!r}"])
+        assert OmegaConf.select(load_config("fmnist_lt_ce", [f"{key}={lowest!r}"]), key) == lowest
+        if above is not None:
+            with pytest.raises(ConfigError, match=rf"^{key}=\S+ is outside"):
+                load_config("fmnist_lt_ce", [f"{key}={above!r}"])
+    assert in_interval(0.5, "[0, 1)") and not in_interval(1, "[0, 1)") and in_interval(1, "[0, 1]")
+    with pytest.raises(ConfigError, match=r"data.std=\[1.0, 0.0, 1.0\] must be positive"):
+        load_config("cifar10_lt_ce", ["data.std=[1, 0, 1]"])

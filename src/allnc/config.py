@@ -381,6 +381,63 @@ def override(cfg: DictConfig, text: str) -> tuple[str, Any]:
     return k, raw
 
 
+#: the values a numeric key may take, as an interval ("[" / "]" include the end, "(" / ")"
+#: exclude it, inf: no bound); validate() refuses anything outside with one line naming the range
+BOUNDS: dict[str, str] = {
+    "data.cutout": "[0, inf)",
+    "data.image_size": "[1, inf)",
+    "data.num_workers": "[0, inf)",
+    "model.width": "[1, inf)",
+    "train.momentum": "[0, 1)",
+    "train.weight_decay": "[0, inf)",
+    "train.warmup_epochs": "[0, inf)",
+    "train.lr_decay": "(0, inf)",
+    "train.mixup": "[0, inf)",
+    "train.log_every_steps": "[1, inf)",
+    "nc.every": "[0, inf)",
+    "nc.max_samples": "[0, inf)",
+    "nc.batch_size": "[1, inf)",
+    "method.bcl.tau": "(0, inf)",
+    "method.bcl.lambda_ce": "[0, inf)",
+    "method.bcl.lambda_scl": "[0, inf)",
+    "method.bcl.proj_dim": "[1, inf)",
+    "method.bcl.proj_hidden": "[0, inf)",
+    "method.bcl.la_tau": "[0, inf)",
+    "method.bcl.scale": "(0, inf)",
+    "method.focal.gamma": "[0, inf)",
+    "method.gbbn.gamma": "(0, inf)",
+    "method.gbbn.step_at": "[0, 1]",
+    "method.gbbn.mix_scale": "(0, inf)",
+    "method.hycon.weight": "[0, inf)",
+    "method.hycon.tau": "(0, inf)",
+    "method.la.tau": "[0, inf)",
+    "method.ldam.max_margin": "[0, inf)",
+    "method.ldam.scale": "(0, inf)",
+    "method.ldam.drw_beta": "[0, 1)",
+    "method.ldam.drw_start": "[0, 1]",
+    "method.memory.momentum": "[0, 1)",
+    "method.p2p.weight": "[0, inf)",
+    "method.p2p.tau": "(0, inf)",
+    "method.p2p.equinorm": "[0, inf)",
+}
+
+
+def in_interval(v: float, interval: str) -> bool:
+    """Whether ``v`` lies in ``interval``, written as in BOUNDS: "[0, 1)", "(0, inf)"."""
+    lo, hi = (float(x) for x in interval[1:-1].split(","))
+    return (v >= lo if interval[0] == "[" else v > lo) and (v <= hi if interval[-1] == "]" else v < hi)
+
+
+def _check_bounds(cfg: DictConfig) -> None:
+    for key, interval in BOUNDS.items():
+        v = OmegaConf.select(cfg, key)
+        if v is not None and not in_interval(float(v), interval):
+            raise ConfigError(f"{key}={v} is outside {interval}; give a value in that range")
+    std = cfg.data.std
+    if std is not None and any(float(x) <= 0 for x in std):
+        raise ConfigError(f"data.std={list(std)} must be positive (it divides the pixel values); give positive values or null")
+
+
 def _check_choices(node: DictConfig, cls: type, prefix: str) -> None:
     """Every field with declared choices (a ``choices`` ClassVar: tuples, or callables that
     read a registry) holds one of them; recurse into nested config dataclasses."""
@@ -400,6 +457,7 @@ def _check_choices(node: DictConfig, cls: type, prefix: str) -> None:
 
 def validate(cfg: DictConfig) -> None:
     _check_choices(cfg, config_class(), "")
+    _check_bounds(cfg)
     for k, v in flatten(to_dict(cfg)).items():
         if isinstance(v, float) and not math.isfinite(v):
             raise ConfigError(f"{k}={v} is not a finite number; give a finite value")
