@@ -123,6 +123,10 @@ def test_every_bounded_key_exists_and_its_range_is_enforced_at_both_ends():
         if above is not None:
             with pytest.raises(ConfigError, match=rf"^{key}=\S+ is outside"):
                 load_config("fmnist_lt_ce", [f"{key}={above!r}"])
+    from allnc.config import key_docs
+
+    docs = {k: meaning for k, _, meaning in key_docs()}
+    assert all(docs[k].endswith(f"in {interval}") for k, interval in BOUNDS.items())  # `allnc config --keys`
     assert in_interval(0.5, "[0, 1)") and not in_interval(1, "[0, 1)") and in_interval(1, "[0, 1]")
     with pytest.raises(ConfigError, match=r"data.std=\[1.0, 0.0, 1.0\] must be positive"):
         load_config("cifar10_lt_ce", ["data.std=[1, 0, 1]"])

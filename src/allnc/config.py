@@ -552,6 +552,8 @@ def key_docs() -> list[tuple[str, Any, str]]:
                 allowed = choices() if callable(choices) else choices
                 meaning = (meaning + "; " if meaning else "") + "one of: " + ", ".join(
                     "null" if a is None else str(a) for a in allowed)
+            if f"{prefix}{f.name}" in BOUNDS:
+                meaning = (meaning + "; " if meaning else "") + "in " + BOUNDS[f"{prefix}{f.name}"]
             out.append((f"{prefix}{f.name}", OmegaConf.to_container(defaults, resolve=True)[f.name]
                         if isinstance(defaults, DictConfig) else None, meaning))
 
