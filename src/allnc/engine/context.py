@@ -56,7 +56,8 @@ class RunContext:
                 raise ConfigError(f"init_from={init_from}: no {CHECKPOINT} there; point it at a finished run directory")
             ckpt = load_checkpoint(src)
             check_same_backbone(cfg, ckpt.get("config"), init_from)
-            check_same_data(ckpt, Path(init_from), bundle, cfg, f"init_from={init_from}", keys=("in_channels",))  # the classes may differ: cRT trains a new classifier
+            # the classes may differ: cRT trains a new classifier
+            check_same_data(ckpt, Path(init_from), bundle, cfg, f"init_from={init_from}", keys=("in_channels",))
             load_state(lambda: method.load_backbone_from(ckpt["method"]), f"init_from={init_from}")
         if cfg.train.sync_bn and dist.is_dist():
             method = dist.convert_sync_batchnorm(method, device.type)
