@@ -64,6 +64,50 @@ def test_inference_mix_val_picks_the_best_validation_mix_and_keeps_it():
         load_config("fmnist_lt_allnc", ["method.gbbn.inference_mix=val"])
 
 
+def _calibrate_worker(rank, world, port, path):
+    import json
+
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        m = make("fmnist_lt_allnc", "method.gbbn.inference_mix=val", "data.val_per_class=2")
+        m.eval()
+        data = [(batch(seed=s)["x"][rank::world], batch(seed=s)["y"][rank::world]) for s in (11, 12, 13)]
+        out = m.calibrate(lambda: iter(data))
+        with open(f"{path}.{rank}", "w") as f:
+            json.dump({**out, "buffer": float(m.infer_alpha)}, f)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="no torch.distributed")
+def test_inference_mix_val_under_two_ranks_is_chosen_from_the_whole_split(tmp_path):
+    """Each rank sees every other validation sample (as iter_eval shards them); both ranks must
+    report the one-process table of the whole split and keep its mix."""
+    import json
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_calibrate_worker, args=(2, port, str(tmp_path / "r")), nprocs=2, join=True)
+    got = [json.loads((tmp_path / f"r.{r}").read_text()) for r in (0, 1)]
+    whole = make("fmnist_lt_allnc", "method.gbbn.inference_mix=val", "data.val_per_class=2")
+    whole.eval()
+    want = whole.calibrate(lambda: iter([(batch(seed=s)["x"], batch(seed=s)["y"]) for s in (11, 12, 13)]))
+    for g in got:
+        assert g["val_top1_by_alpha"] == want["val_top1_by_alpha"]
+        assert g["inference_alpha"] == g["buffer"] == want["inference_alpha"]
+    # the shards alone give other tables: the test would fail without the all-reduce
+    half = make("fmnist_lt_allnc", "method.gbbn.inference_mix=val", "data.val_per_class=2")
+    half.eval()
+    alone = half.calibrate(lambda: iter([(batch(seed=s)["x"][0::2], batch(seed=s)["y"][0::2]) for s in (11, 12, 13)]))
+    assert alone["val_top1_by_alpha"] != want["val_top1_by_alpha"]
+
+
 def test_inference_mix_auto_is_val_with_a_validation_split_and_final_without():
     data = [(batch(seed=s)["x"], batch(seed=s)["y"]) for s in (11, 12)]
     with_val = make("fmnist_lt_allnc", "method.gbbn.inference_mix=auto", "data.val_per_class=2")

@@ -128,8 +128,12 @@ def test_run_directory_is_never_overwritten_silently(tiny_learnable_fmnist, tmp_
         Trainer(None, out, resume=True)
     Trainer(tiny_cfg(tiny_learnable_fmnist, "train.epochs=1"), out, overwrite=True).fit()
     assert not (out / "notes.txt").exists() and (out / "metrics.json").exists()
-    with pytest.raises(ConfigError, match="'train.lr' cannot change in a resumed run"):
+    with pytest.raises(ConfigError, match="'train.lr' is 0.05 in the saved run and cannot change to 0.3 in a resumed"):
         Trainer(None, out, resume=True, overrides=["train.lr=0.3"])
+    # the run's own values restated (in another spelling too) are no change: accepted
+    Trainer(None, out, resume=True, overrides=["train.lr=5e-2", "train.epochs=1", "model.width=8"]).release()
+    with pytest.raises(ConfigError, match="unknown config key 'train.lrr'"):
+        Trainer(None, out, resume=True, overrides=["train.lrr=0.05"])
 
 
 def test_cli_errors_are_one_line_with_exit_2(tiny_learnable_fmnist, tmp_path, capsys):
@@ -239,3 +243,43 @@ def test_source_modified_reads_the_package_directory_only(tmp_path, monkeypatch)
     assert source_modified(pkg) is True
     monkeypatch.setenv("ALLNC_COMMIT", "a" * 40)  # a copied tree: its commit is named, its state unknown
     assert source_modified(pkg) is None
+
+
+def test_a_calibrated_run_is_saved_as_it_was_measured(tiny_learnable_fmnist, tmp_path):
+    """GBBN's validation-chosen inference mix lives in a buffer: the checkpoint, the last
+    epoch's record (accuracy and NC figures) and metrics.json must all describe the model with
+    the chosen mix; --resume of a finished run measures its end again the same way."""
+    from allnc.engine.checkpoint import save_checkpoint
+    from allnc.engine.context import load_run
+    from allnc.engine.evaluate import evaluate_accuracy, neural_collapse
+    from allnc.metrics import nc_summary
+
+    cfg = tiny_cfg(tiny_learnable_fmnist, "train.epochs=4", "data.val_per_class=5", "nc.every=2",
+                   config="fmnist_lt_bbn")
+    run = tmp_path / "run"
+    m = Trainer(cfg, run).fit()
+    alpha = m["calibration"]["inference_alpha"]
+    ck = load_checkpoint(run / "checkpoint.pt")
+    assert float(ck["method"]["infer_alpha"]) == pytest.approx(alpha)
+    ctx = load_run(run, device="cpu")
+    assert evaluate_accuracy(ctx, split="test")["top1"] == pytest.approx(m["top1"])
+    assert evaluate_accuracy(ctx, split="val")["top1"] == pytest.approx(m["val"]["top1"])
+    nc, _ = neural_collapse(ctx, splits=("train",), max_samples=int(cfg.nc.max_samples))
+    want_nc = nc_summary(nc["train"])
+    last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["test_top1"] == pytest.approx(m["top1"]) and last["nc"] == pytest.approx(want_nc)
+    # the chosen mix is not BBN's 0.5 here, so a checkpoint without it would fail the above
+    assert alpha != 0.5
+
+    # a run saved before the choice reached the checkpoint: --resume measures its end again
+    ck["method"]["infer_alpha"].fill_(0.5)
+    save_checkpoint(run / "checkpoint.pt", ck)
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    stale = {**json.loads(lines[-1]), "test_top1": -1.0, "nc": {"nc1_cb": -1.0}}
+    (run / "metrics.jsonl").write_text("\n".join(lines[:-1] + [json.dumps(stale)]) + "\n")
+    again = Trainer(None, run, resume=True).fit()
+    assert again["top1"] == pytest.approx(m["top1"]) and again["calibration"] == m["calibration"]
+    assert float(load_checkpoint(run / "checkpoint.pt")["method"]["infer_alpha"]) == pytest.approx(alpha)
+    redone = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in redone] == [1, 2, 3, 4]
+    assert redone[-1]["test_top1"] == pytest.approx(m["top1"]) and redone[-1]["nc"] == pytest.approx(want_nc)

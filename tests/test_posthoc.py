@@ -152,3 +152,8 @@ def test_a_split_too_large_for_a_class_names_the_option_that_fixes_it(tiny_learn
     err = _one_line_exit_2(capsys, ["posthoc", str(run), "--method", "tau_norm", "--device", "cpu",
                                     "--val-per-class", "100000"])
     assert "lower --val-per-class (now 100000)" in err and "data.val_per_class" not in err.split("lower")[-1]
+    # zero is refused, not read as "the default": tau cannot be chosen on no images
+    for n in ("0", "-3"):
+        err = _one_line_exit_2(capsys, ["posthoc", str(run), "--method", "tau_norm", "--device", "cpu",
+                                        "--val-per-class", n])
+        assert f"--val-per-class {n}" in err and "at least 1" in err

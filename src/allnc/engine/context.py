@@ -10,7 +10,7 @@ from typing import Any, Optional
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from .. import dist
 from ..config import ModelConfig, flatten, from_dict, override, set_key, to_dict
@@ -162,9 +162,15 @@ def saved_with_runtime(saved: DictConfig, given: DictConfig | None, overrides=()
     for text in overrides:
         k, v = override(saved, text)
         if not is_runtime(k):
+            trial = from_dict(to_dict(saved))
+            set_key(trial, k, v, "the command line")  # unknown keys and bad values say so first
+            was, now = OmegaConf.select(saved, k), OmegaConf.select(trial, k)
+            if now == was:  # the run's own value, restated: nothing changes
+                continue
             raise ConfigError(
-                f"'{k}' cannot change in a resumed run or a re-evaluation (only "
-                f"{', '.join(sorted(RUNTIME_KEYS | RUNTIME_TOP))}); start a new run to change it"
+                f"'{k}' is {was!r} in the saved run and cannot change to {now!r} in a resumed run or a "
+                f"re-evaluation (only {', '.join(sorted(RUNTIME_KEYS | RUNTIME_TOP))} can); start a new run "
+                "to change it"
             )
         set_key(saved, k, v, "the command line")
     return saved

@@ -96,6 +96,9 @@ def _features(ctx: RunContext, bundle, choice, split: str):
 
 def _validation(ctx: RunContext, val_per_class: Optional[int], notes: list[str]):
     """(bundle, data path, description) whose ``val`` is the split tau is chosen on."""
+    if val_per_class is not None and int(val_per_class) < 1:
+        raise ConfigError(f"--val-per-class {val_per_class}: tau is chosen on a validation split; give at least 1 "
+                          f"image per class (or leave the option out: {DEFAULT_VAL_PER_CLASS})")
     own = int(ctx.cfg.data.val_per_class or 0)
     if own and ctx.bundle.val is not None:
         if val_per_class and int(val_per_class) != own:
@@ -103,9 +106,7 @@ def _validation(ctx: RunContext, val_per_class: Optional[int], notes: list[str])
                          f"({own}/class)")
         return ctx.bundle, ctx.choice, {"source": "the run's own (data.val_per_class)", "per_class": own,
                                         "trained_on": {}}
-    n = int(val_per_class or DEFAULT_VAL_PER_CLASS)
-    if n < 1:
-        raise ConfigError(f"--val-per-class {n}: give at least 1 image per class")
+    n = int(DEFAULT_VAL_PER_CLASS if val_per_class is None else val_per_class)
     cfg = from_dict(to_dict(ctx.cfg))
     set_key(cfg, "data.val_per_class", n, "--val-per-class")
     try:

@@ -279,15 +279,7 @@ class Trainer:
             dist.all_reduce_sum(packed)  # every rank logs the mean over all ranks
             rec.update({k: float(v) / (steps * dist.world_size()) for k, v in zip(keys, packed)})
             last = epoch + 1 == epochs
-            if (epoch + 1) % int(cfg.train.eval_every) == 0 or last:
-                ev = self._evaluate()
-                self._last_eval = (epoch + 1, ev)  # the final metrics reuse the last epoch's
-                for split, res in ev.items():
-                    rec[f"{split}_top1"] = res["top1"]
-                    rec[f"{split}_groups"] = res["groups"]
-            if int(cfg.nc.every) and ((epoch + 1) % int(cfg.nc.every) == 0 or last):
-                nc, _ = neural_collapse(self.ctx, splits=("train",), max_samples=int(cfg.nc.max_samples))
-                rec["nc"] = nc_summary(nc["train"])
+            self._measure(rec, epoch + 1, last)
             self._log_epoch(rec)
             if dist.is_main():  # at a terminal above the bar, else a plain line
                 (bar.write if bar.enabled else self.log)(epoch_line(rec, epochs))
@@ -295,13 +287,46 @@ class Trainer:
                 self._save(epoch + 1, self.wall_before + time.time() - t_start)
                 self.last_ckpt_epoch = epoch + 1
         bar.close()
-        self._calibrate()
+        if self.start_epoch >= epochs:
+            self._measure_again(time.time() - t_start)
         wall = self.wall_before + time.time() - t_start
         result = self.final_metrics(wall)
         last_nc = self.history[-1].get("nc") if self.history and self.history[-1]["epoch"] == epochs else None
         self.run_logger.log_final(result, last_nc)
         self.run_logger.close()
         return result
+
+    def _measure(self, rec: dict, epoch_done: int, last: bool) -> None:
+        """The epoch's evaluation and NC figures into ``rec``. After the last epoch the method
+        first settles its inference on the validation split, so that the last record, the
+        final metrics and the checkpoint saved next all describe one model."""
+        cfg = self.cfg
+        if last:
+            self._calibrate()
+        if epoch_done % int(cfg.train.eval_every) == 0 or last:
+            ev = self._evaluate()
+            self._last_eval = (epoch_done, ev)  # the final metrics reuse the last epoch's
+            for split, res in ev.items():
+                rec[f"{split}_top1"] = res["top1"]
+                rec[f"{split}_groups"] = res["groups"]
+        if int(cfg.nc.every) and (epoch_done % int(cfg.nc.every) == 0 or last):
+            nc, _ = neural_collapse(self.ctx, splits=("train",), max_samples=int(cfg.nc.max_samples))
+            rec["nc"] = nc_summary(nc["train"])
+
+    def _measure_again(self, elapsed: float) -> None:
+        """--resume of a finished run: the end of training once more with this code (calibration,
+        the last record's evaluation and NC figures, the checkpoint); the epochs are not re-run."""
+        epochs = int(self.cfg.train.epochs)
+        if not self.history or self.history[-1].get("epoch") != epochs:
+            self._calibrate()
+            return
+        rec = {k: v for k, v in self.history[-1].items()
+               if not (k == "nc" or k.startswith(("val_", "test_")))}
+        self._measure(rec, epochs, last=True)
+        self.history[-1] = rec
+        if dist.is_main():
+            atomic_write_text(self.out / METRICS_LOG, "".join(json.dumps(r) + "\n" for r in self.history))
+        self._save(epochs, self.wall_before + elapsed)
 
     def _calibrate(self) -> None:
         """Let the method settle inference-time choices on the validation split (never the test set)."""
@@ -332,9 +357,8 @@ class Trainer:
 
     def final_metrics(self, wall: float) -> dict:
         last = getattr(self, "_last_eval", None)
-        # the last epoch was evaluated in the loop: the same model, so read each split once
-        # (again only if the method changed its inference on the validation split since)
-        reuse = last is not None and last[0] == int(self.cfg.train.epochs) and not getattr(self, "calibration", None)
+        # the last epoch was evaluated (after any calibration): the same model, so read each split once
+        reuse = last is not None and last[0] == int(self.cfg.train.epochs)
         ev = last[1] if reuse else self._evaluate()
         res = ev.get("test", {})
         out = {

@@ -13,6 +13,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
+from .. import dist
 from ..data.samplers import MODES
 from ..losses import ClassMeanMemory, balanced_softmax_ce, log_prior, logit_adjusted_ce
 from ..models import BranchedNet, build_backbone, build_classifier
@@ -213,16 +214,20 @@ class GBBN(Method):
         final = adaptor_alpha(g.schedule, int(self.cfg.train.epochs) - 1, int(self.cfg.train.epochs), float(g.gamma),
                               float(g.step_at))
         grid = [round(0.05 * i, 2) for i in range(21)] + [final]  # the last one reported as "final" too
-        correct = torch.zeros(len(grid), dtype=torch.float64)
-        total = 0
+        device = self.infer_alpha.device
+        correct = torch.zeros(len(grid), dtype=torch.float64, device=device)
+        total = torch.zeros((), dtype=torch.float64, device=device)
         for x, y in val_batches():
             h_c, h_r = self.net.both_on(x)
             h_c, h_r = h_c.float(), h_r.float()
             for i, a in enumerate(grid):
                 pred = self.classifier(self._mix(h_c, h_r, a)).argmax(dim=1)
-                correct[i] += float((pred == y).sum())
+                correct[i] += (pred == y).sum()
             total += len(y)
-        acc = (100.0 * correct / max(total, 1)).tolist()
+        # under torchrun each rank saw its shard of the split: every rank must choose from the
+        # whole split's counts, or the ranks would keep different mixes
+        dist.all_reduce_sum(correct, total)
+        acc = (100.0 * correct / total.clamp(min=1)).tolist()
         best = max(acc[:-1])
         a = min((x for x, v in zip(grid[:-1], acc[:-1]) if v == best), key=lambda x: abs(x - 0.5))
         self.infer_alpha.fill_(a)
