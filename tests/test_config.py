@@ -17,6 +17,12 @@ def test_unknown_key_names_it_and_suggests_closest():
         load_config("fmnist_lt_ce", ["train.epoch=3"])
     with pytest.raises(ConfigError, match=r"'data.imbalance_factr'.*'data.imbalance_factor'"):
         load_config(None, ["data.imbalance_factr=10"])
+    # a section given whole: the unknown key inside it is named, at any depth
+    with pytest.raises(ConfigError, match=r"unknown config key 'train.lrr'.*did you mean 'train.lr'"):
+        load_config("fmnist_lt_ce", ["train={lr: 0.2, lrr: 2}"])
+    with pytest.raises(ConfigError, match=r"'method.hycon.weigth'.*did you mean 'method.hycon.weight'"):
+        load_config("fmnist_lt_allnc", ["method={hycon: {weigth: 0.2}}"])
+    assert load_config("fmnist_lt_ce", ["train={lr: 0.2}"]).train.lr == 0.2
 
 
 def test_unknown_key_in_yaml_names_the_file(tmp_path):

@@ -126,6 +126,20 @@ def test_lt_indices_too_few_images_names_the_class():
         lt_indices(targets, [10, 5, 2])
 
 
+def test_lt_indices_too_few_images_gives_advice_that_works():
+    # class 1 short: a larger imbalance factor asks fewer of it, and fits
+    targets = np.array([0] * 50 + [1] * 10 + [2] * 40)
+    with pytest.raises(DataError, match=r"class 1\) has 10 .* raise data.imbalance_factor"):
+        lt_indices(targets, lt_counts(50, 3, 4), class_names=["a", "b", "c"])
+    assert len(lt_indices(targets, lt_counts(50, 3, 25))) == sum(lt_counts(50, 3, 25))
+    # class 0 not the largest: no factor helps (class 0 always gets n_max), so none is advised
+    targets = np.array([0] * 20 + [1] * 50 + [2] * 40)
+    for factor in (1.5, 10, 100):
+        with pytest.raises(DataError, match="class 0\\) has 20 .*largest class must come first") as e:
+            lt_indices(targets, lt_counts(50, 3, factor), class_names=["a", "b", "c"])
+        assert "raise data.imbalance_factor" not in str(e.value) and "lower" not in str(e.value)
+
+
 def test_lt_indices_full_counts_keep_everything():
     targets = np.array([1, 0, 1, 0, 2])
     got = lt_indices(targets, [2, 2, 1])

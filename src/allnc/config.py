@@ -160,8 +160,20 @@ def _all_keys(node: Any, prefix: str = "") -> list[str]:
     return out
 
 
-def _unknown_key_error(key: str, where: str) -> ConfigError:
+def _unknown_key_error(key: str, where: str, value: Any = None) -> ConfigError:
     keys = _all_keys(default_config())
+    if key in keys and isinstance(value, (dict, DictConfig)):
+        # a section given whole (train={lr: 0.1, lrr: 2}): name the unknown key inside it
+        def inner(prefix: str, d) -> Optional[str]:
+            for k, v in d.items():
+                full = f"{prefix}.{k}"
+                if full not in keys:
+                    return full
+                if isinstance(v, (dict, DictConfig)) and (bad := inner(full, v)):
+                    return bad
+            return None
+
+        key = inner(key, value) or key
     close = difflib.get_close_matches(key, keys, n=1, cutoff=0.5)
     hint = f"; did you mean '{close[0]}'?" if close else "; `allnc config --keys` lists every key"
     return ConfigError(f"unknown config key '{key}' in {where}{hint}")
@@ -212,13 +224,13 @@ def set_key(cfg: DictConfig, key: str, value: Any, where: str = "the command lin
     try:
         OmegaConf.update(cfg, key, value, merge=True)
     except (ConfigKeyError, AttributeError, KeyError):
-        raise _unknown_key_error(key, where) from None
+        raise _unknown_key_error(key, where, value) from None
     except ValidationError as e:
         raise ConfigError(f"bad value {value!r} for '{key}' in {where}: {e.msg.splitlines()[0]}") from None
     except OmegaConfBaseException as e:
         msg = str(e).splitlines()[0]
         if "Key" in msg and ("not in struct" in msg or "not found" in msg):
-            raise _unknown_key_error(key, where) from None
+            raise _unknown_key_error(key, where, value) from None
         raise ConfigError(f"bad value {value!r} for '{key}' in {where}: {msg}") from None
 
 

@@ -80,9 +80,14 @@ def lt_indices(
         idx = np.where(targets == c)[0]
         if n_c > len(idx):
             name = f"'{class_names[c]}' (class {c})" if class_names is not None else f"class {c}"
+            if c == 0:  # the profile's largest count: no imbalance factor changes it
+                fix = ("class 0 takes the profile's largest count, so the largest class must come first: order the "
+                       "classes by decreasing size (image folders are read in sorted name order)")
+            else:
+                fix = ("the profile's counts fall with the class index: raise data.imbalance_factor or order the "
+                       "classes by decreasing size (image folders are read in sorted name order)")
             raise DataError(
-                f"{name} has {len(idx)} training images but the long-tailed profile asks for {n_c}; "
-                "lower data.imbalance_factor, order the classes by decreasing size, "
+                f"{name} has {len(idx)} training images but the long-tailed profile asks for {n_c}; {fix}, "
                 "or keep the data as it is with data.imbalance_factor=1"
             )
         rng.shuffle(idx)
