@@ -122,12 +122,19 @@ def test_run_directory_is_never_overwritten_silently(tiny_learnable_fmnist, tmp_
     (grid_dir / "log.txt").write_text("started\n")
     Trainer(tiny_cfg(tiny_learnable_fmnist, "train.epochs=1"), grid_dir).release()
     (out / "config.yaml").write_text("seed: 0\n")  # a run that stopped before its first checkpoint
-    with pytest.raises(RunDirError, match="already exists.*--resume.*--overwrite"):
+    with pytest.raises(RunDirError, match="stopped before its first checkpoint.*--overwrite") as e:
         Trainer(tiny_cfg(tiny_learnable_fmnist, "train.epochs=1"), out)
+    assert "--resume" not in str(e.value)  # nothing to resume: the advice must not offer it
     with pytest.raises(RunDirError, match="no checkpoint.pt.*--overwrite"):
         Trainer(None, out, resume=True)
     Trainer(tiny_cfg(tiny_learnable_fmnist, "train.epochs=1"), out, overwrite=True).fit()
     assert not (out / "notes.txt").exists() and (out / "metrics.json").exists()
+    with pytest.raises(RunDirError, match="already exists.*--resume.*--overwrite"):
+        Trainer(tiny_cfg(tiny_learnable_fmnist, "train.epochs=1"), out)
+    # continue and replace at once: refused, and the run is kept
+    with pytest.raises(RunDirError, match="--resume continues .* --overwrite replaces it"):
+        Trainer(tiny_cfg(tiny_learnable_fmnist, "train.epochs=1"), out, resume=True, overwrite=True)
+    assert (out / "checkpoint.pt").is_file()
     with pytest.raises(ConfigError, match="'train.lr' is 0.05 in the saved run and cannot change to 0.3 in a resumed"):
         Trainer(None, out, resume=True, overrides=["train.lr=0.3"])
     # the run's own values restated (in another spelling too) are no change: accepted
@@ -279,6 +286,7 @@ def test_a_calibrated_run_is_saved_as_it_was_measured(tiny_learnable_fmnist, tmp
     (run / "metrics.jsonl").write_text("\n".join(lines[:-1] + [json.dumps(stale)]) + "\n")
     again = Trainer(None, run, resume=True).fit()
     assert again["top1"] == pytest.approx(m["top1"]) and again["calibration"] == m["calibration"]
+    assert again["wall_time_s"] == round(ck["wall_time"], 2)  # the time spent training: the measuring adds none
     assert float(load_checkpoint(run / "checkpoint.pt")["method"]["infer_alpha"]) == pytest.approx(alpha)
     redone = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in redone] == [1, 2, 3, 4]

@@ -288,8 +288,9 @@ class Trainer:
                 self.last_ckpt_epoch = epoch + 1
         bar.close()
         if self.start_epoch >= epochs:
-            self._measure_again(time.time() - t_start)
-        wall = self.wall_before + time.time() - t_start
+            self._measure_again()
+        # the time spent training: measuring a finished run again adds none
+        wall = self.wall_before + (time.time() - t_start if self.start_epoch < epochs else 0.0)
         result = self.final_metrics(wall)
         last_nc = self.history[-1].get("nc") if self.history and self.history[-1]["epoch"] == epochs else None
         self.run_logger.log_final(result, last_nc)
@@ -313,7 +314,7 @@ class Trainer:
             nc, _ = neural_collapse(self.ctx, splits=("train",), max_samples=int(cfg.nc.max_samples))
             rec["nc"] = nc_summary(nc["train"])
 
-    def _measure_again(self, elapsed: float) -> None:
+    def _measure_again(self) -> None:
         """--resume of a finished run: the end of training once more with this code (calibration,
         the last record's evaluation and NC figures, the checkpoint); the epochs are not re-run."""
         epochs = int(self.cfg.train.epochs)
@@ -326,7 +327,7 @@ class Trainer:
         self.history[-1] = rec
         if dist.is_main():
             atomic_write_text(self.out / METRICS_LOG, "".join(json.dumps(r) + "\n" for r in self.history))
-        self._save(epochs, self.wall_before + elapsed)
+        self._save(epochs, self.wall_before)
 
     def _calibrate(self) -> None:
         """Let the method settle inference-time choices on the validation split (never the test set)."""
