@@ -51,3 +51,11 @@ def test_overrides_are_typed_and_checked(tiny_learnable_fmnist, tmp_path):
     x = torch.zeros(2, 1, 28, 28)
     p = run.predict(x)
     assert p.shape == (2, 10) and torch.allclose(p.sum(1), torch.ones(2))
+    # another float precision is the same images; integers and wrong shapes are refused in one line
+    assert torch.allclose(run.predict(x.double()), p)
+    with pytest.raises(ConfigError, match="normalised float images; this batch is uint8"):
+        run.predict(torch.zeros(2, 1, 28, 28, dtype=torch.uint8))
+    with pytest.raises(ConfigError, match=r"B x 1 x H x W.*\(2, 3, 28, 28\)"):
+        run.predict(torch.zeros(2, 3, 28, 28))
+    with pytest.raises(ConfigError, match=r"B x 1 x H x W.*\(1, 28, 28\)"):
+        run.predict(torch.zeros(1, 28, 28))

@@ -143,13 +143,29 @@ def test_run_directory_is_never_overwritten_silently(tiny_learnable_fmnist, tmp_
         Trainer(None, out, resume=True, overrides=["train.lrr=0.05"])
 
 
-def test_cli_errors_are_one_line_with_exit_2(tiny_learnable_fmnist, tmp_path, capsys):
+def test_cli_errors_are_one_line_with_exit_2(tiny_learnable_fmnist, tmp_path, capsys, monkeypatch):
     rc = cli_main(["train", "--config", "fmnist_lt_ce", "--out", str(tmp_path / "r"), "train.epoch=2"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "\n" not in err and "did you mean 'train.epochs'" in err
     rc = cli_main(["data", "--config", "fmnist_lt_ce", f"data.root={tmp_path / 'nowhere'}"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "\n" not in err and str(tmp_path / "nowhere") in err
+    # under torchrun: the line names its rank and leaves in one write (two ranks' lines never merge)
+    writes = []
+
+    class Stderr:
+        def write(self, text):
+            writes.append(text)
+
+        def flush(self):
+            pass
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setattr("sys.stderr", Stderr())
+    assert cli_main(["train", "--config", "fmnist_lt_ce", "--out", str(tmp_path / "r"), "train.epoch=2"]) == 2
+    assert len(writes) == 1 and writes[0].startswith("allnc: [rank 1] error: unknown config key 'train.epoch'")
+    assert writes[0].endswith("\n") and writes[0].count("\n") == 1
 
 
 def test_cli_data_prints_counts_and_groups(tiny_learnable_fmnist, capsys):

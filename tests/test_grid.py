@@ -66,6 +66,13 @@ def test_product_expansion_counts_and_names(tmp_path):
     assert r.config == "cifar10_lt_ce"
 
 
+def test_run_names_keep_the_sign_and_tell_values_apart(tmp_path):
+    spec = {"configs": ["fmnist_lt_ce"], "overrides": {"method.la.tau": [-1, 1, -0.5, "x y"]}, "out": str(tmp_path)}
+    names = [r.name for r in expand_grid(spec)]
+    assert names == ["fmnist_lt_ce__method.la.tau=-1", "fmnist_lt_ce__method.la.tau=1",
+                     "fmnist_lt_ce__method.la.tau=-0.5", "fmnist_lt_ce__method.la.tau=x-y"]
+
+
 def test_explicit_runs_plus_product_and_values(tmp_path):
     (tmp_path / "mine.yaml").write_text("train: {epochs: 1}\n")
     spec = {

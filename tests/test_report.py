@@ -161,6 +161,17 @@ def test_compare_runs(tmp_path):
     assert "NC1 cb" in text
 
 
+def test_compare_refuses_a_run_twice_and_an_out_that_is_a_run(tmp_path):
+    a = make_run(tmp_path / "x" / "run", seed=1)
+    b = make_run(tmp_path / "y" / "run", seed=2)
+    with pytest.raises(RunDirError, match="given twice"):
+        compare_runs([a, tmp_path / "x" / ".." / "x" / "run"], tmp_path / "cmp")
+    before = sorted(p.name for p in b.iterdir())
+    with pytest.raises(RunDirError, match=f"--out {b} is a run directory"):
+        compare_runs([a, b], b)
+    assert sorted(p.name for p in b.iterdir()) == before and not (tmp_path / "cmp").exists()
+
+
 # ---------------------------------------------------------------- groups, class names, figures
 NO_FEW = [300, 180, 120, 90, 50, 25, 40, 30]  # many 3 / medium 5 / few none (like Fashion-MNIST-LT)
 NAMES = ["T-shirt", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker"]

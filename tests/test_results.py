@@ -26,6 +26,25 @@ def test_cell_name_resolves_to_its_config():
         parse_cell_name("cifar10_lt_allnc__if50")
 
 
+def test_a_bad_cell_name_is_named_as_the_source_of_the_error():
+    from allnc.config import POSTHOC_METHODS
+    from allnc.engine.posthoc import CORRECTIONS
+
+    assert set(POSTHOC_METHODS) == set(CORRECTIONS.names())
+    with pytest.raises(ConfigError, match="'bogus' is not a post-hoc correction.*tau_norm, logit_adjust"):
+        load_config("fmnist_lt_ce__if100__e12__seed0__posthoc_bogus")
+    assert load_config("fmnist_lt_ce__if100__e12__seed0__posthoc_tau_norm").seed == 0
+    with pytest.raises(ConfigError, match=r"bad value '1.2.3' for 'data.imbalance_factor' in the cell name "
+                                          r"'fmnist_lt_ce__if1.2.3__e12__seed0'"):
+        load_config("fmnist_lt_ce__if1.2.3__e12__seed0")
+    with pytest.raises(ConfigError, match=r"train.epochs.*comes from the cell name 'fmnist_lt_ce__if100__e0__seed0'"):
+        load_config("fmnist_lt_ce__if100__e0__seed0")
+    # overridden on the command line, the value is no longer the cell's
+    with pytest.raises(ConfigError) as e:
+        load_config("fmnist_lt_ce__if100__e12__seed0", ["train.epochs=0"])
+    assert "cell name" not in str(e.value)
+
+
 def _rec(config, seed, top1, many, medium, few=None, nc1=None, imb=100, epochs=200, wall=10.0, cos_mu=None):
     nc = {"nc1_cb": nc1, "medium_means_cos": cos_mu} if nc1 else None
     return {"cell": cell_name(config, imb, epochs, seed), "config_name": config, "top1": top1,

@@ -63,7 +63,7 @@ def test_bundle_with_validation(tiny_learnable_fmnist):
     assert "validation 4/class" in b.label
 
 
-def test_a_run_without_the_test_set_never_reads_it(tiny_learnable_fmnist, tmp_path, monkeypatch):
+def test_a_run_without_the_test_set_never_reads_it(tiny_learnable_fmnist, tmp_path, monkeypatch, capsys):
     seen = []
     orig = loaders.iter_eval
 
@@ -83,5 +83,11 @@ def test_a_run_without_the_test_set_never_reads_it(tiny_learnable_fmnist, tmp_pa
     assert m["val"] == saved["val"] and m["test_evaluated"] is False  # what fit returns is what it wrote
     hist = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
     assert all("val_top1" in h and "test_top1" not in h for h in hist)
+    # a later command that reads the test set of such a run says so, once
+    from allnc.cli import main as cli_main
+
+    assert cli_main(["eval", str(tmp_path / "r"), "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("allnc: note: the run was trained with train.eval_test=false") == 1
     with pytest.raises(ConfigError, match="give data.val_per_class"):
         load_config("fmnist_lt_ce", ["train.eval_test=false"])

@@ -73,11 +73,22 @@ class Run:
         return neural_collapse(self.ctx, splits=splits, max_samples=max_samples)[0]
 
     def predict(self, x):
-        """Class probabilities of a batch (B x C x H x W, normalised as in evaluation)."""
+        """Class probabilities of a batch (B x C x H x W floats, normalised as in evaluation:
+        ``(pixels / 255 - mean) / std`` with the run's ``data.mean`` and ``data.std``)."""
         import torch
 
+        c = int(self.ctx.bundle.in_channels)
+        if not torch.is_tensor(x) or x.dim() != 4 or x.shape[1] != c:
+            shape = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
+            raise ConfigError(f"Run.predict takes a batch of B x {c} x H x W images (the run's {c} channel(s)); "
+                              f"got {shape}: add the batch dimension with x[None] or convert the channels")
+        if not x.is_floating_point():
+            raise ConfigError(f"Run.predict takes normalised float images; this batch is {str(x.dtype)[6:]}: "
+                              "scale it with x.float() / 255, then (x - mean) / std with the run's mean and std "
+                              "(metrics.json, 'preprocessing'), or give image files to `allnc predict`")
+        p = next(self.method.parameters())
         with torch.no_grad():
-            return torch.softmax(self.method(self.ctx.prep(x.to(self.device))).float(), dim=1)
+            return torch.softmax(self.method(self.ctx.prep(x.to(self.device, p.dtype))).float(), dim=1)
 
 
 def load_run(run_dir: str | Path, device: str = "auto", **runtime: Any) -> Run:

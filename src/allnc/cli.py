@@ -32,7 +32,7 @@ def cmd_train(a) -> int:
     from .engine.trainer import Trainer
 
     if a.resume and not a.config:
-        t = Trainer(None, a.out, resume=True, overrides=a.overrides)
+        t = Trainer(None, a.out, resume=True, overwrite=a.overwrite, overrides=a.overrides)
     else:
         if not a.config:
             raise AllncError("allnc train needs --config NAME_OR_YAML (or --resume to continue a run)")
@@ -45,11 +45,11 @@ def cmd_train(a) -> int:
             print(f"run directory: {t.out}")
     except KeyboardInterrupt:
         if t.last_ckpt_epoch:
-            print(f"allnc: interrupted; the checkpoint of epoch {t.last_ckpt_epoch} is kept: continue with "
-                  f"`allnc train --out {t.out} --resume`", file=sys.stderr)
+            _say(f"allnc: interrupted; the checkpoint of epoch {t.last_ckpt_epoch} is kept: continue with "
+                 f"`allnc train --out {t.out} --resume`")
         else:
-            print(f"allnc: interrupted before the first checkpoint; nothing to resume: start again with "
-                  f"`allnc train --config ... --out {t.out} --overwrite`", file=sys.stderr)
+            _say(f"allnc: interrupted before the first checkpoint; nothing to resume: start again with "
+                 f"`allnc train --config ... --out {t.out} --overwrite`")
         return 130
     finally:
         dist.shutdown()
@@ -303,6 +303,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _say(text: str) -> None:
+    """One line on stderr in one write, so that the lines of torchrun's processes never run into
+    each other; under torchrun it names its rank."""
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    rank = f"[rank {os.environ.get('RANK', '?')}] " if world > 1 else ""
+    sys.stderr.write(text.replace("allnc: ", f"allnc: {rank}", 1) + "\n")
+    sys.stderr.flush()
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -317,14 +326,14 @@ def main(argv=None) -> int:
 
             def show(message, category, filename, lineno, file=None, line=None):
                 if issubclass(category, AllncWarning):
-                    print(f"allnc: note: {message}", file=sys.stderr)
+                    _say(f"allnc: note: {message}")
                 else:
                     shown(message, category, filename, lineno, file, line)
 
             warnings.showwarning = show
             return args.fn(args)
     except AllncError as e:
-        print(f"allnc: error: {e}", file=sys.stderr)
+        _say(f"allnc: error: {e}")
         return 2
     except BrokenPipeError:  # the reader went away (`allnc config --keys | head`): nothing more to say
         sys.stdout = open(os.devnull, "w")  # the interpreter's last flush must not fail again
@@ -333,10 +342,10 @@ def main(argv=None) -> int:
         from .rundir import describe_os_error
 
         doing = "the file operation on" if getattr(e, "filename", None) else "a file operation"
-        print(f"allnc: error: {describe_os_error(e, doing)}", file=sys.stderr)
+        _say(f"allnc: error: {describe_os_error(e, doing)}")
         return 2
     except KeyboardInterrupt:
-        print("allnc: interrupted", file=sys.stderr)
+        _say("allnc: interrupted")
         return 130
 
 

@@ -56,7 +56,8 @@ class DataConfig:
     train_list: Optional[str] = None
     # the test list of a listfile source (relative to root)
     test_list: Optional[str] = None
-    # standard | strong | none  (strong = AutoAugment CIFAR policy + Cutout)
+    # training augmentation: standard (crop + flip), strong (AutoAugment CIFAR policy + Cutout),
+    # none, or sim (SimAugment: the contrastive views of SimCLR-style methods)
     augment: str = "standard"
     # Cutout square size in pixels (strong augmentation); 0 = off
     cutout: int = 16
@@ -326,6 +327,11 @@ def cell_name(config: str, imbalance_factor: float, epochs: int, seed: int, val_
     return f"{config}__if{float(imbalance_factor):g}__e{int(epochs)}{val}__seed{int(seed)}{tail}"
 
 
+#: the corrections a post-hoc cell may name (``allnc posthoc --method``; the engine's registry
+#: holds them, a test keeps the two equal)
+POSTHOC_METHODS = ("tau_norm", "logit_adjust")
+
+
 def cell_posthoc(name: str) -> Optional[str]:
     """The post-hoc correction a cell name asks for (``..._seed0__posthoc_tau_norm`` ->
     ``tau_norm``), None for a trained run's own cell."""
@@ -340,6 +346,9 @@ def parse_cell_name(name: str) -> tuple[str, list[str]]:
     if m is None:
         raise ConfigError(f"'{name}' is not a results cell name "
                           "(<config>__if<IF>__e<epochs>[__val<N>]__seed<S>[__posthoc_<method>])")
+    if m.group("posthoc") and m.group("posthoc") not in POSTHOC_METHODS:
+        raise ConfigError(f"cell name '{name}': '{m.group('posthoc')}' is not a post-hoc correction "
+                          f"(one of: {', '.join(POSTHOC_METHODS)})")
     o = [f"data.imbalance_factor={m.group('imb')}", f"train.epochs={m.group('epochs')}"]
     if m.group("val"):
         o.append(f"data.val_per_class={m.group('val')}")
@@ -351,9 +360,10 @@ def load_config(name_or_path: Optional[str] = None, overrides: Optional[list[str
     A results cell name (``cifar10_lt_allnc__if100__e200__seed0``) resolves to its config
     with the cell's overrides before ``overrides``."""
     cfg = default_config()
+    cell_overrides: list[str] = []
     if name_or_path and _CELL_RE.match(name_or_path) and not Path(name_or_path).is_file():
+        cell = name_or_path
         name_or_path, cell_overrides = parse_cell_name(name_or_path)
-        overrides = cell_overrides + list(overrides or [])
     if name_or_path:
         layers = _file_layers(name_or_path)
         for where, data in layers:
@@ -362,10 +372,22 @@ def load_config(name_or_path: Optional[str] = None, overrides: Optional[list[str
         builtin = next((b for b in _builtin_bases(name_or_path)), None)
         cfg.config_name = name_or_path if name_or_path in set(compose.builtin_names()) else Path(name_or_path).stem
         cfg.display_name = compose.display_name(builtin) if builtin else cfg.method.name
+    from_cell = set()
+    for text in cell_overrides:
+        k, v = override(cfg, text)
+        set_key(cfg, k, v, f"the cell name '{cell}'")
+        from_cell.add(k)
     for text in overrides or []:
         k, v = override(cfg, text)
         set_key(cfg, k, v, "the command line")
-    validate(cfg)
+        from_cell.discard(k)
+    try:
+        validate(cfg)
+    except ConfigError as e:
+        named = sorted(k for k in from_cell if k in str(e))
+        if named:  # a value the user wrote in the cell's name, not on the command line
+            raise ConfigError(f"{e} ({named[0]} comes from the cell name '{cell}')") from None
+        raise
     return cfg
 
 

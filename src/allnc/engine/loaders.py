@@ -7,6 +7,7 @@ Both give, per step, dicts {"x": tensor or list of views, "y": labels, "index": 
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -17,7 +18,7 @@ from torch.utils.data import DataLoader, Subset
 from ..data import ClassAwareSampler, build_transform, make_dataset
 from ..data.augment import MultiView
 from ..data.fast import BatchAugment, DeviceImages, FastLoader, eval_batches, fast_path_applicable
-from ..errors import ConfigError
+from ..errors import AllncWarning, ConfigError
 from .. import dist
 
 
@@ -119,6 +120,9 @@ def iter_eval(cfg, bundle, split_name: str, choice: PipelineChoice, device: torc
               batch_size: int = 512, shard: bool = True) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(x, y) batches of a split without augmentation; under data parallel each rank gets
     every world_size-th sample, and the callers all-reduce what they accumulate."""
+    if split_name == "test" and not bool(cfg.train.eval_test):  # never during training: the trainer skips it
+        warnings.warn(AllncWarning("the run was trained with train.eval_test=false, keeping its test set unread; "
+                                   "this command reads the test set"), stacklevel=2)
     split = getattr(bundle, split_name)
     world, rank = (dist.world_size(), dist.rank()) if shard else (1, 0)
     idx = np.arange(rank, len(split.targets), world)

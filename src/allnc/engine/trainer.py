@@ -60,6 +60,9 @@ def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
         return
     if out.exists() and any(p.name not in (LOCK, LOG) for p in out.iterdir()):
         if not overwrite:
+            if not (out / CHECKPOINT).is_file():  # nothing to continue: do not offer --resume
+                raise RunDirError(f"run directory {out} holds a run that stopped before its first checkpoint; "
+                                  "pass --overwrite to start it again, or choose another --out")
             raise RunDirError(
                 f"run directory {out} already exists and is not empty; pass --resume to continue it, "
                 "--overwrite to replace it, or choose another --out"
@@ -80,6 +83,8 @@ class Trainer:
         self.log = log if dist.is_main() else (lambda *a, **k: None)
         self.resume = resume
         self.last_ckpt_epoch = 0
+        if resume and overwrite:
+            raise RunDirError(f"--resume continues the run in {self.out} and --overwrite replaces it; give one of them")
         refuse_foreign(self.out, resume)  # before the lock leaves its file in someone else's folder
         # one writer per run directory, from the check of the directory to the end of the run
         try:

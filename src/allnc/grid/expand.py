@@ -93,7 +93,14 @@ def _fmt_value(v: Any) -> str:
 
 
 def _safe(text: str) -> str:
-    s = re.sub(r"[^A-Za-z0-9._=+-]+", "-", str(text)).strip("-")
+    """A file-name-safe label: other characters become '-'; a '-' they leave at either end goes,
+    a minus sign written in the text stays (train.lr=-1 and train.lr=1 are different runs)."""
+    text = str(text)
+    s = re.sub(r"[^A-Za-z0-9._=+-]+", "-", text)
+    if s.startswith("-") and not text.startswith("-"):
+        s = s.lstrip("-")
+    if s.endswith("-") and not text.endswith("-"):
+        s = s.rstrip("-")
     return s or "x"
 
 

@@ -85,10 +85,17 @@ def compare_runs(run_dirs: Sequence, out_dir) -> Path:
     dirs = [Path(d) for d in run_dirs]
     if not dirs:
         raise RunDirError("compare: give at least one run directory")
+    seen: dict[Path, Path] = {}
     for d in dirs:
         if not d.is_dir():
             raise RunDirError(f"run directory {d} does not exist")
+        if d.resolve() in seen:
+            raise RunDirError(f"compare: {d} is given twice (as {seen[d.resolve()]} too); give each run once")
+        seen[d.resolve()] = d
     out = Path(out_dir)
+    if rundir.holds_run(out):
+        raise RunDirError(f"compare: --out {out} is a run directory; write the comparison elsewhere "
+                          "(for example --out cmp)")
     out.mkdir(parents=True, exist_ok=True)
     names = _names(dirs)
 
