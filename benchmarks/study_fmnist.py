@@ -5,6 +5,7 @@
     python benchmarks/study_fmnist.py final         # every method at its chosen setting, test read once
     python benchmarks/study_fmnist.py posthoc       # tau-norm and post-hoc LA of the final CE runs (two rows)
     python benchmarks/study_fmnist.py records       # rewrite the final results files from their run dirs
+    python benchmarks/study_fmnist.py geometry      # allnc nc + report of the seed-0 CE and AllNC runs
     python benchmarks/study_fmnist.py render [--check]  # the docs' trial tables from the results files
 
 Every method gets the same budget: at most six validation trials over its own keys
@@ -391,6 +392,73 @@ def phase_records(args) -> None:
     print(f"records: {n} results files rewritten")
 
 
+GEOMETRY_FILE = HERE / "results" / "fmnist_geometry.json"
+GEOMETRY_RUNS = {"CE": "fmnist_lt_ce__if100__e12__val300__seed0", "AllNC": "fmnist_lt_allnc__if100__e12__val300__seed0"}
+IMG = ROOT / "docs" / "img"
+
+
+def geometry_figures(nc_train: dict, classes: list[str]) -> dict:
+    """The docs' geometry figures from a run's nc.json (training features of its checkpoint)."""
+    g, pc = nc_train["groups"], nc_train["per_class"]
+    w = pc["w_norm"]
+    medium = [classes[i] for i, grp in enumerate(pc["group"]) if grp == "medium"]
+    return {"medium_classes": medium,
+            "medium_w_cos": g["medium"]["w_cos_mean"], "medium_means_cos": g["medium"]["means_cos_mean"],
+            "w_norm_many": g["many"]["w_norm_mean"], "w_norm_medium": g["medium"]["w_norm_mean"],
+            "w_norm_ratio_many_medium": g["norm_ratios"]["w_many_over_medium"],
+            "w_norm_min": min(w), "w_norm_min_class": classes[w.index(min(w))],
+            "w_norm_max": max(w), "w_norm_max_class": classes[w.index(max(w))],
+            "nc1_cb": nc_train["class_balanced"]["nc1"], "nc2_equinorm_w": nc_train["classifier"]["nc2_equinorm_w"]}
+
+
+def phase_geometry(args) -> None:
+    """``allnc nc`` and ``allnc report`` on the seed-0 CE and AllNC final runs (imbalance 100):
+    their figures into GEOMETRY_FILE and their cosine and norm pictures into docs/img."""
+    import shutil
+
+    from allnc.cli import main as allnc_main
+
+    out = {"command": "python benchmarks/study_fmnist.py geometry", "git_commit": git_commit(),
+           "date": time.strftime("%Y-%m-%d %H:%M:%S"), "runs": {}}
+    for label, cell in GEOMETRY_RUNS.items():
+        run = Path(args.out) / "final" / cell
+        for argv in (["nc", str(run), "--device", "cpu"], ["report", str(run)]):
+            if allnc_main(argv) != 0:
+                raise SystemExit(f"geometry: `allnc {' '.join(argv)}` failed")
+        nc = json.loads((run / "nc.json").read_text())["train"]
+        metrics = json.loads((run / "metrics.json").read_text())
+        out["runs"][label] = {"cell": cell, "checkpoint_epoch": nc["info"]["checkpoint_epoch"],
+                              "calibration_alpha": (metrics.get("calibration") or {}).get("inference_alpha"),
+                              **geometry_figures(nc, metrics["classes"])}
+        for pic in ("cos_train", "norms_train"):
+            shutil.copyfile(run / "report" / f"{pic}.png", IMG / f"fmnist_{label.lower()}_{pic}.png")
+    atomic_write_json(GEOMETRY_FILE, out)
+    print(f"geometry: wrote {GEOMETRY_FILE.relative_to(ROOT)} and {2 * len(GEOMETRY_RUNS)} pictures in docs/img")
+
+
+def render_geometry_table(geo: dict | None) -> str:
+    if not geo:
+        return "(no geometry file yet: run `python benchmarks/study_fmnist.py geometry`)\n"
+    runs = geo["runs"]
+    labels = list(runs)
+    med = " and ".join(runs[labels[0]]["medium_classes"])
+    rows = [
+        (f"medium classes ({med}): cosine of their classifier vectors", lambda r: f"{r['medium_w_cos']:.3f}"),
+        ("medium classes: cosine of their centred class means", lambda r: f"{r['medium_means_cos']:.3f}"),
+        ("classifier-row norm, many / medium (group means)",
+         lambda r: f"{r['w_norm_many']:.2f} / {r['w_norm_medium']:.2f} (ratio {r['w_norm_ratio_many_medium']:.2f})"),
+        ("classifier-row norm, smallest / largest (class)",
+         lambda r: f"{r['w_norm_min']:.2f} ({r['w_norm_min_class']}) / {r['w_norm_max']:.2f} ({r['w_norm_max_class']})"),
+        ("NC1, class-balanced", lambda r: f"{r['nc1_cb']:.2f}"),
+        ("NC2 equinorm of W", lambda r: f"{r['nc2_equinorm_w']:.2f}"),
+    ]
+    lines = ["| figure | " + " | ".join(labels) + " |", "|---" * (len(labels) + 1) + "|"]
+    lines += [f"| {name} | " + " | ".join(f(runs[k]) for k in labels) + " |" for name, f in rows]
+    alphas = [f"{k} {runs[k]['calibration_alpha']}" for k in labels if runs[k].get("calibration_alpha") is not None]
+    tail = f" Inference mix of the checkpoint (chosen on validation): {', '.join(alphas)}." if alphas else ""
+    return "\n".join(lines) + f"\n\n`{geo['command']}` at {geo['git_commit'][:7]}.{tail}\n"
+
+
 # ---- render: the docs' tables from the results files ------------------------------------
 
 TRIALS_FILE = HERE / "results" / "fmnist_study_trials.json"
@@ -515,6 +583,7 @@ def render_tables_from_files(trials_file: Path = TRIALS_FILE, results: Path = RO
     tables = render_trial_tables(json.loads(Path(trials_file).read_text()))
     tables["final"] = render_final_table(final_records(load_results(results) if Path(results).is_dir() else []))
     tables["long"] = render_long_table(json.loads(Path(long_file).read_text()) if Path(long_file).is_file() else None)
+    tables["geometry"] = render_geometry_table(json.loads(GEOMETRY_FILE.read_text()) if GEOMETRY_FILE.is_file() else None)
     return tables
 
 
@@ -560,7 +629,7 @@ def _crt_epochs_of(cfg_name: str) -> int:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("phase", choices=["trials", "long", "final", "posthoc", "records", "render"])
+    p.add_argument("phase", choices=["trials", "long", "final", "posthoc", "records", "geometry", "render"])
     p.add_argument("--out", default=str(ROOT / "runs" / "study"))
     p.add_argument("--results", default=str(ROOT / "results"))
     p.add_argument("--parallel", type=int, default=2)
@@ -578,7 +647,7 @@ def main(argv=None) -> int:
     if args.phase == "render":
         return phase_render(args)
     {"trials": phase_trials, "long": phase_long, "final": phase_final, "posthoc": phase_posthoc,
-     "records": phase_records}[args.phase](args)
+     "records": phase_records, "geometry": phase_geometry}[args.phase](args)
     return 0
 
 
