@@ -281,7 +281,7 @@ def test_small_size_is_checked_and_reaches_the_bundle(tmp_path, tiny_image_folde
     tiny_image_folder(tmp_path, "test", _smooth(2, 20, 30), np.array([0, 1]), ["a", "b"])
     b = build_data(_cfg(name="imagefolder", root=str(tmp_path), imbalance_factor=1, small_size=12))
     assert b.small and b.image_hw == (12, 12)
-    for bad, msg in (({"name": "imagefolder", "small_size": 0}, "must be a size in pixels"),
+    for bad, msg in (({"name": "imagefolder", "small_size": 0}, r"small_size=0 is outside \[1, 4096\] \(a size in pixels"),
                      ({"name": "cifar10", "small_size": 32}, "not data.name=cifar10")):
         with pytest.raises(ConfigError, match=msg):
             validate(_cfg(**bad))

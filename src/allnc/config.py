@@ -418,6 +418,16 @@ def override(cfg: DictConfig, text: str) -> tuple[str, Any]:
 #: the values a numeric key may take, as an interval ("[" / "]" include the end, "(" / ")"
 #: exclude it, inf: no bound); validate() refuses anything outside with one line naming the range
 BOUNDS: dict[str, str] = {
+    "seed": "[0, 2147483647]",
+    "data.lt_seed": "[0, 4294967295]",
+    "data.imbalance_factor": "[1, inf)",
+    "data.val_per_class": "[0, inf)",
+    "data.small_size": "[1, 4096]",
+    "train.epochs": "[1, inf)",
+    "train.batch_size": "[1, inf)",
+    "train.lr": "(0, inf)",
+    "train.ckpt_every": "[1, inf)",
+    "train.eval_every": "[1, inf)",
     "data.cutout": "[0, inf)",
     "data.image_size": "[1, inf)",
     "data.num_workers": "[0, inf)",
@@ -456,6 +466,16 @@ BOUNDS: dict[str, str] = {
 }
 
 
+#: why a bound is what it is, where the range alone does not say
+BOUND_NOTES: dict[str, str] = {
+    "seed": "a torch seed",
+    "data.lt_seed": "a NumPy seed",
+    "data.imbalance_factor": "it is n_max/n_min, so use 1 for balanced data or a value such as 100",
+    "data.val_per_class": "0 is no validation split",
+    "data.small_size": "a size in pixels, or null to read the images at their own size",
+}
+
+
 def in_interval(v: float, interval: str) -> bool:
     """Whether ``v`` lies in ``interval``, written as in BOUNDS: "[0, 1)", "(0, inf)"."""
     lo, hi = (float(x) for x in interval[1:-1].split(","))
@@ -466,7 +486,8 @@ def _check_bounds(cfg: DictConfig) -> None:
     for key, interval in BOUNDS.items():
         v = OmegaConf.select(cfg, key)
         if v is not None and not in_interval(float(v), interval):
-            raise ConfigError(f"{key}={v} is outside {interval}; give a value in that range")
+            note = f" ({BOUND_NOTES[key]})" if key in BOUND_NOTES else ""
+            raise ConfigError(f"{key}={v} is outside {interval}{note}; give a value in that range")
     std = cfg.data.std
     if std is not None and any(float(x) <= 0 for x in std):
         raise ConfigError(f"data.std={list(std)} must be positive (it divides the pixel values); give positive values or null")
@@ -495,33 +516,13 @@ def validate(cfg: DictConfig) -> None:
     for k, v in flatten(to_dict(cfg)).items():
         if isinstance(v, float) and not math.isfinite(v):
             raise ConfigError(f"{k}={v} is not a finite number; give a finite value")
-    if not 0 <= int(cfg.data.lt_seed) < 2**32:
-        raise ConfigError(f"data.lt_seed={cfg.data.lt_seed} must lie in 0 .. 2**32 - 1 (a NumPy seed)")
-    if not 0 <= int(cfg.seed) < 2**31:
-        raise ConfigError(f"seed={cfg.seed} must lie in 0 .. 2**31 - 1")
-    if cfg.data.imbalance_factor < 1:
-        raise ConfigError(
-            f"data.imbalance_factor={cfg.data.imbalance_factor} is below 1; it is n_max/n_min, "
-            "so use 1 for balanced data or a value such as 100"
-        )
-    for key in ("train.epochs", "train.batch_size"):
-        if OmegaConf.select(cfg, key) < 1:
-            raise ConfigError(f"{key} must be at least 1")
-    if cfg.train.lr <= 0:
-        raise ConfigError("train.lr must be positive")
-    if cfg.data.small_size is not None and not 1 <= int(cfg.data.small_size) <= 4096:
-        raise ConfigError(f"data.small_size={cfg.data.small_size} must be a size in pixels (1 .. 4096) or null")
     if cfg.data.small_size is not None and cfg.data.name not in ("imagefolder", "listfile"):
         raise ConfigError(f"data.small_size resizes image folders and list files, not data.name={cfg.data.name}; "
                           "remove it or use data.name=imagefolder")
-    if cfg.data.val_per_class < 0:
-        raise ConfigError("data.val_per_class must be 0 (no validation split) or a positive number of images per class")
     if cfg.method.gbbn.inference_mix == "val" and not cfg.data.val_per_class and cfg.method.name == "gbbn":
         raise ConfigError("method.gbbn.inference_mix=val picks the mix on a validation split; give data.val_per_class=N")
     if not cfg.train.eval_test and not cfg.data.val_per_class:
         raise ConfigError("train.eval_test=false leaves nothing to evaluate; give data.val_per_class=N for a validation split")
-    if cfg.train.ckpt_every < 1 or cfg.train.eval_every < 1:
-        raise ConfigError("train.ckpt_every and train.eval_every must be at least 1")
     if not is_device_name(cfg.device):
         raise ConfigError(f"device={cfg.device!r} is not auto, cpu, cuda or cuda:N")
 
