@@ -74,7 +74,8 @@ class Run:
 
     def predict(self, x):
         """Class probabilities of a batch (B x C x H x W floats, normalised as in evaluation:
-        ``(pixels / 255 - mean) / std`` with the run's ``data.mean`` and ``data.std``)."""
+        ``(pixels / 255 - mean) / std`` with the run's mean and std, metrics.json's
+        ``preprocessing``)."""
         import torch
 
         c = int(self.ctx.bundle.in_channels)
