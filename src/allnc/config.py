@@ -512,10 +512,10 @@ def _check_choices(node: DictConfig, cls: type, prefix: str) -> None:
 
 def validate(cfg: DictConfig) -> None:
     _check_choices(cfg, config_class(), "")
-    _check_bounds(cfg)
-    for k, v in flatten(to_dict(cfg)).items():
+    for k, v in flatten(to_dict(cfg)).items():  # before the ranges: nan lies in none of them
         if isinstance(v, float) and not math.isfinite(v):
             raise ConfigError(f"{k}={v} is not a finite number; give a finite value")
+    _check_bounds(cfg)
     if cfg.data.small_size is not None and cfg.data.name not in ("imagefolder", "listfile"):
         raise ConfigError(f"data.small_size resizes image folders and list files, not data.name={cfg.data.name}; "
                           "remove it or use data.name=imagefolder")
