@@ -135,6 +135,32 @@ def test_hycon_centred_is_the_uncentred_loss_of_centred_vectors_and_translation_
     assert not torch.allclose(loss(f + shift, y, mu + shift), loss(f, y, mu), atol=1e-3)  # uncentred: not invariant
 
 
+def test_hycon_leaves_out_a_class_seen_for_the_first_time_in_the_batch():
+    """Its memory row is still zero during the step: centred, it would move the centre and
+    become a made-up positive. HyCon must equal the loss over the classes seen before."""
+    from allnc.losses import ClassMeanMemory
+    from allnc.methods import nc_terms
+    from omegaconf import OmegaConf
+
+    g = torch.Generator().manual_seed(0)
+    mem = ClassMeanMemory(3, 4)
+    mem.update_from_stats(*mem.batch_stats(torch.rand(6, 4, generator=g) + 2, torch.tensor([0, 0, 0, 1, 1, 1]),
+                                           grad=False))
+    h, y = torch.rand(6, 4, generator=g) + 2, torch.tensor([0, 1, 2, 2, 0, 1])  # class 2: first time
+    present = torch.ones(3, dtype=torch.bool)
+    hy = HyConLoss(tau=0.1)
+    for centre in (True, False):
+        cfg = OmegaConf.create({"method": {"hycon": {"centre": centre}}})
+        got = nc_terms.hycon_term(hy, cfg, mem, h, y, present)
+        seen = mem.seen.clone()
+        assert seen.tolist() == [True, True, False]
+        want = hy(h, y, mem.means, valid=seen, centre=mem.means[seen].mean(0) if centre else None)
+        assert torch.allclose(got, want)
+    # with the old rule (the zero row counted) the centred loss differs: the test can fail
+    assert not torch.allclose(hy(h, y, mem.means, valid=present, centre=mem.means.mean(0)), got.new_tensor(float(
+        hy(h, y, mem.means, valid=mem.seen, centre=mem.means[mem.seen].mean(0)))))
+
+
 def test_hycon_on_both_branches_adds_the_rebalanced_term():
     T, e = 10, 6
     one = make("fmnist_lt_allnc", "method.hycon.anchors=conventional", "method.hycon.centre=false")
@@ -152,9 +178,7 @@ def test_hycon_on_both_branches_adds_the_rebalanced_term():
     a = 1 - (e / T) ** 2
     with torch.no_grad():
         _, h_r = both.net.forward_both(bu["x"], br["x"])
-        present = torch.zeros(len(COUNTS), dtype=torch.bool)
-        present[br["y"]] = True
-        ref = HyConLoss(tau=0.1)(h_r, br["y"], mem_r, valid=seen_r | present)
+        ref = HyConLoss(tau=0.1)(h_r, br["y"], mem_r, valid=seen_r)
     assert float(logs["loss_hycon_r"]) == pytest.approx(float(ref), rel=1e-5)
     assert float((l2 - l1).detach()) == pytest.approx((1 - a) * float(ref), rel=1e-4)
 
@@ -180,3 +204,41 @@ def test_p2p_equinorm_term():
         Wp = (Wp - 0.5 * g).detach().requires_grad_(True)
     n = Wp.detach().norm(dim=1)
     assert float(n.std() / n.mean()) < 0.1 * float(W.norm(dim=1).std() / W.norm(dim=1).mean())
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_etf_dot_regression_uses_the_features_the_option_names(normalize):
+    """method.etf.normalize_features: the dot regression of unit features, or of the raw
+    (batch-normalised) features, as docs and docstring say."""
+    m = make("fmnist_lt_etf_dr", "train.mixup=0", f"method.etf.normalize_features={str(normalize).lower()}")
+    m.train()
+    b = batch(seed=5)
+    torch.manual_seed(0)
+    loss, _ = m.training_loss([b], StepState(0, 10))
+    with torch.no_grad():  # still in train mode: the same batch statistics
+        raw = m.feature_bn(m.backbone(b["x"]))
+        h = F.normalize(raw, dim=1) if normalize else raw
+        W = m.classifier.weight
+        want = 0.5 * (((W[b["y"]] * h).sum(1) - 1) ** 2).mean()
+    assert float(loss.detach()) == pytest.approx(float(want), rel=1e-5)
+    assert normalize or not torch.allclose(raw.norm(dim=1), torch.ones(len(raw)), atol=1e-2)
+
+
+@pytest.mark.parametrize("config", ["fmnist_lt_ldam_drw", "fmnist_lt_bcl", "fmnist_lt_ce"])
+def test_posthoc_logits_at_tau_zero_are_the_logits_the_loss_trained(config):
+    """Post-hoc logit adjustment subtracts tau log(prior) in the units of the training loss's
+    softmax: LDAM's s = 30 multiplies the cosines inside its loss, BCL's lives in its head."""
+    from allnc.engine.posthoc import corrected_logits, cosine_logit_scale
+
+    m = make(config)
+    m.eval()
+    x = batch(seed=7)["x"]
+    with torch.no_grad():
+        h, z = m.features(x)
+    W, b = m.classifier_weight()
+    scale = cosine_logit_scale(m)
+    got = corrected_logits(h, W.detach(), None if b is None else b.detach(), "logit_adjust", 0.0,
+                           torch.zeros(W.shape[0]), scale)
+    trained = z * (30.0 if config == "fmnist_lt_ldam_drw" else 1.0)  # LDAMLoss: s * (cos - margin)
+    assert torch.allclose(got, trained, atol=1e-4)
+    assert scale == (None if config == "fmnist_lt_ce" else 30.0)

@@ -85,8 +85,10 @@ def make_p2p(cfg) -> P2PLoss:
 
 def hycon_term(hycon: HyConLoss, cfg, mem: ClassMeanMemory, h32: torch.Tensor, y: torch.Tensor,
                present: torch.Tensor) -> torch.Tensor:
-    """HyCon of features ``h32`` against the memory's class means (the classes seen so far),
-    centred on the class-balanced mean of the memory when ``method.hycon.centre``."""
-    valid = mem.seen | present
+    """HyCon of features ``h32`` against the memory's class means of the classes seen before this
+    step, centred on their class-balanced mean when ``method.hycon.centre``. A class present for
+    the first time has no memory yet (its row is zero until the update after the step): it is
+    left out, as an unseen class (``present`` is not used: HyCon reads the detached memory only)."""
+    valid = mem.seen
     centre: Optional[torch.Tensor] = centred_mean(mem.means, valid) if cfg.method.hycon.centre else None
     return hycon(h32, y, mem.means.detach(), valid=valid, centre=centre)
