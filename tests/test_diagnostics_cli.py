@@ -111,3 +111,52 @@ def test_nc_reports_progress_through_both_passes_of_every_split(two_runs, monkey
             counts = [int(l.split(": ")[2].split("/")[0]) for l in mine[:-1]]
             assert counts and counts == sorted(counts) and all(0 < c <= n and (c % 32 == 0 or c == n) for c in counts)
     assert sum("done in" in l for l in lines) == 4
+
+
+def test_nc4_of_the_test_split_uses_the_training_class_means(two_runs):
+    """The NCM rule is the classifier of the TRAINING means (docs/metrics.md), for the test
+    split too, whether the training split is measured in the same call or not."""
+    import torch
+
+    from allnc.engine import loaders
+    from allnc.engine.context import load_run
+    from allnc.engine.evaluate import neural_collapse
+
+    t = load_run(two_runs["allnc"], device="cpu")
+    t.method.eval()
+
+    def feats(split):
+        hs, ys, zs = [], [], []
+        with torch.no_grad():
+            for x, y in loaders.iter_eval(t.cfg, t.bundle, split, t.choice, t.device):
+                h, z = t.method.features(x)
+                hs.append(h.double()), ys.append(y), zs.append(z)
+        return torch.cat(hs), torch.cat(ys), torch.cat(zs)
+
+    htr, ytr, _ = feats("train")
+    means = torch.stack([htr[ytr == c].mean(0) for c in range(t.bundle.num_classes)])
+    hte, yte, zte = feats("test")
+    own = torch.stack([hte[yte == c].mean(0) for c in range(t.bundle.num_classes)])
+    assert not torch.allclose(own, means, atol=1e-3)
+    ncm = torch.cdist(hte, means).argmin(1)
+    want_nc4 = float((ncm != zte.argmax(1)).double().mean())
+    want_acc = 100 * float((ncm == yte).double().mean())
+    from allnc.engine import evaluate
+
+    given = []
+    real = evaluate.NCMAccumulator
+
+    def spy(means, *a, **k):
+        given.append(means.means.clone())
+        return real(means, *a, **k)
+
+    for splits in (("train", "test"), ("test",), ("test", "train")):
+        given.clear()
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(evaluate, "NCMAccumulator", spy)
+            nc, _ = neural_collapse(t, splits=splits)
+        # every NCM rule got the training means (the test's own differ: this can fail)
+        assert len(given) == len(splits) and all(torch.allclose(g, means, atol=1e-5) for g in given)
+        assert list(nc) == list(splits)
+        assert nc["test"]["nc4"]["nc4"] == pytest.approx(want_nc4, abs=1e-9)
+        assert nc["test"]["nc4"]["ncm_acc"] == pytest.approx(want_acc, abs=1e-7)

@@ -87,43 +87,57 @@ def neural_collapse(ctx, splits=("train", "test"), max_samples: int = 0, log=Non
     b = None if b is None else b.detach().float()
     train_counts = np.asarray(bundle.class_counts)
     out, mats = {}, {}
-    for split in splits:
+
+    def subsample(split):
         data, choice = bundle, ctx.choice
         if max_samples:
             keep = stratified_indices(getattr(bundle, split).targets, max_samples, bundle.num_classes)
             data = dataclasses.replace(bundle, **{split: getattr(bundle, split).subset(keep)})
             choice = PipelineChoice(ctx.choice.fast, ctx.choice.reason)  # its own device copy of the subsample
+        return data, choice
+
+    def batches(split, data, choice, what):
+        n_split = len(getattr(data, split).targets)
+        t0 = last = clock()
+        seen = 0
+        for x, y in iter_eval(ctx.cfg, data, split, choice, device):
+            with autocast_ctx(device, ctx.amp):
+                h, _ = method.features(_prep(x, ctx.channels_last))
+            seen += len(y)
+            now = clock()
+            if log is not None and now - last >= every_s:
+                last = now
+                log(f"{what}: {seen}/{n_split} images, {now - t0:.0f} s")
+            yield h.float(), y
+        if log is not None:
+            log(f"{what}: {seen}/{n_split} images, done in {clock() - t0:.1f} s")
+
+    def class_stats(split, data, choice, what):
         split_counts = np.bincount(getattr(data, split).targets, minlength=bundle.num_classes)
-
-        n_split = int(split_counts.sum())
-
-        def batches(pass_no, split=split, data=data, choice=choice, n_split=n_split):
-            what = f"nc {split}: pass {pass_no}/2 ({'class statistics' if pass_no == 1 else 'nearest class mean'})"
-            t0 = last = clock()
-            seen = 0
-            for x, y in iter_eval(ctx.cfg, data, split, choice, device):
-                with autocast_ctx(device, ctx.amp):
-                    h, _ = method.features(_prep(x, ctx.channels_last))
-                seen += len(y)
-                now = clock()
-                if log is not None and now - last >= every_s:
-                    last = now
-                    log(f"{what}: {seen}/{n_split} images, {now - t0:.0f} s")
-                yield h.float(), y
-            if log is not None:
-                log(f"{what}: {seen}/{n_split} images, done in {clock() - t0:.1f} s")
-
         acc = ClassStatsAccumulator(bundle.num_classes, W.shape[1], device=device, class_counts=split_counts,
                                     train_counts=train_counts)
-        for h, y in batches(1):
+        for h, y in batches(split, data, choice, what):
             acc.update(h, y)
         acc.all_reduce()
-        stats = acc.result()
-        ncm = NCMAccumulator(stats, W, b)
-        for h, y in batches(2):
+        return acc.result()
+
+    # the nearest-class-mean rule of every split uses the TRAINING class means (the NCM
+    # classifier of Papyan et al.): the training split goes first, or is read for them alone
+    train_stats = None
+    for split in sorted(splits, key=lambda s: s != "train"):
+        data, choice = subsample(split)
+        stats = class_stats(split, data, choice, f"nc {split}: pass 1/2 (class statistics)")
+        if split == "train":
+            train_stats = stats
+        elif train_stats is None:
+            tdata, tchoice = subsample("train")
+            train_stats = class_stats("train", tdata, tchoice, "nc train: the training class means for the NCM rule")
+        ncm = NCMAccumulator(train_stats, W, b)
+        for h, y in batches(split, data, choice, f"nc {split}: pass 2/2 (nearest class mean)"):
             ncm.update(h, y)
         ncm.all_reduce()
         out[split] = compute_nc(stats, W, b, train_counts, ncm=ncm)
         mats[split] = cosine_matrices(stats, W)
+    out, mats = {k: out[k] for k in splits}, {k: mats[k] for k in splits}
     method.train(was)
     return out, mats

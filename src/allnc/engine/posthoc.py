@@ -67,6 +67,15 @@ def corrected_logits(h: torch.Tensor, W: torch.Tensor, b: Optional[torch.Tensor]
     return z
 
 
+def cosine_logit_scale(method) -> Optional[float]:
+    """None for a linear head; for a cosine head the s of ``s cos(h, w_k)`` in the units the
+    training loss saw: the head's own scale times the loss's (LDAM's s lives in its loss)."""
+    clf = getattr(method, "classifier", None)
+    if not isinstance(clf, NormedLinear):
+        return None
+    return float(clf.scale) * float(method.loss_logit_scale())
+
+
 def choose_tau(val_top1: dict[float, float]) -> float:
     """The tau with the best validation top-1; ties go to the smaller tau."""
     best = max(val_top1.values())
@@ -154,8 +163,7 @@ def posthoc(run_dir, method: str, device: str = "auto", val_per_class: Optional[
                               "post-hoc corrections need one")
         W = W.detach().float()
         b = None if b is None else b.detach().float()
-        clf = getattr(ctx.method, "classifier", None)
-        scale = float(clf.scale) if isinstance(clf, NormedLinear) else None
+        scale = cosine_logit_scale(ctx.method)
         counts = np.asarray(ctx.bundle.class_counts)
         log_prior = torch.log(torch.as_tensor(counts / counts.sum(), dtype=torch.float32, device=W.device)
                               .clamp_min(1e-12))
@@ -177,6 +185,8 @@ def posthoc(run_dir, method: str, device: str = "auto", val_per_class: Optional[
         vbundle, vchoice, vinfo = _validation(ctx, val_per_class, notes)
         hv, yv, first = _features(ctx, vbundle, vchoice, "val")
         same = corrected_logits(first[0], W, b, "logit_adjust", 0.0, log_prior, scale)
+        if scale is not None:  # the model's outputs are before the loss's own factor (LDAM's s)
+            same = same / float(ctx.method.loss_logit_scale())
         if not torch.allclose(same, first[1], rtol=5e-2 if ctx.amp else 1e-3, atol=5e-2 if ctx.amp else 1e-3):
             raise ConfigError(f"method '{ctx.cfg.method.name}': its logits are not its classifier_weight() applied to "
                               "its features(); post-hoc corrections cannot be computed from them")

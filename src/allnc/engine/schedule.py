@@ -10,7 +10,9 @@ def lr_at(base_lr: float, epoch: int, step: int, steps_per_epoch: int, epochs: i
 
     step: multiply by ``decay`` at each milestone epoch (0.01 then 0.0001 of the base
     for milestones 160, 180 and decay 0.01: the CIFAR-LT protocol); cosine: half cosine
-    from the end of warm-up to zero at the last step; constant: the base rate.
+    from the end of warm-up, read at the start of each step, so that it would reach zero at
+    the end of the last step (the last step itself runs at a small positive rate:
+    base * (1 - cos(pi / steps_after_warmup)) / 2); constant: the base rate.
     """
     t = epoch + step / steps_per_epoch
     if warmup_epochs > 0 and t < warmup_epochs:

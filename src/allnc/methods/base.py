@@ -96,6 +96,12 @@ class Method(nn.Module):
         """(W, b) of the classifier that makes the predictions, W of shape K x d."""
         raise NotImplementedError
 
+    def loss_logit_scale(self) -> float:
+        """The factor the training loss multiplies the classifier's outputs by before its
+        softmax (LDAM's s on the cosines); 1 where the loss reads the outputs as they are.
+        Post-hoc logit adjustment works in the units the loss trained."""
+        return 1.0
+
     @torch.no_grad()
     def calibrate(self, val_batches) -> dict | None:
         """After training, with a validation split: settle any inference-time choice on it

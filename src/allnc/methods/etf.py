@@ -40,5 +40,6 @@ class FixedETF(SingleBranch):
 
     def loss_fn(self, logits, y, feats):
         if self.cfg.method.etf.loss == "dr":
-            return dot_regression_loss(feats, y, self.classifier.weight)
+            # feats come from head_input: unit-normalised exactly when method.etf.normalize_features
+            return dot_regression_loss(feats, y, self.classifier.weight, normalize=False)
         return F.cross_entropy(logits, y)

@@ -50,6 +50,9 @@ class LDAMDRW(SingleBranch):
             return int(min(t.milestones))
         return int(round(0.8 * epochs))
 
+    def loss_logit_scale(self) -> float:
+        return float(self.cfg.method.ldam.scale)  # LDAMLoss scales the cosines by s
+
     def on_epoch_start(self, epoch, epochs):
         self.drw_on.fill_(epoch >= self.drw_start_epoch(epochs))
 
