@@ -127,8 +127,13 @@ def test_run_directory_is_never_overwritten_silently(tiny_learnable_fmnist, tmp_
     assert "--resume" not in str(e.value)  # nothing to resume: the advice must not offer it
     with pytest.raises(RunDirError, match="no checkpoint.pt.*--overwrite"):
         Trainer(None, out, resume=True)
+    # --overwrite empties a run's folder, never the user's files beside a run's
+    with pytest.raises(RunDirError, match=r"not a run's \(notes.txt\); nothing was deleted"):
+        Trainer(tiny_cfg(tiny_learnable_fmnist, "train.epochs=1"), out, overwrite=True)
+    assert (out / "notes.txt").read_text() == "mine"
+    (out / "notes.txt").unlink()
     Trainer(tiny_cfg(tiny_learnable_fmnist, "train.epochs=1"), out, overwrite=True).fit()
-    assert not (out / "notes.txt").exists() and (out / "metrics.json").exists()
+    assert (out / "metrics.json").exists()
     with pytest.raises(RunDirError, match="already exists.*--resume.*--overwrite"):
         Trainer(tiny_cfg(tiny_learnable_fmnist, "train.epochs=1"), out)
     # continue and replace at once: refused, and the run is kept

@@ -172,6 +172,9 @@ def test_out_naming_a_folder_writes_predictions_csv_in_it(run, test_split, tmp_p
     rows = list(csv.DictReader(open(tmp_path / "preds" / "predictions.csv")))
     assert [r["path"] for r in rows] == [str(img)] and f"-> {tmp_path / 'preds' / 'predictions.csv'}" in out
     assert sorted(p.name for p in (tmp_path / "preds").iterdir()) == ["predictions.csv"]
+    # a trailing slash names a folder even before it exists: made, not taken as a file name
+    cli(["predict", run, img, "--out", f"{tmp_path / 'new'}/", "--device", "cpu"], capsys)
+    assert (tmp_path / "new").is_dir() and (tmp_path / "new" / "predictions.csv").is_file()
 
 
 def test_atomic_write_onto_a_folder_names_the_folder_not_a_temporary_file(tmp_path):

@@ -40,6 +40,17 @@ LOCK = ".lock"
 RUN_FILES = (CONFIG, CHECKPOINT, METRICS, METRICS_LOG)
 
 
+#: what a run (and the commands on it) write into its directory, besides RUN_FILES
+RUN_EXTRAS = (LOG, LOCK, NC_JSON, NC_NPZ, REPORT_DIR, TB_DIR, "compile_error.txt", "wandb", "wandb_id.txt")
+
+
+def is_run_entry(name: str) -> bool:
+    """Whether a directory entry is one a run or a command on it writes (an interrupted atomic
+    write leaves ``.NAME.XXXX.tmp``)."""
+    return (name in RUN_FILES or name in RUN_EXTRAS or (name.startswith("posthoc_") and name.endswith(".json"))
+            or (name.startswith(".") and name.endswith(".tmp")))
+
+
 def holds_run(folder: Path) -> bool:
     """Whether ``folder`` holds (part of) a run: any of ``RUN_FILES``."""
     return any((Path(folder) / f).is_file() for f in RUN_FILES)

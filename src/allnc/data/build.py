@@ -70,6 +70,13 @@ def build_data(cfg: Any) -> DataBundle:
         only = f" ('{train.classes[0]}')" if k else ""
         raise DataError(f"{src.where} has {k} class{only}; a classifier needs at least two, so give each class "
                         "its own folder (or label) in the training data")
+    empty = [c for c, n in enumerate(train.counts()) if n == 0]
+    if empty:  # a fixed class list (Fashion-MNIST, CIFAR) may hold a class with no image
+        raise DataError(f"'{train.classes[empty[0]]}' (class {empty[0]}) has no training image in {src.where}"
+                        f"{f' (and {len(empty) - 1} more classes)' if len(empty) > 1 else ''}; every class needs at "
+                        "least one (class priors, margins and re-sampling divide by the counts)")
+    if len(src.test.targets) == 0:
+        raise DataError(f"the test split of {src.where} holds no image; give it images (a run is evaluated on it)")
     factor = float(d.imbalance_factor)
     kind = str(d.imbalance_type)
     base = {"fmnist": "Fashion-MNIST", "cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}.get(d.name)
@@ -93,14 +100,17 @@ def build_data(cfg: Any) -> DataBundle:
         counts = lt_counts(n_max, k, factor, kind)
         if min(counts) < 1:
             c = int(np.argmin(counts))
+            # n_max itself can round the last class to 0 images (int(49 * (1/49)) == 0 in floats)
+            fits = min(lt_counts(n_max, k, float(n_max), kind)) >= 1
+            most = f"of at most {n_max}" if fits else f"below {n_max} (for example {n_max * 0.999:.4g})"
             raise ConfigError(
                 f"data.imbalance_factor={factor:g} leaves '{train.classes[c]}' (class {c}) with no training image "
-                f"(n_max is {n_max}); use an imbalance factor of at most {n_max}")
+                f"(n_max is {n_max}); use an imbalance factor {most}")
         kept = lt_indices(train.targets, counts, int(d.lt_seed), train.classes)
         label = f"{base}-LT (IF {factor:g}, {kind})"
     if not src.long_tailed:
         if n_val:
-            val_idx, kept, moved = val_split(train.targets, kept, n_val, int(d.lt_seed) + 1, train.classes)
+            val_idx, kept, moved = val_split(train.targets, kept, n_val, (int(d.lt_seed) + 1) % 2**32, train.classes)
             val = train.subset(val_idx)
             label += f", validation {n_val}/class"
         if factor != 1 or n_val:

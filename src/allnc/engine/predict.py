@@ -12,6 +12,7 @@ evaluation transform, in batches, so a large folder never sits in memory.
 from __future__ import annotations
 
 import csv
+import os
 import io
 import re
 import sys
@@ -321,8 +322,9 @@ def predict_to_files(source, inputs, out, topk: int = 5, batch_size: int = 256, 
     folder) and, where labels are known, the accuracy JSON beside it; returns {rows, csv,
     json, accuracy}."""
     _check(topk, batch_size)
+    folder = str(out).endswith(("/", os.sep))  # a trailing slash names a folder, made if missing
     out = Path(out)
-    if out.is_dir():
+    if out.is_dir() or folder:
         out = out / "predictions.csv"
     model = load_model(source, device)
     items = list_inputs(inputs, model.classes)

@@ -15,11 +15,11 @@ from omegaconf import DictConfig
 from .. import dist
 from ..config import from_dict, to_dict, to_yaml
 from ..data import groups as class_groups
-from ..errors import RunDirError, TrainingDiverged
+from ..errors import ConfigError, RunDirError, TrainingDiverged
 from ..methods import StepState
 from ..metrics import nc_summary
 from ..rundir import (CHECKPOINT, CONFIG, LOCK, LOG, METRICS, METRICS_LOG, RUN_FILES, RunLock, atomic_write_json,
-                      atomic_write_text, describe_os_error, holds_run)
+                      atomic_write_text, describe_os_error, holds_run, is_run_entry)
 from .checkpoint import load_checkpoint, save_checkpoint
 from .context import (RunContext, check_resume_config, check_same_data, data_facts, load_run,  # noqa: F401 (load_run: public)
                       load_state, saved_with_runtime)
@@ -67,6 +67,11 @@ def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
                 f"run directory {out} already exists and is not empty; pass --resume to continue it, "
                 "--overwrite to replace it, or choose another --out"
             )
+        others = sorted(p.name for p in out.iterdir() if not is_run_entry(p.name))
+        if others:  # --overwrite empties a run directory, never the user's own files beside a run's
+            shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+            raise RunDirError(f"--overwrite: {out} holds files that are not a run's ({shown}); nothing was deleted: "
+                              "move them away or choose another --out")
         if dist.is_main():
             for p in out.iterdir():
                 if p.name not in (LOCK, LOG):  # the log of the process now starting stays
@@ -113,6 +118,10 @@ class Trainer:
         self.cfg, self.device, self.amp, self.channels_last = ctx.cfg, ctx.device, ctx.amp, ctx.channels_last
         self.bundle, self.info, self.method, self.choice, self.n_params = (ctx.bundle, ctx.info, ctx.method, ctx.choice,
                                                                            ctx.n_params)
+        k, nc_max = self.bundle.num_classes, int(cfg.nc.max_samples)
+        if int(cfg.nc.every) and 0 < nc_max < k:  # found now, not after nc.every epochs of training
+            raise ConfigError(f"nc.max_samples={nc_max} is below the {k} classes (one image each at least); give "
+                              f"nc.max_samples >= {k} or 0 for all")
         if ckpt is not None:  # a resume goes on with the data it began with
             check_same_data(ckpt, self.out, self.bundle, cfg, f"the run in {self.out}")
         self.loaders = build_train_loaders(cfg, self.bundle, self.method.loaders, self.choice, self.device,
@@ -130,6 +139,7 @@ class Trainer:
             self.opt.load_state_dict(ckpt["optimizer"])
             self.start_epoch = int(ckpt["epoch"])
             self.history = list(ckpt.get("history", []))
+        self.last_ckpt_epoch = self.start_epoch  # an interrupt during start-up keeps the checkpoint's advice
         # the code each start of this run executed (read now, not when the run ends: a commit
         # made while it trains is not the code it ran); a resume adds one entry
         self.sources = (list(ckpt.get("sources", [])) if ckpt else []) + [source_state(self.start_epoch)]
