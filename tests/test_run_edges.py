@@ -88,3 +88,28 @@ def test_a_resume_knows_its_checkpoint_before_training_starts(tiny_learnable_fmn
         assert t.last_ckpt_epoch == 1
     finally:
         t.release()
+
+
+def test_test_images_of_another_size_than_the_training_images_are_refused(tmp_path, tiny_image_folder):
+    tiny_image_folder(tmp_path, "train", _images(4), np.array([0, 0, 1, 1]), ["x", "y"])  # 12 x 12
+    big = np.random.RandomState(1).randint(0, 256, size=(2, 20, 20, 3)).astype(np.uint8)
+    tiny_image_folder(tmp_path, "test", big, np.array([0, 1]), ["x", "y"])
+    with pytest.raises(DataError, match=r"training images .* are 12x12 but its test images are 20x20.*"
+                                        r"data.small_size=12"):
+        build_data(_folder_cfg(tmp_path))
+    b = build_data(_folder_cfg(tmp_path, small_size=12))  # the advice works
+    assert b.train.images.shape[1:3] == b.test.images.shape[1:3] == (12, 12)
+
+
+def test_a_mistyped_resume_leaves_nothing_behind(tmp_path):
+    with pytest.raises(RunDirError, match="--resume: no run in"):
+        Trainer(None, tmp_path / "nothere", resume=True)
+    assert not (tmp_path / "nothere").exists()
+
+
+def test_a_list_file_run_is_not_labelled_with_the_ignored_imbalance_factor():
+    from allnc.report.runreport import run_label
+
+    assert "IF 100" in run_label({"data": {"name": "fmnist", "imbalance_factor": 100}})
+    label = run_label({"data": {"name": "listfile", "imbalance_factor": 100}})
+    assert "IF" not in label and "listfile (as listed)" in label

@@ -77,6 +77,12 @@ def build_data(cfg: Any) -> DataBundle:
                         "least one (class priors, margins and re-sampling divide by the counts)")
     if len(src.test.targets) == 0:
         raise DataError(f"the test split of {src.where} holds no image; give it images (a run is evaluated on it)")
+    tr_img, te_img = src.train.images, src.test.images
+    if tr_img is not None and te_img is not None and tr_img.shape[1:3] != te_img.shape[1:3]:
+        (h, w), (th, tw) = tr_img.shape[1:3], te_img.shape[1:3]
+        raise DataError(f"the training images of {src.where} are {w}x{h} but its test images are {tw}x{th}; the "
+                        f"model would be tested at another size: give data.small_size={max(h, w)} to decode both at "
+                        "one size")
     factor = float(d.imbalance_factor)
     kind = str(d.imbalance_type)
     base = {"fmnist": "Fashion-MNIST", "cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}.get(d.name)

@@ -90,6 +90,8 @@ class Trainer:
         self.last_ckpt_epoch = 0
         if resume and overwrite:
             raise RunDirError(f"--resume continues the run in {self.out} and --overwrite replaces it; give one of them")
+        if resume and not self.out.is_dir():  # before the lock would make the folder
+            raise RunDirError(f"--resume: no run in {self.out}; drop --resume to start a new run there")
         refuse_foreign(self.out, resume)  # before the lock leaves its file in someone else's folder
         # one writer per run directory, from the check of the directory to the end of the run
         try:

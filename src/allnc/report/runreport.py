@@ -112,7 +112,9 @@ def run_label(config: Optional[Mapping]) -> str:
         parts.append(f"method {g('method', 'name')}")
     if g("data", "name"):
         s = f"{g('data', 'name')}"
-        if g("data", "imbalance_factor") is not None:
+        if g("data", "name") == "listfile":  # long-tailed as listed: data.imbalance_factor is ignored
+            s += " (as listed)"
+        elif g("data", "imbalance_factor") is not None:
             s += f" IF {fmt(g('data', 'imbalance_factor'))}"
         parts.append(s)
     if g("model", "name"):
