@@ -35,13 +35,15 @@ POSTHOC = "posthoc_{method}.json"  # .format(method=...)
 LOG = "log.txt"
 REPORT_DIR = "report"
 TB_DIR = "tb"
+COMPILE_ERROR = "compile_error.txt"  # why torch.compile failed, when the run fell back to eager
+WANDB_ID = "wandb_id.txt"  # the W&B run id of a run directory, so --resume continues that run
 LOCK = ".lock"
 # what makes a folder a run directory: a run writes config.yaml before its first step
 RUN_FILES = (CONFIG, CHECKPOINT, METRICS, METRICS_LOG)
 
 
 #: what a run (and the commands on it) write into its directory, besides RUN_FILES
-RUN_EXTRAS = (LOG, LOCK, NC_JSON, NC_NPZ, REPORT_DIR, TB_DIR, "compile_error.txt", "wandb", "wandb_id.txt")
+RUN_EXTRAS = (LOG, LOCK, NC_JSON, NC_NPZ, REPORT_DIR, TB_DIR, COMPILE_ERROR, WANDB_ID, "wandb")
 
 
 def is_run_entry(name: str) -> bool:

@@ -70,7 +70,8 @@ def build_data(cfg: Any) -> DataBundle:
         only = f" ('{train.classes[0]}')" if k else ""
         raise DataError(f"{src.where} has {k} class{only}; a classifier needs at least two, so give each class "
                         "its own folder (or label) in the training data")
-    empty = [c for c, n in enumerate(train.counts()) if n == 0]
+    source_counts = train.counts()
+    empty = [c for c, n in enumerate(source_counts) if n == 0]
     if empty:  # a fixed class list (Fashion-MNIST, CIFAR) may hold a class with no image
         raise DataError(f"'{train.classes[empty[0]]}' (class {empty[0]}) has no training image in {src.where}"
                         f"{f' (and {len(empty) - 1} more classes)' if len(empty) > 1 else ''}; every class needs at "
@@ -102,7 +103,7 @@ def build_data(cfg: Any) -> DataBundle:
     else:
         if factor < 1:
             raise ConfigError(f"data.imbalance_factor={factor} is below 1; use 1 for the balanced set or e.g. 100")
-        n_max = int(train.counts().max())
+        n_max = int(source_counts.max())
         counts = lt_counts(n_max, k, factor, kind)
         if min(counts) < 1:
             c = int(np.argmin(counts))

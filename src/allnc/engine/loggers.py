@@ -25,7 +25,7 @@ from urllib.parse import urlparse
 
 from ..config import flatten, to_dict
 from ..errors import AllncError, ConfigError
-from ..rundir import TB_DIR, atomic_write_text
+from ..rundir import TB_DIR, WANDB_ID, atomic_write_text
 from .progress import tensorboard
 
 __all__ = ["RunLogger", "NullLogger", "TensorBoardLogger", "WandbLogger", "make_logger", "wandb_mode", "scalars",
@@ -33,7 +33,6 @@ __all__ = ["RunLogger", "NullLogger", "TensorBoardLogger", "WandbLogger", "make_
 
 LOGGERS = ("tensorboard", "wandb", "none")
 WANDB_MODES = ("auto", "online", "offline")
-WANDB_ID = "wandb_id.txt"  # the W&B run id of a run directory, so --resume continues that run
 
 
 def scalars(rec: dict) -> dict[str, float]:

@@ -184,9 +184,8 @@ def posthoc(run_dir, method: str, device: str = "auto", val_per_class: Optional[
 
         vbundle, vchoice, vinfo = _validation(ctx, val_per_class, notes)
         hv, yv, first = _features(ctx, vbundle, vchoice, "val")
-        same = corrected_logits(first[0], W, b, "logit_adjust", 0.0, log_prior, scale)
-        if scale is not None:  # the model's outputs are before the loss's own factor (LDAM's s)
-            same = same / float(ctx.method.loss_logit_scale())
+        # the model's outputs come before the loss's own factor (LDAM's s; 1 elsewhere)
+        same = corrected_logits(first[0], W, b, "logit_adjust", 0.0, log_prior, scale) / ctx.method.loss_logit_scale()
         if not torch.allclose(same, first[1], rtol=5e-2 if ctx.amp else 1e-3, atol=5e-2 if ctx.amp else 1e-3):
             raise ConfigError(f"method '{ctx.cfg.method.name}': its logits are not its classifier_weight() applied to "
                               "its features(); post-hoc corrections cannot be computed from them")

@@ -18,8 +18,8 @@ from ..data import groups as class_groups
 from ..errors import ConfigError, RunDirError, TrainingDiverged
 from ..methods import StepState
 from ..metrics import nc_summary
-from ..rundir import (CHECKPOINT, CONFIG, LOCK, LOG, METRICS, METRICS_LOG, RUN_FILES, RunLock, atomic_write_json,
-                      atomic_write_text, describe_os_error, holds_run, is_run_entry)
+from ..rundir import (CHECKPOINT, COMPILE_ERROR, CONFIG, LOCK, LOG, METRICS, METRICS_LOG, RUN_FILES, RunLock,
+                      atomic_write_json, atomic_write_text, describe_os_error, holds_run, is_run_entry)
 from .checkpoint import load_checkpoint, save_checkpoint
 from .context import (RunContext, check_resume_config, check_same_data, data_facts, load_run,  # noqa: F401 (load_run: public)
                       load_state, saved_with_runtime)
@@ -237,7 +237,7 @@ class Trainer:
                 # keep exactly the epochs the checkpoint knows about
                 atomic_write_text(self.out / METRICS_LOG, "".join(json.dumps(r) + "\n" for r in self.history))
         if self.start_epoch < int(cfg.train.epochs):
-            self.stepper.error_log = self.out / "compile_error.txt" if dist.is_main() else None
+            self.stepper.error_log = self.out / COMPILE_ERROR if dist.is_main() else None
             self.stepper.probe(self._first_batches(self.start_epoch), self.start_epoch, self.steps)
         self.describe()
         self.run_logger.start(self.out, cfg, resume=self.resume)  # tensorboard | wandb | none (train.logger)
