@@ -1,6 +1,7 @@
 """The budgeted method study on Fashion-MNIST-LT (imbalance 100), on the CPU.
 
     python benchmarks/study_fmnist.py trials [--out runs/study] [--parallel 2]
+    python benchmarks/study_fmnist.py trials --only allnc --why "..."   # one method's trials again
     python benchmarks/study_fmnist.py long          # the top methods again at 30 epochs (validation)
     python benchmarks/study_fmnist.py final         # every method at its chosen setting, test read once
     python benchmarks/study_fmnist.py posthoc       # tau-norm and post-hoc LA of the final CE runs (two rows)
@@ -173,6 +174,9 @@ def provenance(args, command: str) -> dict:
 
 def phase_trials(args) -> dict:
     out = Path(args.out) / "trials"
+    only = tuple(args.only or ())
+    if only:
+        return phase_trials_only(args, only, out)
     cut = tuple(args.cut or ())
     specs = trial_specs(cut)
     run(specs, out, args, common(args) + [f"train.epochs={EPOCHS}", "train.eval_test=false"])
@@ -200,6 +204,37 @@ def phase_trials(args) -> dict:
     atomic_write_json(HERE / "results" / "fmnist_study_trials.json", data)
     for m, r in sorted(chosen.items(), key=lambda kv: -kv[1]["val_top1"]):
         print(f"{m:10s} {r['val_top1']:6.2f}  {r['name']}")
+    return data
+
+
+def phase_trials_only(args, only: tuple[str, ...], out: Path) -> dict:
+    """``trials --only METHOD``: run that method's trials again (after a change to the code it
+    executes) and replace its rows and its chosen setting in the trials file; every other
+    method's rows stay as they are. The file's ``reruns`` list says which methods ran again,
+    at which commit and why (``--why``)."""
+    unknown = sorted(set(only) - set(TRIALS))
+    if unknown:
+        raise SystemExit(f"--only {unknown[0]}: not a method with trials; choose from {', '.join(TRIALS)}")
+    if not args.why:
+        raise SystemExit("--only needs --why \"...\": the reason the method's trials run again goes into the trials file")
+    data = json.loads(TRIALS_FILE.read_text())
+    specs = [s for s in trial_specs() if any(s["name"] == n for m in only for n, _, _ in TRIALS[m])]
+    run(specs, out, args, common(args) + [f"train.epochs={EPOCHS}", "train.eval_test=false"])
+    for method in only:
+        rows = [dict(name=n, config=c, overrides=o, **(val_figures(out / n) or {"missing": True}))
+                for n, c, o in TRIALS[method]]
+        if not any("val_top1" in r for r in rows):
+            raise SystemExit(f"--only {method}: no trial finished; the trials file is unchanged")
+        data["trials"][method] = rows
+        data["trials_run"][method] = sum("val_top1" in r for r in rows)
+        r = best([r for r in rows if "val_top1" in r])
+        data["chosen"][method] = {"name": r["name"], "config": r["config"], "overrides": r["overrides"],
+                                  "val_top1": r["val_top1"], "inference_alpha": r.get("inference_alpha")}
+    cmd = "python benchmarks/study_fmnist.py trials" + "".join(f" --only {m}" for m in only)
+    data.setdefault("reruns", []).append({**provenance(args, cmd), "methods": list(only), "why": args.why})
+    atomic_write_json(TRIALS_FILE, data)
+    for m in only:
+        print(f"{m:10s} {data['chosen'][m]['val_top1']:6.2f}  {data['chosen'][m]['name']}")
     return data
 
 
@@ -640,6 +675,9 @@ def main(argv=None) -> int:
     p.add_argument("--deadline", type=float, default=None, help="final, long: seconds after which running runs stop (resumable) and the rest do not start")
     p.add_argument("--cut", action="append", metavar="METHOD",
                    help="trials: do not run this method's unfinished trials (recorded as cut); repeatable")
+    p.add_argument("--only", action="append", metavar="METHOD",
+                   help="trials: run only this method's trials again and replace its rows in the trials file; repeatable")
+    p.add_argument("--why", default=None, help="trials --only: why the method's trials run again (kept in the file)")
     p.add_argument("--data-root", default=None, help="Fashion-MNIST IDX folder (default: Debian's place)")
     p.add_argument("--trials-file", default=str(TRIALS_FILE), help="render: the trials results file")
     p.add_argument("--check", action="store_true", help="render: change nothing, exit 1 if a doc is stale")
