@@ -57,7 +57,22 @@ LONG_TOP = 4  # the best four methods on validation at 12 epochs (AllNC added if
 LONG = ["train.epochs=30", "train.milestones=[22, 27]"]  # the 12-epoch schedule's decays at the same fractions
 GBBN = {"bbn", "allnc"}
 BAL = "method.gbbn.sampler=balanced"
-AL_BEST = [BAL, "method.hycon.centre=true", "method.hycon.anchors=both"]
+REV = "method.gbbn.sampler=reversed"
+# every two-branch trial states each key it varies, so that it runs the same setting whatever the
+# config's defaults are now (the chosen settings became the configs' defaults after the trials)
+AL_EARLY = [REV, "method.hycon.centre=false", "method.hycon.anchors=conventional", "method.p2p.equinorm=0.0",
+            "method.gbbn.mix_scale=1.0"]  # AllNC's defaults before the study
+
+
+def _al(*changes: str) -> list[str]:
+    """AL_EARLY with ``changes`` (key=value): a key's last value wins, each key once, in order."""
+    out: dict[str, str] = {}
+    for o in (*AL_EARLY, *changes):
+        out[o.split("=")[0]] = o
+    return list(out.values())
+
+
+AL_BEST = _al(BAL, "method.hycon.centre=true", "method.hycon.anchors=both")
 
 # the single-branch methods' trial grids (TRIALS and TRIAL_LABELS)
 CE_GRID = [(s, lr) for s in ("instance", "sqrt", "balanced") for lr in (0.1, 0.05)]  # (sampler, lr)
@@ -75,20 +90,20 @@ TRIALS: dict[str, list[tuple[str, str, list[str]]]] = {
     "etf_dr": [(f"etf_mix{a}_lr{lr}", "fmnist_lt_etf_dr", [f"train.mixup={a}", f"train.lr={lr}"]) for a, lr in ETF_GRID],
     "bcl": [(f"bcl_tau{t}_scl{w}", "fmnist_lt_bcl", [f"method.bcl.tau={t}", f"method.bcl.lambda_scl={w}"])
             for t, w in BCL_GRID],
-    "bbn": [("bbn_rev_x2", "fmnist_lt_bbn", []),
-            ("bbn_rev_x1", "fmnist_lt_bbn", ["method.gbbn.mix_scale=1.0"]),
+    "bbn": [("bbn_rev_x2", "fmnist_lt_bbn", [REV]),
+            ("bbn_rev_x1", "fmnist_lt_bbn", [REV, "method.gbbn.mix_scale=1.0"]),
             ("bbn_bal_x2", "fmnist_lt_bbn", [BAL]),
             ("bbn_bal_x1", "fmnist_lt_bbn", [BAL, "method.gbbn.mix_scale=1.0"]),
-            ("bbn_rev_x2_protocol", "fmnist_lt_bbn_protocol", []),
+            ("bbn_rev_x2_protocol", "fmnist_lt_bbn_protocol", [REV]),
             ("bbn_bal_x2_protocol", "fmnist_lt_bbn_protocol", [BAL])],
     # the reconstruction's options, added one at a time (docs/method.md says which the paper supports)
-    "allnc": [("allnc_default", "fmnist_lt_allnc", []),
-              ("allnc_bal", "fmnist_lt_allnc", [BAL]),
-              ("allnc_bal_centre", "fmnist_lt_allnc", [BAL, "method.hycon.centre=true"]),
+    "allnc": [("allnc_default", "fmnist_lt_allnc", AL_EARLY),
+              ("allnc_bal", "fmnist_lt_allnc", _al(BAL)),
+              ("allnc_bal_centre", "fmnist_lt_allnc", _al(BAL, "method.hycon.centre=true")),
               ("allnc_bal_centre_both", "fmnist_lt_allnc", AL_BEST),
-              ("allnc_bal_centre_both_eqn", "fmnist_lt_allnc", AL_BEST + ["method.p2p.equinorm=1.0"]),
-              ("allnc_bal_centre_both_eqn_x2", "fmnist_lt_allnc", AL_BEST + ["method.p2p.equinorm=1.0",
-                                                                            "method.gbbn.mix_scale=2.0"])],
+              ("allnc_bal_centre_both_eqn", "fmnist_lt_allnc", _al(*AL_BEST, "method.p2p.equinorm=1.0")),
+              ("allnc_bal_centre_both_eqn_x2", "fmnist_lt_allnc",
+               _al(*AL_BEST, "method.p2p.equinorm=1.0", "method.gbbn.mix_scale=2.0"))],
 }
 # cRT re-trains the classifier of a finished instance-sampled CE trial
 CRT_GRID = ((4, 0.1, "balanced"), (4, 0.02, "balanced"), (8, 0.1, "balanced"), (8, 0.02, "balanced"),
