@@ -142,3 +142,25 @@ def test_every_bounded_key_exists_and_its_range_is_enforced_at_both_ends():
     assert in_interval(0.5, "[0, 1)") and not in_interval(1, "[0, 1)") and in_interval(1, "[0, 1]")
     with pytest.raises(ConfigError, match=r"data.std=\[1.0, 0.0, 1.0\] must be positive"):
         load_config("cifar10_lt_ce", ["data.std=[1, 0, 1]"])
+
+
+def test_method_override_on_a_named_config_is_refused_with_the_config_to_use(tmp_path):
+    # fmnist_lt_la carries la's settings and the table name "logit adjustment"; method.name=la over
+    # fmnist_lt_ce would keep CE's name and settings, so it is refused with the config to use
+    with pytest.raises(ConfigError, match="--config fmnist_lt_la instead"):
+        load_config("fmnist_lt_ce", ["method.name=la"])
+    with pytest.raises(ConfigError, match="--config cifar10_lt_la_strong instead"):
+        load_config("cifar10_lt_allnc_strong", ["method.name=la"])
+    assert load_config("fmnist_lt_la").display_name == "logit adjustment"
+    assert load_config("fmnist_lt_ce", ["method.name=ce"]).display_name == "CE"  # restating it is fine
+    with pytest.raises(ConfigError, match="not one of"):  # a mistyped name gets the list of names
+        load_config("fmnist_lt_ce", ["method.name=lx"])
+    # a file over a built-in config that names another method is shown as that method
+    f = tmp_path / "mine.yaml"
+    f.write_text("_base_: fmnist_lt_ce\nmethod:\n  name: la\n")
+    assert load_config(str(f)).display_name == "la"
+    g = tmp_path / "same.yaml"
+    g.write_text("_base_: fmnist_lt_ce\ntrain:\n  lr: 0.05\n")
+    assert load_config(str(g)).display_name == "CE"
+    with pytest.raises(ConfigError, match=r"set method.name: la in the config file.*\(_base_: fmnist_lt_la\)"):
+        load_config(str(g), ["method.name=la"])

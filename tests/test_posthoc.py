@@ -157,3 +157,50 @@ def test_a_split_too_large_for_a_class_names_the_option_that_fixes_it(tiny_learn
         err = _one_line_exit_2(capsys, ["posthoc", str(run), "--method", "tau_norm", "--device", "cpu",
                                         "--val-per-class", n])
         assert f"--val-per-class {n}" in err and "at least 1" in err
+
+
+def _list_files(root, n_per_class=(12, 6, 3), size=8):
+    """A tiny list-file data set: class c is images of brightness 40 + 80 c (learnable)."""
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(0)
+    (root / "img").mkdir(parents=True)
+    lines = []
+    for c, n in enumerate(n_per_class):
+        for i in range(n + 4):  # 4 more per class for the test list
+            a = (40 + 80 * c + torch.randint(0, 20, (size, size, 3), generator=g)).to(torch.uint8).numpy()
+            Image.fromarray(a).save(root / "img" / f"{c}_{i}.png")
+            lines.append((f"img/{c}_{i}.png {c}", i < n))
+    (root / "train.txt").write_text("\n".join(s for s, tr in lines if tr) + "\n")
+    (root / "test.txt").write_text("\n".join(s for s, tr in lines if not tr) + "\n")
+    return root
+
+
+def test_a_list_file_run_takes_its_validation_list(tmp_path, capsys):
+    root = _list_files(tmp_path / "data")
+    rc = main(["train", "--config", "fmnist_lt_ce", "--out", str(tmp_path / "run"), "data.name=listfile",
+               f"data.root={root}", "data.train_list=train.txt", "data.test_list=test.txt", "data.mean=[0.5,0.5,0.5]",
+               "data.std=[0.25,0.25,0.25]", "device=cpu", "train.progress=false", "model.width=8",
+               "train.batch_size=8", "train.epochs=1", "data.num_workers=0"])
+    assert rc == 0
+    run = tmp_path / "run"
+    # no validation split of its own, none can be drawn: the error names the option that gives one
+    err = _one_line_exit_2(capsys, ["posthoc", str(run), "--method", "logit_adjust", "--device", "cpu"])
+    assert "--val-list FILE" in err
+    # the test list as validation list: the validation figure at the chosen tau is the test figure
+    d = ph.posthoc(run, "logit_adjust", device="cpu", val_list="test.txt")
+    assert d["validation"]["source"].startswith("--val-list test.txt")
+    assert d["val_top1"] == pytest.approx(d["test"]["top1"])
+    assert d["val_top1_by_tau"]["0"] == pytest.approx(d["run_test"]["top1"])
+    # trained with the validation list: the run evaluates it (here the test list: the same figure)
+    # and posthoc takes it as the run's own
+    rc = main(["train", "--config", "fmnist_lt_ce", "--out", str(tmp_path / "run2"), "data.name=listfile",
+               f"data.root={root}", "data.train_list=train.txt", "data.test_list=test.txt", "data.val_list=test.txt",
+               "data.mean=[0.5,0.5,0.5]", "data.std=[0.25,0.25,0.25]", "device=cpu", "train.progress=false",
+               "model.width=8", "train.batch_size=8", "train.epochs=1", "data.num_workers=0"])
+    assert rc == 0
+    m = json.loads((tmp_path / "run2" / "metrics.json").read_text())
+    assert m["val_list"] == "test.txt" and m["val"]["top1"] == pytest.approx(m["top1"])
+    d2 = ph.posthoc(tmp_path / "run2", "tau_norm", device="cpu", val_list="other.txt")
+    assert d2["validation"]["source"] == "the run's own (data.val_list=test.txt)"
+    assert any("--val-list other.txt ignored" in n for n in d2["notes"])

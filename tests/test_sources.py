@@ -509,3 +509,33 @@ def test_one_colour_image_among_grey_ones_keeps_the_folder_in_colour(tmp_path, t
     i = [j for j, p in enumerate(sorted((tmp_path / "train").rglob("*.png"))) if p.name == "0002.png"
          and p.parent.name == "b"][0]
     assert np.array_equal(src.train.images[i], x[5])
+
+
+def test_list_file_validation_list_is_the_runs_validation_split(tmp_path):
+    from allnc.config import load_config, validate
+    from allnc.data import has_validation
+    from allnc.errors import ConfigError
+
+    x, y = _list_dataset(tmp_path)
+    (tmp_path / "val.txt").write_text("img/sub dir/5.png 2\nimg/sub dir/1.png 0\n")
+    src = S.load_listfile(str(tmp_path), "train.txt", "test.txt", val_list="val.txt")
+    assert src.val.targets.tolist() == [2, 0] and np.array_equal(src.val.images, x[[5, 1]])
+    base = ["data.name=listfile", f"data.root={tmp_path}", "data.train_list=train.txt", "data.test_list=test.txt"]
+    cfg = load_config("fmnist_lt_bbn", base + ["data.val_list=val.txt", "method.gbbn.inference_mix=val"])
+    assert has_validation(cfg)
+    b = build_data(cfg)
+    assert b.val.targets.tolist() == [2, 0] and b.class_counts.tolist() == [3, 2, 1]  # training as given
+    assert "validation list val.txt (2 images)" in b.label
+    # without a validation list a list-file config has none, and what needs one names data.val_list
+    assert not has_validation(load_config("fmnist_lt_ce", base))
+    with pytest.raises(ConfigError, match="give data.val_list=FILE"):
+        load_config("fmnist_lt_bbn", base + ["method.gbbn.inference_mix=val"])
+    with pytest.raises(ConfigError, match="keep one of them"):
+        load_config("fmnist_lt_ce", base + ["data.val_list=val.txt", "data.val_per_class=2"])
+    with pytest.raises(ConfigError, match="not of data.name=fmnist"):
+        load_config("fmnist_lt_ce", ["data.val_list=val.txt"])
+    # a validation label the train list lacks is the validation list's fault
+    (tmp_path / "val9.txt").write_text("img/sub dir/0.png 9\n")
+    with pytest.raises(DataError, match=r"val9.txt labels .*0.png with class 9.*fix the validation list"):
+        S.load_listfile(str(tmp_path), "train.txt", "test.txt", val_list="val9.txt")
+    validate(cfg)

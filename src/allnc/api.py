@@ -65,8 +65,8 @@ class Run:
         if split not in ("test", "val"):
             raise ConfigError(f"split {split!r} is not 'test' or 'val'")
         if split == "val" and self.ctx.bundle.val is None:
-            raise ConfigError("the run has no validation split (it was trained without data.val_per_class); "
-                              "evaluate 'test', or train with data.val_per_class=N")
+            give = "data.val_list=FILE" if self.cfg.data.name == "listfile" else "data.val_per_class=N"
+            raise ConfigError(f"the run has no validation split; evaluate 'test', or train with {give}")
         return evaluate_accuracy(self.ctx, split=split)
 
     def neural_collapse(self, splits=("train", "test"), max_samples: int = 0) -> dict:

@@ -122,9 +122,11 @@ def cmd_posthoc(a) -> int:
     from .engine.posthoc import posthoc
     from .rundir import POSTHOC
 
-    r = posthoc(a.run_dir, a.method, device=a.device, val_per_class=a.val_per_class, overrides=a.overrides)
+    r = posthoc(a.run_dir, a.method, device=a.device, val_per_class=a.val_per_class, overrides=a.overrides,
+                val_list=a.val_list)
     print(f"{r['data']}, checkpoint of epoch {r['checkpoint_epoch']}: {r['row']}")
-    print(f"validation {r['validation']['source']}, {r['validation']['per_class']}/class")
+    v = r["validation"]
+    print(f"validation {v['source']}" + (f", {v['per_class']}/class" if v.get("per_class") else ""))
     print("val top-1 by tau: " + "  ".join(f"{t} {v:.2f}" for t, v in r["val_top1_by_tau"].items()))
     print(f"chosen tau {r['tau']:g} (best validation top-1 {r['val_top1']:.2f}; ties go to the smaller tau)")
     for name, m in (("run", r["run_test"]), (f"tau={r['tau']:g}", r["test"])):
@@ -256,6 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
     ph.add_argument("--device", default="auto")
     ph.add_argument("--val-per-class", type=int, default=None,
                     help="images per class of the validation split drawn when the run has none (default 20)")
+    ph.add_argument("--val-list", default=None, metavar="FILE",
+                    help="list-file runs without a validation split: a 'relative/path label' list (relative to "
+                         "data.root) to choose tau on")
     ph.add_argument("overrides", nargs="*", default=[], help="runtime key=value, e.g. data.root=DIR where the data moved")
     ph.set_defaults(fn=cmd_posthoc)
 

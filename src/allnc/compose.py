@@ -146,6 +146,29 @@ def display_name(name: str) -> str:
     return disp + (f" ({preset})" if preset else "")
 
 
+@lru_cache(maxsize=None)
+def method_of(name: str) -> str:
+    """``method.name`` of a built-in config (``ce``, the default tree's, when no layer sets it)."""
+    out = "ce"
+    for _, data in compose(name):
+        out = (data.get("method") or {}).get("name", out)
+    return out
+
+
+def configs_with_method(name: str, method: str) -> list[str]:
+    """The built-in configs of ``name``'s dataset (and preset) whose ``method.name`` is ``method``."""
+    parts = split_name(name)
+    if parts is None:
+        return []
+    ds, _, preset = parts
+    out = []
+    for b in builtin_names():
+        bp = split_name(b)
+        if bp[0] == ds and bp[1] and bp[2] == preset and method_of(b) == method:
+            out.append(b)
+    return out
+
+
 def describe(name: str) -> str:
     """One line: what the built-in config is."""
     parts = split_name(name)

@@ -25,6 +25,7 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationE
 from . import compose
 from .config_io import flatten, load_yaml, parse_override, read_yaml_mapping  # noqa: F401 (public here too)
 from .data.augment import PRESETS
+from .data.build import has_validation
 from .data.samplers import MODES
 from .errors import ConfigError
 from .methods import METHODS, SECTIONS
@@ -56,6 +57,9 @@ class DataConfig:
     train_list: Optional[str] = None
     # the test list of a listfile source (relative to root)
     test_list: Optional[str] = None
+    # the validation list of a listfile source (relative to root; ImageNet_LT_val.txt, ...): the
+    # split choices are made on (list files are long-tailed as given: no split can be drawn)
+    val_list: Optional[str] = None
     # training augmentation: standard (crop + flip), strong (AutoAugment CIFAR policy + Cutout),
     # none, or sim (SimAugment: the contrastive views of SimCLR-style methods)
     augment: str = "standard"
@@ -371,7 +375,10 @@ def load_config(name_or_path: Optional[str] = None, overrides: Optional[list[str
                 set_key(cfg, k, v, where)
         builtin = next((b for b in _builtin_bases(name_or_path)), None)
         cfg.config_name = name_or_path if name_or_path in set(compose.builtin_names()) else Path(name_or_path).stem
-        cfg.display_name = compose.display_name(builtin) if builtin else cfg.method.name
+        # a file over a built-in config that names another method is that method, not the built-in's
+        same = builtin and compose.method_of(builtin) == cfg.method.name
+        cfg.display_name = compose.display_name(builtin) if same else cfg.method.name
+    layered_method = cfg.method.name
     from_cell = set()
     for text in cell_overrides:
         k, v = override(cfg, text)
@@ -381,6 +388,8 @@ def load_config(name_or_path: Optional[str] = None, overrides: Optional[list[str
         k, v = override(cfg, text)
         set_key(cfg, k, v, "the command line")
         from_cell.discard(k)
+    if name_or_path and cfg.method.name != layered_method and cfg.method.name in METHODS.names():
+        _method_override_error(name_or_path, builtin, layered_method, cfg.method.name)
     try:
         validate(cfg)
     except ConfigError as e:
@@ -389,6 +398,23 @@ def load_config(name_or_path: Optional[str] = None, overrides: Optional[list[str
             raise ConfigError(f"{e} ({named[0]} comes from the cell name '{cell}')") from None
         raise
     return cfg
+
+
+def _method_override_error(name: str, builtin: Optional[str], old: str, new: str) -> None:
+    """``method.name=X`` over a named config would keep the config's method settings, its
+    dataset's settings for that method and its display name: refused, with the config to use."""
+    what = f"the built-in config '{name}'" if name == builtin else f"the config '{name}'"
+    fix = compose.configs_with_method(builtin, new) if builtin else []
+    if name != builtin:  # a config file: its own settings stay with it
+        hint = f"set method.name: {new} in the config file, with that method's settings" + (
+            f", or rest the file on {fix[0]} (_base_: {fix[0]})" if fix else "")
+    elif fix:
+        hint = "use " + " or ".join(f"--config {c}" for c in fix[:3]) + " instead"
+    else:
+        hint = (f"no built-in config of {compose.split_name(builtin)[0]} uses method '{new}': write a config file "
+                f"with method.name: {new} and that method's settings")
+    raise ConfigError(f"method.name={new} on the command line changes the method of {what} ({old}), whose settings, "
+                      f"dataset settings and table name belong to {old}; {hint}")
 
 
 def is_device_name(name: Any) -> bool:
@@ -519,10 +545,16 @@ def validate(cfg: DictConfig) -> None:
     if cfg.data.small_size is not None and cfg.data.name not in ("imagefolder", "listfile"):
         raise ConfigError(f"data.small_size resizes image folders and list files, not data.name={cfg.data.name}; "
                           "remove it or use data.name=imagefolder")
-    if cfg.method.gbbn.inference_mix == "val" and not cfg.data.val_per_class and cfg.method.name == "gbbn":
-        raise ConfigError("method.gbbn.inference_mix=val picks the mix on a validation split; give data.val_per_class=N")
-    if not cfg.train.eval_test and not cfg.data.val_per_class:
-        raise ConfigError("train.eval_test=false leaves nothing to evaluate; give data.val_per_class=N for a validation split")
+    if cfg.data.val_list and cfg.data.name != "listfile":
+        raise ConfigError(f"data.val_list is the validation list of a list-file source, not of data.name={cfg.data.name}; "
+                          "remove it and give data.val_per_class=N to draw a validation split")
+    if cfg.data.val_list and cfg.data.val_per_class:
+        raise ConfigError("data.val_list and data.val_per_class both give a validation split; keep one of them")
+    give = "data.val_list=FILE" if cfg.data.name == "listfile" else "data.val_per_class=N"
+    if cfg.method.gbbn.inference_mix == "val" and not has_validation(cfg) and cfg.method.name == "gbbn":
+        raise ConfigError(f"method.gbbn.inference_mix=val picks the mix on a validation split; give {give}")
+    if not cfg.train.eval_test and not has_validation(cfg):
+        raise ConfigError(f"train.eval_test=false leaves nothing to evaluate; give {give} for a validation split")
     if not is_device_name(cfg.device):
         raise ConfigError(f"device={cfg.device!r} is not auto, cpu, cuda or cuda:N")
 

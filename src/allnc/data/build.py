@@ -42,6 +42,14 @@ class DataBundle:
     val_moved: Optional[dict] = None  # {class: images moved from training to validation}
 
 
+def has_validation(cfg: Any) -> bool:
+    """Whether the data (the whole config or its ``data`` section) have a validation split:
+    ``data.val_per_class`` images per class drawn from the left-out images, or a list file's
+    ``data.val_list``."""
+    d = section(cfg, "data")
+    return bool(d.val_per_class) or (d.name == "listfile" and bool(getattr(d, "val_list", None)))
+
+
 def _load(d: Any) -> Source:
     name = d.name
     if not isinstance(name, str) or name not in SOURCES:
@@ -97,6 +105,9 @@ def build_data(cfg: Any) -> DataBundle:
     moved: dict = {}
     if src.long_tailed:
         label = f"{base} {src.where} (as given; data.imbalance_factor ignored)"
+        if src.val is not None:
+            val = src.val
+            label += f", validation list {Path(str(d.val_list)).name} ({len(val.targets)} images)"
     elif factor == 1:
         label = f"{base} (full training set, IF 1)"
         kept = np.arange(len(train.targets))

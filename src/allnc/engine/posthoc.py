@@ -11,12 +11,14 @@ split, the test set read once, after the choice.
   ``logits - tau * log(prior)``, prior = the run's training class frequencies; any classifier;
   tau = 0 is the run's model.
 
-The validation split is the run's own (``data.val_per_class`` when it was trained) or else one
-drawn by the same rule (``val_split``) with ``val_per_class`` images per class; for classes
-whose left-out images are too few that split takes images the run trained on (the result
-names them). Features are computed once per split (``method.features``) and the corrected
-logits from them with ``method.classifier_weight()``; ties in validation top-1 go to the
-smaller tau (the lesser correction).
+The validation split is the run's own (``data.val_per_class`` or a list file's
+``data.val_list`` when it was trained) or else one drawn by the same rule (``val_split``) with
+``val_per_class`` images per class; for classes whose left-out images are too few that split
+takes images the run trained on (the result names them). A list-file run without one takes a
+validation list (``val_list``): list files are long-tailed as given, no split can be drawn.
+Features are computed once per split (``method.features``) and the corrected logits from them
+with ``method.classifier_weight()``; ties in validation top-1 go to the smaller tau (the lesser
+correction).
 """
 from __future__ import annotations
 
@@ -103,20 +105,38 @@ def _features(ctx: RunContext, bundle, choice, split: str):
     return torch.cat(hs), torch.cat(ys), first
 
 
-def _validation(ctx: RunContext, val_per_class: Optional[int], notes: list[str]):
+def _validation(ctx: RunContext, val_per_class: Optional[int], notes: list[str], val_list: Optional[str] = None):
     """(bundle, data path, description) whose ``val`` is the split tau is chosen on."""
     if val_per_class is not None and int(val_per_class) < 1:
         raise ConfigError(f"--val-per-class {val_per_class}: tau is chosen on a validation split; give at least 1 "
                           f"image per class (or leave the option out: {DEFAULT_VAL_PER_CLASS})")
-    own = int(ctx.cfg.data.val_per_class or 0)
-    if own and ctx.bundle.val is not None:
-        if val_per_class and int(val_per_class) != own:
-            notes.append(f"--val-per-class {val_per_class} ignored: the run has its own validation split "
-                         f"({own}/class)")
-        return ctx.bundle, ctx.choice, {"source": "the run's own (data.val_per_class)", "per_class": own,
-                                        "trained_on": {}}
-    n = int(DEFAULT_VAL_PER_CLASS if val_per_class is None else val_per_class)
+    listfile = ctx.cfg.data.name == "listfile"
+    if val_list and not listfile:
+        raise ConfigError(f"--val-list names the validation list of a list-file run; this run's data are "
+                          f"data.name={ctx.cfg.data.name}: leave it out (a split is drawn, --val-per-class)")
+    if ctx.bundle.val is not None:
+        own = int(ctx.cfg.data.val_per_class or 0)
+        given = [f"--val-per-class {val_per_class}"] if val_per_class and int(val_per_class) != own else []
+        given += [f"--val-list {val_list}"] if val_list and val_list != ctx.cfg.data.get("val_list") else []
+        if given:
+            notes.append(f"{' and '.join(given)} ignored: the run has its own validation split")
+        if own:
+            return ctx.bundle, ctx.choice, {"source": "the run's own (data.val_per_class)", "per_class": own,
+                                            "trained_on": {}}
+        return ctx.bundle, ctx.choice, {"source": f"the run's own (data.val_list={ctx.cfg.data.val_list})",
+                                        "per_class": None, "trained_on": {}}
     cfg = from_dict(to_dict(ctx.cfg))
+    if listfile:
+        if not val_list:
+            raise ConfigError("the run's list-file data have no validation split, and none can be drawn from them (list "
+                              "files are long-tailed as given); give one with --val-list FILE (a 'relative/path label' "
+                              "list, relative to data.root, such as ImageNet_LT_val.txt)")
+        set_key(cfg, "data.val_list", val_list, "--val-list")
+        bundle = dataclasses.replace(ctx.bundle, val=build_data(cfg).val)
+        choice = loaders.PipelineChoice(ctx.choice.fast, ctx.choice.reason)
+        return bundle, choice, {"source": f"--val-list {val_list} (the run had none)", "per_class": None,
+                                "trained_on": {}}
+    n = int(DEFAULT_VAL_PER_CLASS if val_per_class is None else val_per_class)
     set_key(cfg, "data.val_per_class", n, "--val-per-class")
     try:
         drawn = build_data(cfg)
@@ -145,7 +165,7 @@ def _run_figures(run_dir: Path) -> Optional[dict]:
 
 
 def posthoc(run_dir, method: str, device: str = "auto", val_per_class: Optional[int] = None,
-            overrides=()) -> dict:
+            overrides=(), val_list: Optional[str] = None) -> dict:
     """Correct a run's classifier with ``method`` (tau_norm | logit_adjust), choose tau on a
     balanced validation split, read the test set once, write RUN_DIR/posthoc_<method>.json
     (atomically) and return what it holds."""
@@ -182,7 +202,7 @@ def posthoc(run_dir, method: str, device: str = "auto", val_per_class: Optional[
         def logits(h, tau):
             return corrected_logits(h, W, b, method, tau, log_prior, scale)
 
-        vbundle, vchoice, vinfo = _validation(ctx, val_per_class, notes)
+        vbundle, vchoice, vinfo = _validation(ctx, val_per_class, notes, val_list)
         hv, yv, first = _features(ctx, vbundle, vchoice, "val")
         # the model's outputs come before the loss's own factor (LDAM's s; 1 elsewhere)
         same = corrected_logits(first[0], W, b, "logit_adjust", 0.0, log_prior, scale) / ctx.method.loss_logit_scale()

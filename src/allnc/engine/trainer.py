@@ -391,6 +391,7 @@ class Trainer:
                               "image_hw": list(self.bundle.image_hw), "in_channels": int(self.bundle.in_channels),
                               "small": bool(self.bundle.small)},
             **({"val": ev["val"], "val_per_class": int(self.cfg.data.val_per_class),
+                **({"val_list": str(self.cfg.data.val_list)} if self.cfg.data.get("val_list") else {}),
                 "val_moved_from_train": self.bundle.val_moved} if "val" in ev else {}),
             "epoch": int(self.cfg.train.epochs),
             "data": self.bundle.label,

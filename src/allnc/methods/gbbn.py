@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import dist
+from ..data import has_validation
 from ..data.samplers import MODES
 from ..losses import ClassMeanMemory, balanced_softmax_ce, log_prior, logit_adjusted_ce
 from ..models import BranchedNet, build_backbone, build_classifier
@@ -53,10 +54,10 @@ def adaptor_alpha(schedule: str, epoch: int, epochs: int, gamma: float = 2.0, st
     return float(ADAPTORS.get(schedule)(epoch / epochs, gamma, step_at))
 
 
-def effective_mix(mix: str, val_per_class: int) -> str:
+def effective_mix(mix: str, has_val: bool) -> str:
     """The inference mix a run uses: ``auto`` is ``val`` with a validation split, else ``final``."""
     if mix == "auto":
-        return "val" if val_per_class else "final"
+        return "val" if has_val else "final"
     return mix
 
 
@@ -119,7 +120,7 @@ class GBBN(Method):
         # the inference mix a of [a h_c ; (1 - a) h_r] (a buffer: checkpoints hold a chosen one)
         final = adaptor_alpha(g.schedule, int(cfg.train.epochs) - 1, int(cfg.train.epochs), float(g.gamma),
                               float(g.step_at))
-        self.inference_mix = effective_mix(g.inference_mix, int(cfg.data.val_per_class))
+        self.inference_mix = effective_mix(g.inference_mix, has_validation(cfg))
         self.register_buffer("infer_alpha", torch.tensor(final if self.inference_mix == "final" else 0.5))
         self.use_hycon, self.use_p2p = nc_terms.switches(cfg)
         self.hycon_both = self.use_hycon and cfg.method.hycon.anchors == "both"

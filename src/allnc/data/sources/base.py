@@ -141,6 +141,7 @@ class Source:
     root: str
     where: str  # human description of the files, e.g. "from image folder /data/c10 (JPEG)"
     long_tailed: bool = False  # already long-tailed (list files): no subsetting
+    val: Optional[Split] = None  # a validation split the source names itself (a list file's data.val_list)
 
 def _reason(e: BaseException) -> str:
     text = str(e).splitlines()[0] if str(e) else ""

@@ -16,7 +16,8 @@ def read_list_file(list_path: Path, root: Path) -> tuple[list[str], np.ndarray]:
     """Lines ``relative/path label`` (paths relative to ``root``; blank lines and lines
     starting with '#' are skipped); a bad line is a DataError naming file and line."""
     if not list_path.is_file():
-        raise DataError(f"list file {list_path} does not exist; data.train_list/test_list are relative to data.root")
+        raise DataError(f"list file {list_path} does not exist; data.train_list/test_list/val_list are relative to "
+                        "data.root")
     paths: list[str] = []
     labels: list[int] = []
     with open(list_path, encoding="utf-8-sig", errors="replace") as f:  # -sig: a BOM (Windows editors) is not a path
@@ -41,13 +42,15 @@ def read_list_file(list_path: Path, root: Path) -> tuple[list[str], np.ndarray]:
     return paths, np.asarray(labels, dtype=np.int64)
 
 def load_listfile(root: Optional[str], train_list: Optional[str], test_list: Optional[str],
-                  cache_dir: Optional[str] = None, small_size: Optional[int] = None) -> Source:
+                  cache_dir: Optional[str] = None, small_size: Optional[int] = None,
+                  val_list: Optional[str] = None) -> Source:
     """Image files named by "relative/path label" list files (ImageNet-LT, iNaturalist,
     Places-LT style). Class names are the label ids 0..K-1.
 
     These sets are already long-tailed: their counts are taken from the train list as
     given, ``data.imbalance_factor`` is ignored and no subset is drawn. With ``small_size``
-    every image is decoded into memory at ``small_size`` x ``small_size``.
+    every image is decoded into memory at ``small_size`` x ``small_size``. ``val_list`` (as
+    the others, relative to ``root``) is the validation split.
     """
     if not train_list or not test_list:
         raise DataError("data.name=listfile needs data.train_list and data.test_list "
@@ -58,11 +61,16 @@ def load_listfile(root: Optional[str], train_list: Optional[str], test_list: Opt
     tr_paths, tr_targets = read_list_file(tr_file, base)
     te_paths, te_targets = read_list_file(te_file, base)
     k = int(tr_targets.max()) + 1
-    beyond = np.flatnonzero(te_targets >= k)
-    if len(beyond):
-        i = int(beyond[0])
-        raise DataError(f"{te_file} labels {te_paths[i]} with class {int(te_targets[i])}, but {tr_file} has classes "
-                        f"0..{k - 1} only; fix the test list or give that class training images")
+    others = [(te_file, te_paths, te_targets, "test")]
+    if val_list:
+        va_file = Path(val_list) if Path(val_list).is_absolute() else base / val_list
+        others.append((va_file, *read_list_file(va_file, base), "validation"))
+    for o_file, o_paths, o_targets, what in others:
+        beyond = np.flatnonzero(o_targets >= k)
+        if len(beyond):
+            i = int(beyond[0])
+            raise DataError(f"{o_file} labels {o_paths[i]} with class {int(o_targets[i])}, but {tr_file} has classes "
+                            f"0..{k - 1} only; fix the {what} list or give that class training images")
     have = np.bincount(tr_targets, minlength=k)
     missing = np.flatnonzero(have == 0)
     if len(missing):
@@ -74,9 +82,13 @@ def load_listfile(root: Optional[str], train_list: Optional[str], test_list: Opt
     decide = probe(tr_paths)
     train = materialize(tr_paths, tr_targets, classes, cache_dir, f"list-{tr_file.stem}", decide, small_size)
     test = materialize(te_paths, te_targets, classes, cache_dir, f"list-{te_file.stem}", decide, small_size)
-    return Source(train, test, "list file", "list", str(base), f"from list file {tr_file}", long_tailed=True)
+    val = None
+    if val_list:
+        va_file, va_paths, va_targets, _ = others[1]
+        val = materialize(va_paths, va_targets, classes, cache_dir, f"list-{va_file.stem}", decide, small_size)
+    return Source(train, test, "list file", "list", str(base), f"from list file {tr_file}", long_tailed=True, val=val)
 
 
 @SOURCES.register("listfile")
 def _listfile(d: Any) -> Source:
-    return load_listfile(d.root, d.train_list, d.test_list, d.cache_dir, d.small_size)
+    return load_listfile(d.root, d.train_list, d.test_list, d.cache_dir, d.small_size, d.get("val_list"))
