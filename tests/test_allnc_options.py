@@ -51,7 +51,7 @@ def test_inference_mix_val_picks_the_best_validation_mix_and_keeps_it():
         hits = 0
         for x, y in data:
             t = m.net.trunk(x)
-            f = torch.cat([a * m.net.branch_c(t), (1 - a) * m.net.branch_r(t)], 1)
+            f = m.mix_scale * torch.cat([a * m.net.branch_c(t), (1 - a) * m.net.branch_r(t)], 1)
             hits += int((m.classifier(f).argmax(1) == y).sum())
         accs[a] = 100 * hits / 24
     best = max(accs.values())

@@ -15,7 +15,8 @@ FIXTURE = json.loads((Path(__file__).parent / "data" / "builtin_configs_before_c
 # validation split, and each dataset's validation-chosen baseline settings live in its
 # fragment's _methods_ section (Fashion-MNIST so far).
 ALLNC_DEFAULTS = {"method.gbbn.sampler": "balanced", "method.gbbn.inference_mix": "auto", "method.hycon.centre": True,
-                  "method.hycon.anchors": "both", "method.p2p.equinorm": 1.0}
+                  "method.hycon.anchors": "both", "method.p2p.equinorm": 1.0,
+                  "method.gbbn.mix_scale": 2.0}  # chosen again after the HyCon fix (trials --only allnc)
 FMNIST_CHOSEN = {
     "fmnist_lt_crt": {"train.epochs": 8, "train.lr": 0.1},
     "fmnist_lt_ldam_drw": {"method.ldam.max_margin": 0.3},

@@ -84,7 +84,8 @@ class GBBNConfig:
     # ce | la | bsce: the classification loss on the mixed logits
     cls_loss: str = "ce"
     # the mixed feature is mix_scale * [alpha h_c ; (1 - alpha) h_r], in training and at
-    # inference; BBN's released code uses 2 (then the bias weighs half as much against W h)
+    # inference; BBN's released code uses 2 (then the bias weighs half as much against W h), and
+    # so does AllNC's config (chosen on validation, docs/method.md "Defaults")
     mix_scale: float = 1.0
     # inference mix [a h_c ; (1 - a) h_r]: half (a = 0.5, BBN), final (a = the adaptor's last
     # alpha: progressive decoupling ends with the re-balancing branch in charge), val (a chosen
