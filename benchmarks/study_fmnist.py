@@ -182,7 +182,10 @@ def best(rows: list[dict]) -> dict:
 
 
 def provenance(args, command: str) -> dict:
-    return {"command": command, "git_commit": git_commit(), "host": platform.node(), "cpu_cores": os.cpu_count(),
+    from demo_time import cpu_model  # the sibling script (benchmarks/ is on the path of `python benchmarks/...`)
+
+    return {"command": command, "git_commit": git_commit(), "host": platform.node(), "cpu_model": cpu_model(),
+            "cpu_cores": os.cpu_count(),
             "threads_per_run": int(os.environ.get("OMP_NUM_THREADS", "1")), "parallel_runs": args.parallel,
             "date": time.strftime("%Y-%m-%d %H:%M:%S")}
 
