@@ -177,6 +177,17 @@ def trial_specs(cut: tuple[str, ...] = ()) -> list[dict]:
     return specs
 
 
+def trial_rows(out: Path, trials: list[tuple[str, str, list[str]]], missing: dict) -> list[dict]:
+    """One row per trial: its name, config and overrides, and its validation figures (``missing`` if it has none)."""
+    return [dict(name=n, config=c, overrides=o, **(val_figures(out / n) or missing)) for n, c, o in trials]
+
+
+def chosen_entry(r: dict) -> dict:
+    """What the trials file keeps of a method's chosen trial."""
+    return {"name": r["name"], "config": r["config"], "overrides": r["overrides"], "val_top1": r["val_top1"],
+            "inference_alpha": r.get("inference_alpha")}
+
+
 def best(rows: list[dict]) -> dict:
     return max(rows, key=lambda r: (r["val_top1"], -rows.index(r)))
 
@@ -201,8 +212,7 @@ def phase_trials(args) -> dict:
     rows = {}
     for method, trials in TRIALS.items():
         miss = {"cut": "not run: the study's time ran out (--cut)"} if method in cut else {"missing": True}
-        rows[method] = [dict(name=n, config=c, overrides=o, **(val_figures(out / n) or miss))
-                        for n, c, o in trials]
+        rows[method] = trial_rows(out, trials, miss)
     # cRT on the best instance-sampled CE trial's backbone
     ce_inst = [r for r in rows["ce"] if "val_top1" in r and "method.sampler=instance" in r["overrides"]]
     if ce_inst:
@@ -216,9 +226,7 @@ def phase_trials(args) -> dict:
     data = {**provenance(args, cmd), "val_per_class": VAL, "epochs": EPOCHS,
             "budget": {m: len(rs) for m, rs in rows.items()},
             "trials_run": {m: sum("val_top1" in r for r in rs) for m, rs in rows.items()}, "trials": rows,
-            "chosen": {m: {"name": r["name"], "config": r["config"], "overrides": r["overrides"],
-                           "val_top1": r["val_top1"], "inference_alpha": r.get("inference_alpha")}
-                       for m, r in chosen.items()}}
+            "chosen": {m: chosen_entry(r) for m, r in chosen.items()}}
     atomic_write_json(HERE / "results" / "fmnist_study_trials.json", data)
     for m, r in sorted(chosen.items(), key=lambda kv: -kv[1]["val_top1"]):
         print(f"{m:10s} {r['val_top1']:6.2f}  {r['name']}")
@@ -239,15 +247,12 @@ def phase_trials_only(args, only: tuple[str, ...], out: Path) -> dict:
     specs = [s for s in trial_specs() if any(s["name"] == n for m in only for n, _, _ in TRIALS[m])]
     run(specs, out, args, common(args) + [f"train.epochs={EPOCHS}", "train.eval_test=false"])
     for method in only:
-        rows = [dict(name=n, config=c, overrides=o, **(val_figures(out / n) or {"missing": True}))
-                for n, c, o in TRIALS[method]]
+        rows = trial_rows(out, TRIALS[method], {"missing": True})
         if not any("val_top1" in r for r in rows):
             raise SystemExit(f"--only {method}: no trial finished; the trials file is unchanged")
         data["trials"][method] = rows
         data["trials_run"][method] = sum("val_top1" in r for r in rows)
-        r = best([r for r in rows if "val_top1" in r])
-        data["chosen"][method] = {"name": r["name"], "config": r["config"], "overrides": r["overrides"],
-                                  "val_top1": r["val_top1"], "inference_alpha": r.get("inference_alpha")}
+        data["chosen"][method] = chosen_entry(best([r for r in rows if "val_top1" in r]))
     cmd = "python benchmarks/study_fmnist.py trials" + "".join(f" --only {m}" for m in only)
     data.setdefault("reruns", []).append({**provenance(args, cmd), "methods": list(only), "why": args.why})
     atomic_write_json(TRIALS_FILE, data)
