@@ -539,3 +539,22 @@ def test_list_file_validation_list_is_the_runs_validation_split(tmp_path):
     with pytest.raises(DataError, match=r"val9.txt labels .*0.png with class 9.*fix the validation list"):
         S.load_listfile(str(tmp_path), "train.txt", "test.txt", val_list="val9.txt")
     validate(cfg)
+
+
+def test_a_validation_list_read_alone_equals_the_one_loaded_with_the_data(tmp_path):
+    # what `allnc posthoc --val-list` reads: only the list, decoded as the run's training split
+    x, y = _list_dataset(tmp_path)
+    (tmp_path / "val.txt").write_text("img/sub dir/5.png 2\nimg/sub dir/1.png 0\nimg/sub dir/3.png 1\n")
+    src = S.load_listfile(str(tmp_path), "train.txt", "test.txt", val_list="val.txt")
+    (tmp_path / "train.txt").unlink()  # not read again
+    alone = S.load_list_split(str(tmp_path), "val.txt", src.train.classes, src.train.mode, src.train.in_memory)
+    assert alone.targets.tolist() == src.val.targets.tolist() == [2, 0, 1]
+    assert alone.classes == src.train.classes and alone.mode == src.val.mode
+    assert np.array_equal(alone.images, src.val.images)
+    # kept as paths where the run kept its images as paths
+    paths = S.load_list_split(str(tmp_path), "val.txt", src.train.classes, src.train.mode, in_memory=False)
+    assert paths.images is None and [p.split("/")[-1] for p in paths.paths] == ["5.png", "1.png", "3.png"]
+    (tmp_path / "val9.txt").write_text("img/sub dir/0.png 9\n")
+    with pytest.raises(DataError, match=r"val9.txt labels .*with class 9, but the run's training list has classes 0..2"):
+        S.load_list_split(str(tmp_path), "val9.txt", src.train.classes, src.train.mode, True,
+                          trained_on="the run's training list")

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from . import loaders
 from ..config import from_dict, set_key, to_dict
 from ..data import build_data
+from ..data.sources import load_list_split
 from ..errors import ConfigError, DataError
 from ..metrics import AccuracyAccumulator
 from ..models.heads import NormedLinear
@@ -125,17 +126,20 @@ def _validation(ctx: RunContext, val_per_class: Optional[int], notes: list[str],
                                             "trained_on": {}}
         return ctx.bundle, ctx.choice, {"source": f"the run's own (data.val_list={ctx.cfg.data.val_list})",
                                         "per_class": None, "trained_on": {}}
-    cfg = from_dict(to_dict(ctx.cfg))
     if listfile:
         if not val_list:
             raise ConfigError("the run's list-file data have no validation split, and none can be drawn from them (list "
                               "files are long-tailed as given); give one with --val-list FILE (a 'relative/path label' "
                               "list, relative to data.root, such as ImageNet_LT_val.txt)")
-        set_key(cfg, "data.val_list", val_list, "--val-list")
-        bundle = dataclasses.replace(ctx.bundle, val=build_data(cfg).val)
+        d, tr = ctx.cfg.data, ctx.bundle.train
+        # only the list is read, prepared as the run's training images (not the whole data set again)
+        val = load_list_split(d.root, val_list, ctx.bundle.classes, tr.mode, tr.in_memory, d.cache_dir, d.small_size,
+                              trained_on=f"the run's data.train_list {d.train_list}")
+        bundle = dataclasses.replace(ctx.bundle, val=val)
         choice = loaders.PipelineChoice(ctx.choice.fast, ctx.choice.reason)
         return bundle, choice, {"source": f"--val-list {val_list} (the run had none)", "per_class": None,
                                 "trained_on": {}}
+    cfg = from_dict(to_dict(ctx.cfg))
     n = int(DEFAULT_VAL_PER_CLASS if val_per_class is None else val_per_class)
     set_key(cfg, "data.val_per_class", n, "--val-per-class")
     try:

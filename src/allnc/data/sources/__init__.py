@@ -29,7 +29,7 @@ from .base import (
 from .cifar import load_cifar, read_cifar_pickles
 from .fmnist import FMNIST_CLASSES, FMNIST_DEBIAN, load_fmnist, read_fmnist_idx, read_idx
 from .imagefolder import load_imagefolder, scan_folder
-from .listfile import load_listfile, read_list_file
+from .listfile import load_list_split, load_listfile, read_list_file
 
 __all__ = [
     "DATA_HOME",
@@ -45,6 +45,7 @@ __all__ = [
     "load_cifar",
     "load_fmnist",
     "load_imagefolder",
+    "load_list_split",
     "load_listfile",
     "materialize",
     "probe",

@@ -10,7 +10,7 @@ from typing import Any, Optional
 import numpy as np
 
 from ...errors import DataError
-from .base import SOURCES, Source, materialize, probe
+from .base import SOURCES, Source, Split, materialize, probe
 
 def read_list_file(list_path: Path, root: Path) -> tuple[list[str], np.ndarray]:
     """Lines ``relative/path label`` (paths relative to ``root``; blank lines and lines
@@ -41,6 +41,30 @@ def read_list_file(list_path: Path, root: Path) -> tuple[list[str], np.ndarray]:
         raise DataError(f"list file {list_path} holds no 'relative/path label' lines")
     return paths, np.asarray(labels, dtype=np.int64)
 
+def _list_path(base: Path, name: str) -> Path:
+    """A list file's path: as given when absolute, else relative to ``data.root``."""
+    return Path(name) if Path(name).is_absolute() else base / name
+
+def _within(o_file: Path, o_paths: list[str], o_targets: np.ndarray, k: int, tr_file: Any, what: str) -> None:
+    """Every label of a test or validation list is one of the training classes 0..k-1."""
+    beyond = np.flatnonzero(o_targets >= k)
+    if len(beyond):
+        i = int(beyond[0])
+        raise DataError(f"{o_file} labels {o_paths[i]} with class {int(o_targets[i])}, but {tr_file} has classes "
+                        f"0..{k - 1} only; fix the {what} list or give that class training images")
+
+def load_list_split(root: Optional[str], list_name: str, classes: list[str], mode: str, in_memory: bool,
+                    cache_dir: Optional[str] = None, small_size: Optional[int] = None,
+                    trained_on: str = "the run's training list", what: str = "validation") -> Split:
+    """One more list (a validation list given after training) against the classes and the
+    decoding of data already loaded: ``mode`` ("L" or "RGB") and ``in_memory`` as the training
+    split has them, so its images are prepared exactly as the run's. Only this list is read."""
+    base = Path(root).expanduser() if root else Path(".")
+    f = _list_path(base, list_name)
+    paths, targets = read_list_file(f, base)
+    _within(f, paths, targets, len(classes), trained_on, what)
+    return materialize(paths, targets, classes, cache_dir, f"list-{f.stem}", (in_memory, mode), small_size)
+
 def load_listfile(root: Optional[str], train_list: Optional[str], test_list: Optional[str],
                   cache_dir: Optional[str] = None, small_size: Optional[int] = None,
                   val_list: Optional[str] = None) -> Source:
@@ -56,21 +80,16 @@ def load_listfile(root: Optional[str], train_list: Optional[str], test_list: Opt
         raise DataError("data.name=listfile needs data.train_list and data.test_list "
                         "(files of 'relative/path label' lines, relative to data.root)")
     base = Path(root).expanduser() if root else Path(".")
-    tr_file = Path(train_list) if Path(train_list).is_absolute() else base / train_list
-    te_file = Path(test_list) if Path(test_list).is_absolute() else base / test_list
+    tr_file, te_file = _list_path(base, train_list), _list_path(base, test_list)
     tr_paths, tr_targets = read_list_file(tr_file, base)
-    te_paths, te_targets = read_list_file(te_file, base)
     k = int(tr_targets.max()) + 1
-    others = [(te_file, te_paths, te_targets, "test")]
+    te_paths, te_targets = read_list_file(te_file, base)
+    _within(te_file, te_paths, te_targets, k, tr_file, "test")
+    va = None
     if val_list:
-        va_file = Path(val_list) if Path(val_list).is_absolute() else base / val_list
-        others.append((va_file, *read_list_file(va_file, base), "validation"))
-    for o_file, o_paths, o_targets, what in others:
-        beyond = np.flatnonzero(o_targets >= k)
-        if len(beyond):
-            i = int(beyond[0])
-            raise DataError(f"{o_file} labels {o_paths[i]} with class {int(o_targets[i])}, but {tr_file} has classes "
-                            f"0..{k - 1} only; fix the {what} list or give that class training images")
+        va_file = _list_path(base, val_list)
+        va = (va_file, *read_list_file(va_file, base))
+        _within(*va, k, tr_file, "validation")
     have = np.bincount(tr_targets, minlength=k)
     missing = np.flatnonzero(have == 0)
     if len(missing):
@@ -83,8 +102,8 @@ def load_listfile(root: Optional[str], train_list: Optional[str], test_list: Opt
     train = materialize(tr_paths, tr_targets, classes, cache_dir, f"list-{tr_file.stem}", decide, small_size)
     test = materialize(te_paths, te_targets, classes, cache_dir, f"list-{te_file.stem}", decide, small_size)
     val = None
-    if val_list:
-        va_file, va_paths, va_targets, _ = others[1]
+    if va is not None:
+        va_file, va_paths, va_targets = va
         val = materialize(va_paths, va_targets, classes, cache_dir, f"list-{va_file.stem}", decide, small_size)
     return Source(train, test, "list file", "list", str(base), f"from list file {tr_file}", long_tailed=True, val=val)
 
