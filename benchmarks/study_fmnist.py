@@ -3,6 +3,7 @@
     python benchmarks/study_fmnist.py trials [--out runs/study] [--parallel 2]
     python benchmarks/study_fmnist.py trials --only allnc --why "..."   # one method's trials again
     python benchmarks/study_fmnist.py long          # the top methods again at 30 epochs (validation)
+    python benchmarks/study_fmnist.py long --only allnc --why "..."    # one method's long run again
     python benchmarks/study_fmnist.py final         # every method at its chosen setting, test read once
     python benchmarks/study_fmnist.py posthoc       # tau-norm and post-hoc LA of the final CE runs (two rows)
     python benchmarks/study_fmnist.py records       # rewrite the final results files from their run dirs
@@ -245,6 +246,8 @@ def phase_trials_only(args, only: tuple[str, ...], out: Path) -> dict:
         raise SystemExit("--only needs --why \"...\": the reason the method's trials run again goes into the trials file")
     data = json.loads(TRIALS_FILE.read_text())
     specs = [s for s in trial_specs() if any(s["name"] == n for m in only for n, _, _ in TRIALS[m])]
+    for sp in specs:
+        move_aside(out / sp["name"])  # run again, not taken as finished
     run(specs, out, args, common(args) + [f"train.epochs={EPOCHS}", "train.eval_test=false"])
     for method in only:
         rows = trial_rows(out, TRIALS[method], {"missing": True})
@@ -269,7 +272,20 @@ def chosen_overrides(trials: dict, method: str) -> tuple[str, list[str]]:
     return c["config"], ovr
 
 
+def move_aside(run_dir: Path) -> Path | None:
+    """A run directory about to be run again is renamed (``<name>.before-<time>``), never
+    deleted or silently taken as finished; returns the new name (None if there was none)."""
+    if not run_dir.exists():
+        return None
+    dest = run_dir.with_name(f"{run_dir.name}.before-{time.strftime('%Y%m%d-%H%M%S')}")
+    run_dir.rename(dest)
+    print(f"{run_dir.name}: an earlier run moved aside to {dest.name}")
+    return dest
+
+
 def phase_long(args) -> dict:
+    if args.only:
+        return phase_long_only(args, tuple(args.only))
     trials = json.loads((HERE / "results" / "fmnist_study_trials.json").read_text())
     ranked = sorted(trials["chosen"], key=lambda m: -trials["chosen"][m]["val_top1"])
     top = [m for m in ranked if m != "crt"][:LONG_TOP]  # cRT re-trains a CE model: its ranking follows CE's
@@ -289,6 +305,47 @@ def phase_long(args) -> dict:
             "methods": rows,
             "ranking_12": sorted(rows, key=lambda m: -rows[m]["val_top1_12"]),
             "ranking_30": sorted([m for m in rows if "val_top1" in rows[m]], key=lambda m: -rows[m]["val_top1"])}
+    atomic_write_json(LONG_FILE, data)
+    print(json.dumps({k: data[k] for k in ("ranking_12", "ranking_30")}))
+    return data
+
+
+def phase_long_only(args, only: tuple[str, ...]) -> dict:
+    """``long --only METHOD``: run that method's 30-epoch run again at its current chosen
+    setting (after its trials ran again, ``trials --only``) and replace its row and both
+    rankings in the long file; the other rows stay. A ``reruns`` entry says at which commit and
+    why (``--why``)."""
+    if not args.why:
+        raise SystemExit("--only needs --why \"...\": the reason the method's long run runs again goes into the long file")
+    data = json.loads(LONG_FILE.read_text())
+    unknown = sorted(set(only) - set(data["methods"]))
+    if unknown:
+        raise SystemExit(f"--only {unknown[0]}: not a method of the long phase; choose from {', '.join(data['methods'])}")
+    trials = json.loads(TRIALS_FILE.read_text())
+    out = Path(args.out) / "long"
+    specs = []
+    for m in only:
+        cfg, ovr = chosen_overrides(trials, m)
+        name = f"{m}_e{LONG_EPOCHS}"
+        move_aside(out / name)
+        specs.append({"config": cfg, "name": name, "overrides": ovr + LONG})
+    stop = time.monotonic() + args.deadline if args.deadline else None
+    run(specs, out, args, common(args) + ["train.eval_test=false"], deadline=stop)
+    for m in only:
+        fig = val_figures(out / f"{m}_e{LONG_EPOCHS}")
+        if fig is None:
+            raise SystemExit(f"--only {m}: the run did not finish; the long file is unchanged")
+        data["methods"][m] = {"trial": trials["chosen"][m]["name"], "val_top1_12": trials["chosen"][m]["val_top1"], **fig}
+    rows = data["methods"]
+    data["ranking_12"] = sorted(rows, key=lambda m: -rows[m]["val_top1_12"])
+    data["ranking_30"] = sorted([m for m in rows if "val_top1" in rows[m]], key=lambda m: -rows[m]["val_top1"])
+    # the methods the phase would pick now (the best four at 12 epochs): a changed set is said, not hidden
+    ranked = [m for m in sorted(trials["chosen"], key=lambda m: -trials["chosen"][m]["val_top1"]) if m != "crt"]
+    now = set(ranked[:LONG_TOP]) | {"allnc"}
+    cmd = "python benchmarks/study_fmnist.py long" + "".join(f" --only {m}" for m in only)
+    data.setdefault("reruns", []).append({**provenance(args, cmd), "methods": list(only), "why": args.why,
+                                          "set_unchanged": now == set(rows),
+                                          **({} if now == set(rows) else {"set_now": sorted(now)})})
     atomic_write_json(LONG_FILE, data)
     print(json.dumps({k: data[k] for k in ("ranking_12", "ranking_30")}))
     return data
@@ -699,8 +756,9 @@ def main(argv=None) -> int:
     p.add_argument("--cut", action="append", metavar="METHOD",
                    help="trials: do not run this method's unfinished trials (recorded as cut); repeatable")
     p.add_argument("--only", action="append", metavar="METHOD",
-                   help="trials: run only this method's trials again and replace its rows in the trials file; repeatable")
-    p.add_argument("--why", default=None, help="trials --only: why the method's trials run again (kept in the file)")
+                   help="trials, long: run only this method's trials (its long run) again and replace its rows in the "
+                        "trials (long) file; repeatable")
+    p.add_argument("--why", default=None, help="--only: why the method runs again (kept in the file)")
     p.add_argument("--data-root", default=None, help="Fashion-MNIST IDX folder (default: Debian's place)")
     p.add_argument("--trials-file", default=str(TRIALS_FILE), help="render: the trials results file")
     p.add_argument("--check", action="store_true", help="render: change nothing, exit 1 if a doc is stale")

@@ -99,3 +99,15 @@ def test_long_table_shows_the_change_and_both_rankings():
     assert "| 87.10 | not finished |" in rows[2]
     assert "After 30 epochs: AllNC > CE + class-balanced sampling." in text
     assert study.render_long_table(None).startswith("Not run yet")
+
+
+def test_a_run_done_again_moves_the_earlier_one_aside(tmp_path):
+    # `--only` runs a method again: an earlier run directory must neither be taken as finished
+    # (the grid skips finished runs) nor be lost
+    run = tmp_path / "allnc_e30"
+    run.mkdir()
+    (run / "metrics.json").write_text('{"val": {"top1": 1.0}}')
+    moved = study.move_aside(run)
+    assert not run.exists() and moved.parent == tmp_path and moved.name.startswith("allnc_e30.before-")
+    assert (moved / "metrics.json").read_text() == '{"val": {"top1": 1.0}}'
+    assert study.move_aside(tmp_path / "never_ran") is None
