@@ -36,7 +36,13 @@ fi
 
 if [ -z "${TARGET:-}" ]; then
   # --no-index: nothing is fetched; dependencies the Python has already (torch, numpy, ...) are kept
-  "${PIP[@]}" --find-links "$WHEELS" -e . 2>&1 | grep -v -i "warning: location" || true
+  if ! out=$("${PIP[@]}" --find-links "$WHEELS" -e . 2>&1); then
+    echo "$out" | grep -v -i "warning: location" >&2
+    echo "device_install: pip could not install allnc offline (its message is above): a dependency the image lacks" \
+      "needs its wheel in $WHEELS/" >&2
+    exit 1
+  fi
+  echo "$out" | grep -v -i "warning: location" || true
   where="the environment of $PY (editable)"
 else
   # pip ignores what the environment holds when it installs into a folder, so every wheel goes
