@@ -283,14 +283,19 @@ def move_aside(run_dir: Path) -> Path | None:
     return dest
 
 
+def long_methods(trials: dict) -> list[str]:
+    """The methods the long phase runs: the best LONG_TOP on validation at 12 epochs, AllNC
+    added if not among them; cRT re-trains a CE model, so its ranking follows CE's."""
+    ranked = sorted(trials["chosen"], key=lambda m: -trials["chosen"][m]["val_top1"])
+    top = [m for m in ranked if m != "crt"][:LONG_TOP]
+    return top if "allnc" in top else top + ["allnc"]
+
+
 def phase_long(args) -> dict:
     if args.only:
         return phase_long_only(args, tuple(args.only))
     trials = json.loads((HERE / "results" / "fmnist_study_trials.json").read_text())
-    ranked = sorted(trials["chosen"], key=lambda m: -trials["chosen"][m]["val_top1"])
-    top = [m for m in ranked if m != "crt"][:LONG_TOP]  # cRT re-trains a CE model: its ranking follows CE's
-    if "allnc" not in top:
-        top.append("allnc")
+    top = long_methods(trials)
     specs = []
     for m in top:
         cfg, ovr = chosen_overrides(trials, m)
@@ -314,7 +319,8 @@ def phase_long_only(args, only: tuple[str, ...]) -> dict:
     """``long --only METHOD``: run that method's 30-epoch run again at its current chosen
     setting (after its trials ran again, ``trials --only``) and replace its row and both
     rankings in the long file; the other rows stay. A ``reruns`` entry says at which commit and
-    why (``--why``)."""
+    why (``--why``). It always starts over: an earlier run directory, finished or interrupted, is
+    moved aside (``move_aside``)."""
     if not args.why:
         raise SystemExit("--only needs --why \"...\": the reason the method's long run runs again goes into the long file")
     data = json.loads(LONG_FILE.read_text())
@@ -340,8 +346,7 @@ def phase_long_only(args, only: tuple[str, ...]) -> dict:
     data["ranking_12"] = sorted(rows, key=lambda m: -rows[m]["val_top1_12"])
     data["ranking_30"] = sorted([m for m in rows if "val_top1" in rows[m]], key=lambda m: -rows[m]["val_top1"])
     # the methods the phase would pick now (the best four at 12 epochs): a changed set is said, not hidden
-    ranked = [m for m in sorted(trials["chosen"], key=lambda m: -trials["chosen"][m]["val_top1"]) if m != "crt"]
-    now = set(ranked[:LONG_TOP]) | {"allnc"}
+    now = set(long_methods(trials))
     cmd = "python benchmarks/study_fmnist.py long" + "".join(f" --only {m}" for m in only)
     data.setdefault("reruns", []).append({**provenance(args, cmd), "methods": list(only), "why": args.why,
                                           "set_unchanged": now == set(rows),

@@ -111,3 +111,14 @@ def test_a_run_done_again_moves_the_earlier_one_aside(tmp_path):
     assert not run.exists() and moved.parent == tmp_path and moved.name.startswith("allnc_e30.before-")
     assert (moved / "metrics.json").read_text() == '{"val": {"top1": 1.0}}'
     assert study.move_aside(tmp_path / "never_ran") is None
+
+
+def test_the_long_phase_takes_the_best_four_without_crt_and_always_allnc():
+    def chosen(**val):
+        return {"chosen": {m: {"val_top1": v} for m, v in val.items()}}
+
+    assert study.LONG_TOP == 4
+    t = chosen(crt=99, ce=90, bcl=89, la=88, ldam_drw=87, allnc=80, bbn=70)
+    assert study.long_methods(t) == ["ce", "bcl", "la", "ldam_drw", "allnc"]  # cRT left out, AllNC added
+    t = chosen(ce=90, allnc=89.5, bcl=89, la=88, ldam_drw=87)
+    assert study.long_methods(t) == ["ce", "allnc", "bcl", "la"]  # AllNC among them: not added twice
