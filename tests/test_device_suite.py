@@ -213,7 +213,7 @@ def test_resumed_runs_that_got_no_slot_are_carried_on(tmp_path, monkeypatch):
         assert sorted(tf.getnames()) == sorted(f"{c}/checkpoint.pt" for c in cells.values())
 
 
-def _install(env_extra: dict, tmp_path: Path) -> subprocess.CompletedProcess:
+def _install(env_extra: dict) -> subprocess.CompletedProcess:
     env = {**os.environ, **env_extra}
     return subprocess.run(["bash", str(ROOT / "scripts" / "device_install.sh")], env=env, capture_output=True,
                           text=True, timeout=120)
@@ -221,9 +221,9 @@ def _install(env_extra: dict, tmp_path: Path) -> subprocess.CompletedProcess:
 
 def test_device_install_refuses_a_python_without_torch_and_a_missing_wheel_folder(tmp_path):
     # the offline install never downloads torch, and says which of its two inputs is missing
-    r = _install({"PYTHON": "/bin/false", "WHEELS": str(tmp_path)}, tmp_path)
+    r = _install({"PYTHON": "/bin/false", "WHEELS": str(tmp_path)})
     assert r.returncode == 2 and "has no torch/torchvision" in r.stderr and r.stderr.count("\n") == 1
-    r = _install({"PYTHON": sys.executable, "WHEELS": str(tmp_path / "nowhere")}, tmp_path)
+    r = _install({"PYTHON": sys.executable, "WHEELS": str(tmp_path / "nowhere")})
     assert r.returncode == 2 and "no wheel folder" in r.stderr and "nowhere" in r.stderr
 
 
@@ -232,7 +232,7 @@ def test_device_install_stops_with_one_line_when_pip_cannot_install_offline(tmp_
     # an empty wheel folder lacks the build's setuptools: pip fails with no index to turn to, and
     # the script stops there with a line naming the wheel folder, not a traceback further on
     # (were pip to succeed, it would only install this checkout again, as the test setup does)
-    r = _install({"PYTHON": sys.executable, "WHEELS": str(tmp_path)}, tmp_path)
+    r = _install({"PYTHON": sys.executable, "WHEELS": str(tmp_path)})
     assert r.returncode == 1, r.stderr
     assert r.stderr.strip().splitlines()[-1].startswith("device_install: pip could not install allnc offline")
     assert str(tmp_path) in r.stderr and "Traceback" not in r.stderr
