@@ -27,11 +27,10 @@ import sys
 import time
 from pathlib import Path
 
-from allnc.engine.runtime import git_commit, versions
+from allnc.engine.runtime import cpu_model, git_commit, versions
 from allnc.grid import run_grid
 from allnc.rundir import atomic_write_json
 
-from demo_time import cpu_model  # sibling scripts (benchmarks/ is on the path of `python benchmarks/...`)
 from device_suite import PLANS, make_tiny_cifar
 
 ROOT = Path(__file__).resolve().parents[1]

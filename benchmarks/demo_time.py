@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from allnc.engine.runtime import git_commit
+from allnc.engine.runtime import cpu_model, git_commit
 from allnc.rundir import atomic_write_json
 
 HERE = Path(__file__).resolve().parent
@@ -33,16 +33,6 @@ EARLIER = ["method.gbbn.sampler=reversed", "method.gbbn.inference_mix=half", "me
 # (row, config, overrides), timed one after the other
 RUNS = (("earlier", "fmnist_lt_allnc", EARLIER), ("full", "fmnist_lt_allnc", []), ("demo", "fmnist_lt_allnc_fast", []))
 EARLIER_ROWS = [name for name, _, _ in RUNS if name != "demo"]  # what today's demo is compared with
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main(argv=None) -> int:

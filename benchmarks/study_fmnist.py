@@ -44,7 +44,7 @@ from pathlib import Path
 
 from allnc.config import cell_name, cell_posthoc
 from allnc.rundir import atomic_write_json
-from allnc.engine.runtime import git_commit
+from allnc.engine.runtime import cpu_model, git_commit
 from allnc.grid import run_grid
 from allnc.report.results import (METHOD_NAMES, load_results, markdown_blocks, mean_std, method_label, posthoc_record,
                                   result_record, split_config_name, table_id, update_markdown)
@@ -194,8 +194,6 @@ def best(rows: list[dict]) -> dict:
 
 
 def provenance(args, command: str) -> dict:
-    from demo_time import cpu_model  # the sibling script (benchmarks/ is on the path of `python benchmarks/...`)
-
     return {"command": command, "git_commit": git_commit(), "host": platform.node(), "cpu_model": cpu_model(),
             "cpu_cores": os.cpu_count(),
             "threads_per_run": int(os.environ.get("OMP_NUM_THREADS", "1")), "parallel_runs": args.parallel,
@@ -291,25 +289,41 @@ def long_methods(trials: dict) -> list[str]:
     return top if "allnc" in top else top + ["allnc"]
 
 
+def long_name(method: str) -> str:
+    return f"{method}_e{LONG_EPOCHS}"
+
+
+def run_long(args, trials: dict, methods, out: Path) -> None:
+    """The methods' 30-epoch runs at their chosen settings, validation only."""
+    specs = []
+    for m in methods:
+        cfg, ovr = chosen_overrides(trials, m)
+        specs.append({"config": cfg, "name": long_name(m), "overrides": ovr + LONG})
+    stop = time.monotonic() + args.deadline if args.deadline else None
+    run(specs, out, args, common(args) + ["train.eval_test=false"], deadline=stop)
+
+
+def long_row(trials: dict, method: str, figures: dict) -> dict:
+    """A method's row of the long file: its chosen trial, that trial's 12-epoch figure, the 30-epoch figures."""
+    return {"trial": trials["chosen"][method]["name"], "val_top1_12": trials["chosen"][method]["val_top1"], **figures}
+
+
+def long_rankings(rows: dict) -> dict:
+    return {"ranking_12": sorted(rows, key=lambda m: -rows[m]["val_top1_12"]),
+            "ranking_30": sorted([m for m in rows if "val_top1" in rows[m]], key=lambda m: -rows[m]["val_top1"])}
+
+
 def phase_long(args) -> dict:
     if args.only:
         return phase_long_only(args, tuple(args.only))
-    trials = json.loads((HERE / "results" / "fmnist_study_trials.json").read_text())
+    trials = json.loads(TRIALS_FILE.read_text())
     top = long_methods(trials)
-    specs = []
-    for m in top:
-        cfg, ovr = chosen_overrides(trials, m)
-        specs.append({"config": cfg, "name": f"{m}_e{LONG_EPOCHS}", "overrides": ovr + LONG})
     out = Path(args.out) / "long"
-    stop = time.monotonic() + args.deadline if args.deadline else None
-    run(specs, out, args, common(args) + ["train.eval_test=false"], deadline=stop)
+    run_long(args, trials, top, out)
     # "ce" is its best trial, which samples class-balanced (the CE + RS row)
-    rows = {m: {"trial": trials["chosen"][m]["name"], "val_top1_12": trials["chosen"][m]["val_top1"],
-                **(val_figures(out / f"{m}_e{LONG_EPOCHS}") or {})} for m in top}
+    rows = {m: long_row(trials, m, val_figures(out / long_name(m)) or {}) for m in top}
     data = {**provenance(args, "python benchmarks/study_fmnist.py long"), "epochs": LONG_EPOCHS, "extra": LONG,
-            "methods": rows,
-            "ranking_12": sorted(rows, key=lambda m: -rows[m]["val_top1_12"]),
-            "ranking_30": sorted([m for m in rows if "val_top1" in rows[m]], key=lambda m: -rows[m]["val_top1"])}
+            "methods": rows, **long_rankings(rows)}
     atomic_write_json(LONG_FILE, data)
     print(json.dumps({k: data[k] for k in ("ranking_12", "ranking_30")}))
     return data
@@ -329,22 +343,16 @@ def phase_long_only(args, only: tuple[str, ...]) -> dict:
         raise SystemExit(f"--only {unknown[0]}: not a method of the long phase; choose from {', '.join(data['methods'])}")
     trials = json.loads(TRIALS_FILE.read_text())
     out = Path(args.out) / "long"
-    specs = []
     for m in only:
-        cfg, ovr = chosen_overrides(trials, m)
-        name = f"{m}_e{LONG_EPOCHS}"
-        move_aside(out / name)
-        specs.append({"config": cfg, "name": name, "overrides": ovr + LONG})
-    stop = time.monotonic() + args.deadline if args.deadline else None
-    run(specs, out, args, common(args) + ["train.eval_test=false"], deadline=stop)
+        move_aside(out / long_name(m))
+    run_long(args, trials, only, out)
     for m in only:
-        fig = val_figures(out / f"{m}_e{LONG_EPOCHS}")
+        fig = val_figures(out / long_name(m))
         if fig is None:
             raise SystemExit(f"--only {m}: the run did not finish; the long file is unchanged")
-        data["methods"][m] = {"trial": trials["chosen"][m]["name"], "val_top1_12": trials["chosen"][m]["val_top1"], **fig}
+        data["methods"][m] = long_row(trials, m, fig)
     rows = data["methods"]
-    data["ranking_12"] = sorted(rows, key=lambda m: -rows[m]["val_top1_12"])
-    data["ranking_30"] = sorted([m for m in rows if "val_top1" in rows[m]], key=lambda m: -rows[m]["val_top1"])
+    data.update(long_rankings(rows))
     # the methods the phase would pick now (the best four at 12 epochs): a changed set is said, not hidden
     now = set(long_methods(trials))
     cmd = "python benchmarks/study_fmnist.py long" + "".join(f" --only {m}" for m in only)

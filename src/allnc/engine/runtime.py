@@ -75,6 +75,17 @@ def versions() -> dict:
             "python": platform.python_version()}
 
 
+def cpu_model() -> str:
+    """The processor's model name (Linux's /proc/cpuinfo), else what ``platform`` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def git_commit() -> str | None:
     """The checkout's commit; where there is no git repository (a copied working tree on
     another machine) the ALLNC_COMMIT environment variable says it."""
