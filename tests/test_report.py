@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from matplotlib.transforms import Bbox
 
 from allnc.errors import RunDirError
 from allnc.metrics import (
@@ -21,7 +22,7 @@ from allnc.metrics import (
     nc_summary,
     save_nc,
 )
-from allnc.report import compare_runs, write_report
+from allnc.report import compare_runs, plots, write_report
 
 K, D = 8, 12
 TRAIN_COUNTS = [300, 180, 120, 90, 50, 25, 12, 6]  # many 3 / medium 3 / few 2
@@ -361,3 +362,33 @@ def test_compare_shows_validation_accuracy_and_a_run_that_never_read_the_test_se
     val_rows = [l for l in rest.split("## Minority")[0].splitlines() if l.startswith("| ")][1:]
     assert val_rows == ["| b | 61.25 | 70.50 (3 classes) | 55.00 (3 classes) | 40.25 (2 classes) |"]
     assert "## Validation split" not in compare_runs([a], tmp_path / "cmp1").read_text()
+
+
+def test_point_names_do_not_overlap_where_points_crowd(tmp_path, monkeypatch):
+    """Two classes with nearly the same count and norm (Fashion-MNIST's T-shirt/top and
+    Trouser under CE): each name goes where it covers no other name."""
+    rec = _Figures(monkeypatch)
+    counts = [5700, 5000, 4400, 300, 60]
+    names = ["T-shirt/top", "Trouser", "Pullover", "Bag", "Ankle boot"]
+    per_class = {"w_norm": [3.12, 3.06, 3.10, 2.3, 1.6], "means_norm": [2.7, 4.3, 2.72, 3.3, 2.7],
+                 "train_count": counts}
+    plots.plot_norms_vs_size(per_class, tmp_path / "norms.png", class_names=names)
+    fig = rec.figs["norms.png"]
+    renderer = fig.canvas.get_renderer()
+    r = 2 * fig.dpi / 72  # the markers' radius (s=16: 4 points across)
+    for ax, k in zip(fig.axes, ("w_norm", "means_norm")):
+        boxes = [t.get_window_extent(renderer) for t in ax.texts]
+        assert sorted(t.get_text() for t in ax.texts) == sorted(names)
+        for i in range(len(boxes)):
+            for j in range(i):
+                assert plots._overlap(boxes[i], boxes[j]) == 0, (ax.texts[i].get_text(), ax.texts[j].get_text())
+        # nor does a name cover a point
+        for (px, py) in ax.transData.transform(np.column_stack([counts, per_class[k]])):
+            dot = Bbox.from_extents(px - r, py - r, px + r, py + r)
+            assert all(plots._overlap(b, dot) == 0 for b in boxes)
+    # the naive spot (every name right-above its point) does overlap here, so the test can fail
+    ax = fig.axes[0]
+    naive = [ax.annotate(n, (c, v), xytext=(3, 3), textcoords="offset points", fontsize=6)
+             for n, c, v in zip(names, counts, per_class["w_norm"])]
+    nb = [t.get_window_extent(renderer) for t in naive]
+    assert any(plots._overlap(nb[i], nb[j]) > 0 for i in range(len(nb)) for j in range(i))

@@ -17,6 +17,7 @@ from typing import Iterable, Mapping, Optional, Sequence
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.transforms import Bbox
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
 from .. import rundir
@@ -92,6 +93,59 @@ def _save(fig: Figure, path) -> Path:
     path = Path(path)
     rundir.atomic_write_bytes(path, lambda f: fig.savefig(f, format="png"))
     return path
+
+
+# where a point's name may go, in points from the point: right-above first, then
+# right-below, left-above, left-below, above, below, then the same a line further out
+_LABEL_SPOTS = tuple((dx, dy * far, ha, va) for far in (1, 3) for dx, dy, ha, va in (
+    (3, 3, "left", "bottom"), (3, -3, "left", "top"), (-3, 3, "right", "bottom"),
+    (-3, -3, "right", "top"), (0, 5, "center", "bottom"), (0, -5, "center", "top")))
+
+
+def place_point_labels(ax, xs: Sequence[float], ys: Sequence[float], texts: Sequence[str], marker_pt: float = 3.0,
+                       **text_kw) -> list:
+    """Name each point (xs[i], ys[i]) with texts[i], each name at the first of ``_LABEL_SPOTS``
+    where it covers no name placed before it and no point (a box of ``marker_pt`` points
+    either side) and stays inside the axes (else where it covers least). Call it after the
+    figure's layout and the axes' limits are final: the spots are measured on the drawn
+    figure. Returns the annotations."""
+    fig = ax.figure
+    renderer = fig.canvas.get_renderer()
+    frame = ax.get_window_extent(renderer)
+    r = marker_pt * fig.dpi / 72
+    placed: list = [Bbox.from_extents(px - r, py - r, px + r, py + r)
+                    for px, py in ax.transData.transform(np.column_stack([xs, ys]))] if len(texts) else []
+    out = []
+    for i in range(len(texts)):
+        best = None
+        for dx, dy, ha, va in _LABEL_SPOTS:
+            ann = ax.annotate(texts[i], (xs[i], ys[i]), xytext=(dx, dy), textcoords="offset points",
+                              ha=ha, va=va, **text_kw)
+            box = ann.get_window_extent(renderer)
+            cost = sum(_overlap(box, b) for b in placed) + _outside(box, frame)
+            if best is None or cost < best[0]:
+                if best is not None:
+                    best[1].remove()
+                best = (cost, ann, box)
+            else:
+                ann.remove()
+            if cost == 0:
+                break
+        placed.append(best[2])
+        out.append(best[1])
+    return out
+
+
+def _overlap(a, b) -> float:
+    """Area (display pixels) shared by two boxes."""
+    w = min(a.x1, b.x1) - max(a.x0, b.x0)
+    h = min(a.y1, b.y1) - max(a.y0, b.y0)
+    return w * h if w > 0 and h > 0 else 0.0
+
+
+def _outside(box, frame) -> float:
+    """Area (display pixels) of ``box`` outside ``frame``."""
+    return box.width * box.height - _overlap(box, frame)
 
 
 def _finite(v) -> bool:
@@ -350,11 +404,6 @@ def plot_norms_vs_size(per_class: Mapping, path, train_counts: Optional[Sequence
             sel = np.array([group_of(int(n)) == g for n in tc]) & np.isfinite(vals) & (tc > 0)
             if sel.any():
                 ax.scatter(tc[sel], vals[sel], s=16, color=GROUP_COLORS[g], label=f"{g} ({int(sel.sum())})")
-        if K <= 20:
-            for c in range(K):
-                if np.isfinite(vals[c]) and tc[c] > 0:
-                    ax.annotate(str(class_names[c]) if class_names is not None else str(c), (tc[c], vals[c]),
-                                xytext=(3, 3), textcoords="offset points", fontsize=6, color="0.25")
         ax.set_xscale("log")
         for j, b in enumerate((FEW_BELOW, MANY_ABOVE)):
             ax.axvline(b, color="k", ls="--", lw=0.7,
@@ -373,6 +422,15 @@ def plot_norms_vs_size(per_class: Mapping, path, train_counts: Optional[Sequence
     fig.legend(handles, labs, fontsize=8, loc="lower center", ncol=len(labs), frameon=False)
     fig.suptitle(title or "Per-class norms against class size")
     fig.tight_layout(rect=(0, 0.06, 1, 1))
+    if K <= 20:  # names last: their spots are measured on the final layout
+        for ax, (k, _) in zip(axes, panels):
+            vals = np.asarray([v if _finite(v) else np.nan for v in per_class[k]], dtype=float)
+            ax.set_xlim(ax.get_xlim())
+            ax.set_ylim(ax.get_ylim())
+            shown = [c for c in range(K) if np.isfinite(vals[c]) and tc[c] > 0]
+            place_point_labels(ax, [tc[c] for c in shown], [vals[c] for c in shown],
+                               [str(class_names[c]) if class_names is not None else str(c) for c in shown],
+                               fontsize=6, color="0.25")
     return _save(fig, path)
 
 
