@@ -75,7 +75,8 @@ def test_tiny_suite_writes_one_results_file_per_plan_cell(tiny_suite):
 
 
 def test_tiny_suite_skips_cells_with_results(tiny_suite, tmp_path):
-    """Run again on the same results folder: nothing is trained twice."""
+    """Run again on the same results folder: nothing is trained twice, and the smoke, which
+    only warms the plan's compiled graphs, is skipped."""
     r, out, results = tiny_suite
     out2 = tmp_path / "again"
     env = dict(os.environ, PYTHON=sys.executable)
@@ -84,6 +85,9 @@ def test_tiny_suite_skips_cells_with_results(tiny_suite, tmp_path):
     assert r2.returncode == 0, r2.stdout[-2000:]
     plan = json.loads((out2 / "suite.json").read_text())["stages"]["plan"]
     assert len(plan["skipped"]) == 7 and plan["done"] == []
+    stages = json.loads((out2 / "suite.json").read_text())["stages"]
+    assert stages["smoke"] == {"skipped": "every plan cell has its results file"}
+    assert not (tmp_path / "again-work" / "smoke").exists()
 
 
 def test_throughput_counts_only_the_common_window():
@@ -144,7 +148,7 @@ def test_an_unfinished_run_is_carried_to_the_next_suite_and_finished_there(tmp_p
     from allnc.engine.stepper import Stepper
     from allnc.engine.trainer import Trainer
 
-    args = ["--epochs", "6", "--methods", "ce", "--smoke-methods", "ce", "--no-speed"]
+    args = ["--epochs", "6", "--methods", "ce", "--no-smoke", "--no-speed"]
     first = suite_mod.Suite(suite_mod.parse(["--tiny", *args, "--out", str(tmp_path / "out1"), "--results",
                                              str(tmp_path / "res"), "--work", str(tmp_path / "work1")]))
     cell = cell_name("cifar10_lt_ce", 10.0, 6, 0)
@@ -182,6 +186,8 @@ def test_an_unfinished_run_is_carried_to_the_next_suite_and_finished_there(tmp_p
     plan = json.loads((tmp_path / "out2" / "suite.json").read_text())["stages"]["plan"]
     assert plan["resumed"] == {cell: 5} and plan["done"] == [cell] and plan["resume_tar"] == []
     assert not (tmp_path / "out2" / "resume.tar").exists()
+    smoke = json.loads((tmp_path / "out2" / "suite.json").read_text())["stages"]["smoke"]
+    assert smoke == {"skipped": "--no-smoke"} and not (tmp_path / "work2" / "smoke").exists()
 
 
 def test_resumed_runs_that_got_no_slot_are_carried_on(tmp_path, monkeypatch):
