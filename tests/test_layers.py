@@ -8,7 +8,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "allnc"
 
 # bottom to top; a module may import its own layer and the layers below
 LAYERS = [
-    {"allnc", "errors", "registry", "dist", "rundir", "config_io"},  # the ground floor
+    {"allnc", "errors", "registry", "dist", "rundir", "config_io", "plugins"},  # the ground floor
     {"data"},
     {"models"},
     {"losses"},

@@ -12,6 +12,7 @@ command line (unknown keys and bad values raise ``allnc.errors.ConfigError``).
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Optional
 
@@ -25,9 +26,23 @@ from .engine.evaluate import evaluate_accuracy, neural_collapse
 from .engine.trainer import Trainer
 
 
-def _apply(cfg: DictConfig, overrides: Optional[dict], kwargs: dict) -> DictConfig:
+def _items(overrides: Optional[dict], kwargs: dict) -> dict:
     items = dict(overrides or {})
     items.update({k.replace("__", "."): v for k, v in kwargs.items()})
+    return items
+
+
+def _load(config_or_name: str | DictConfig, items: dict) -> DictConfig:
+    """The config, with ``plugins`` (if given) imported before its tree is built."""
+    if "plugins" not in items:
+        return config_or_name if isinstance(config_or_name, DictConfig) else load_config(config_or_name)
+    if isinstance(config_or_name, DictConfig):
+        raise ConfigError("plugins must be imported before a config is built: give them with the config's name "
+                          "(train(name, out, {'plugins': [...]})), not with a built config")
+    return load_config(config_or_name, [f"plugins={json.dumps(items.pop('plugins'))}"])
+
+
+def _apply(cfg: DictConfig, items: dict) -> DictConfig:
     for key, value in items.items():
         set_key(cfg, key, value, "the Python call")
     validate(cfg)
@@ -35,15 +50,17 @@ def _apply(cfg: DictConfig, overrides: Optional[dict], kwargs: dict) -> DictConf
 
 
 def config(name_or_path: str, overrides: Optional[dict] = None, **kwargs: Any) -> DictConfig:
-    """A resolved config: a built-in name, a cell name or a YAML file, then the overrides."""
-    return _apply(load_config(name_or_path), overrides, kwargs)
+    """A resolved config: a built-in name, a cell name or a YAML file, then the overrides
+    (``plugins`` among them are imported first)."""
+    items = _items(overrides, kwargs)
+    return _apply(_load(name_or_path, items), items)
 
 
 def train(config_or_name: str | DictConfig, out: str | Path, overrides: Optional[dict] = None, *,
           resume: bool = False, overwrite: bool = False, log=print, **kwargs: Any) -> dict:
     """Train and return the final metrics (the content of ``out/metrics.json``)."""
-    cfg = config_or_name if isinstance(config_or_name, DictConfig) else load_config(config_or_name)
-    cfg = _apply(cfg, overrides, kwargs)
+    items = _items(overrides, kwargs)
+    cfg = _apply(_load(config_or_name, items), items)
     return Trainer(cfg, out, resume=resume, overwrite=overwrite, log=log).fit()
 
 

@@ -17,14 +17,15 @@ from dataclasses import MISSING as DC_MISSING
 from dataclasses import dataclass, field, fields, is_dataclass, make_dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, ClassVar, Optional
+from typing import Any, ClassVar, List, Optional
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
-from . import compose
+from . import compose, plugins as plugin_imports
 from .config_io import flatten, load_yaml, parse_override, read_yaml_mapping  # noqa: F401 (public here too)
 from .data.augment import PRESETS
+from .data.sources import SOURCES
 from .data.build import has_validation
 from .data.samplers import MODES
 from .errors import ConfigError
@@ -35,10 +36,10 @@ from .models import BACKBONES, CLASSIFIERS
 @dataclass
 class DataConfig:
     choices: ClassVar[dict] = {
-        "name": ("fmnist", "cifar10", "cifar100", "imagefolder", "listfile"), "imbalance_type": ("exp", "step"),
+        "name": lambda: tuple(SOURCES.names()), "imbalance_type": ("exp", "step"),
         "augment": PRESETS, "pipeline": ("auto", "fast", "conventional"),
     }
-    # fmnist | cifar10 | cifar100 | imagefolder | listfile
+    # the data source (a plugin may register more)
     name: str = "fmnist"
     # where the data lives; null = the dataset's default place (see docs/data.md)
     root: Optional[str] = None
@@ -141,7 +142,45 @@ def config_class() -> type:
         ("config_name", str, field(default="")),
         # the method as tables show it: AllNC, BBN, GBBN only, ... (set by load_config from the fragments)
         ("display_name", str, field(default="")),
+        # your own modules, imported before the tree is built (module names or .py files)
+        ("plugins", List[str], field(default_factory=list)),
     ])
+
+
+def import_plugins(names) -> list[str]:
+    """Import the plugins ``names`` (resolved: module names, absolute file paths); when they
+    register a method or a method section, the tree is built again to hold it."""
+    before = (METHODS.names(), SECTIONS.names())
+    plugin_imports.import_plugins(names)
+    if (METHODS.names(), SECTIONS.names()) != before:
+        method_config_class.cache_clear()
+        config_class.cache_clear()
+    return list(names)
+
+
+def _plugin_list(value: Any, where: str) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return list(value)
+    raise ConfigError(f"plugins in {where} must be a module name, a .py file or a list of them, not {value!r}")
+
+
+def _gather_plugins(layers: list[tuple[str, dict]], overrides: list[str]) -> list[str]:
+    """Every plugin the layers and the overrides name, resolved, in order, once each: a file
+    named in a YAML file is taken relative to that file's folder, one on the command line
+    relative to the current directory."""
+    out: list[str] = []
+    for where, data in layers:
+        base = Path(where).parent if Path(where).is_file() else None
+        out += [plugin_imports.resolve(n, base) for n in _plugin_list(data.get("plugins"), where)]
+    for text in overrides:
+        k, v = parse_override(text)
+        if k == "plugins":
+            out += [plugin_imports.resolve(n) for n in _plugin_list(v, "the command line")]
+    return list(dict.fromkeys(out))
 
 
 # ------------------------------------------------------------------------ machinery
@@ -363,16 +402,19 @@ def load_config(name_or_path: Optional[str] = None, overrides: Optional[list[str
     """Default tree <- YAML chain (base first) <- command-line overrides; then validated.
     A results cell name (``cifar10_lt_allnc__if100__e200__seed0``) resolves to its config
     with the cell's overrides before ``overrides``."""
-    cfg = default_config()
     cell_overrides: list[str] = []
     if name_or_path and _CELL_RE.match(name_or_path) and not Path(name_or_path).is_file():
         cell = name_or_path
         name_or_path, cell_overrides = parse_cell_name(name_or_path)
+    layers = _file_layers(name_or_path) if name_or_path else []
+    # the plugins first: what they register is part of the tree the layers are checked against
+    plugins = import_plugins(_gather_plugins(layers, list(overrides or [])))
+    cfg = default_config()
     if name_or_path:
-        layers = _file_layers(name_or_path)
         for where, data in layers:
             for k, v in flatten(data).items():
-                set_key(cfg, k, v, where)
+                if k != "plugins":  # gathered above
+                    set_key(cfg, k, v, where)
         builtin = next((b for b in _builtin_bases(name_or_path)), None)
         cfg.config_name = name_or_path if name_or_path in set(compose.builtin_names()) else Path(name_or_path).stem
         # a file over a built-in config that names another method is that method, not the built-in's
@@ -386,10 +428,12 @@ def load_config(name_or_path: Optional[str] = None, overrides: Optional[list[str
         from_cell.add(k)
     for text in overrides or []:
         k, v = override(cfg, text)
-        set_key(cfg, k, v, "the command line")
+        if k != "plugins":  # gathered above
+            set_key(cfg, k, v, "the command line")
         from_cell.discard(k)
     if name_or_path and cfg.method.name != layered_method and cfg.method.name in METHODS.names():
         _method_override_error(name_or_path, builtin, layered_method, cfg.method.name)
+    cfg.plugins = plugins  # resolved, and every layer's, not only the last one's
     try:
         validate(cfg)
     except ConfigError as e:
@@ -568,7 +612,9 @@ def to_dict(cfg: DictConfig) -> dict:
 
 
 def from_dict(d: dict) -> DictConfig:
-    """Rebuild a config saved in a run directory (validated against the current tree)."""
+    """Rebuild a config saved in a run directory (validated against the current tree, with
+    the run's plugins imported first)."""
+    import_plugins(_plugin_list(d.get("plugins"), "the saved run config"))
     cfg = default_config()
     for k, v in flatten(d).items():
         set_key(cfg, k, v, "the saved run config")
@@ -587,7 +633,9 @@ def key_docs() -> list[tuple[str, Any, str]]:
            "init_from": "cRT: the run directory whose checkpoint initialises the model",
            "name": "a free-form label written into metrics.json",
            "config_name": "the config the run was made from (set by load_config)",
-           "display_name": "the method as tables show it: AllNC, BBN, GBBN only, ... (set by load_config)"}
+           "display_name": "the method as tables show it: AllNC, BBN, GBBN only, ... (set by load_config)",
+           "plugins": "your own modules (module names or .py files), imported before the tree is built: "
+                      "they register methods, backbones, classifiers, data sources (docs/architecture.md)"}
 
     def comments(cls) -> dict[str, str]:
         try:
