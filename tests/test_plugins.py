@@ -128,3 +128,27 @@ def test_plugins_from_every_layer_are_kept_once_each(tmp_path, monkeypatch):
     cfg = load_config(str(tmp_path / "top.yaml"), ["plugins=two.py"])
     assert list(cfg.plugins) == [str(tmp_path / "one.py"), str(tmp_path / "two.py")]
     assert sum(name.startswith("allnc_plugin_one_") for name in sys.modules) == 1
+
+
+def test_the_docs_show_the_example_config_as_it_is():
+    import re
+
+    import yaml
+
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    shown = re.search(r"## Your own code.*?```yaml\n(.*?)```", text, re.S).group(1)
+    assert yaml.safe_load(shown) == yaml.safe_load((ROOT / "examples" / "label_smoothing.yaml").read_text())
+
+
+def test_config_keys_lists_what_plugins_add(tmp_path):
+    (tmp_path / "extra.py").write_text(
+        "from dataclasses import dataclass\nfrom allnc.methods import METHODS\nfrom allnc.methods.ce import CrossEntropy\n\n"
+        "@dataclass\nclass ExtraConfig:\n    # how extra it is\n    amount: float = 0.5\n\n"
+        "METHODS.register('extra', section='extra', config=ExtraConfig)(type('Extra', (CrossEntropy,), {}))\n")
+    r = _cli(["config", "--keys", f"plugins={tmp_path / 'extra.py'}"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert 'method.extra.amount = 0.5    # how extra it is' in r.stdout.splitlines()
+    assert "method.name = \"ce\"" in r.stdout and "extra" in [
+        line for line in r.stdout.splitlines() if line.startswith("method.name")][0]
+    r = _cli(["config", "--keys", "train.epochs=3"], tmp_path)
+    assert r.returncode == 2 and "--keys covers every config, so it takes no config name or override (but plugins=...)" in r.stderr

@@ -194,13 +194,19 @@ def cmd_export(a) -> int:
 def cmd_config(a) -> int:
     from .config import builtin_names, load_config, to_yaml
 
-    if (a.keys or a.list) and (a.name or a.overrides):
+    if a.name and "=" in a.name:  # an override, not a config name (argparse cannot tell)
+        a.name, a.overrides = None, [a.name, *a.overrides]
+    # --keys lists the tree, which plugins extend: plugins=... is the one override it takes
+    plugins = [o for o in a.overrides if o.split("=", 1)[0].strip() == "plugins"] if a.keys else []
+    if (a.keys or a.list) and (a.name or len(a.overrides) > len(plugins)):
         flag = "--keys" if a.keys else "--list"
-        raise ConfigError(f"{flag} covers every config, so it takes no config name or override "
+        took = " (but plugins=...)" if a.keys else ""
+        raise ConfigError(f"{flag} covers every config, so it takes no config name or override{took} "
                           f"(got {' '.join([a.name or '', *a.overrides]).strip()}); drop them, or drop {flag}")
     if a.keys:
-        from .config import key_docs
+        from .config import import_plugins_named, key_docs
 
+        import_plugins_named(plugins)
         for key, default, meaning in key_docs():
             print(f"{key} = {json.dumps(default)}" + (f"    # {meaning}" if meaning else ""))
         return 0

@@ -158,6 +158,11 @@ def import_plugins(names) -> list[str]:
     return list(names)
 
 
+def import_plugins_named(overrides: list[str]) -> list[str]:
+    """Import the plugins that ``plugins=...`` among command-line overrides name."""
+    return import_plugins(_gather_plugins([], overrides))
+
+
 def _plugin_list(value: Any, where: str) -> list[str]:
     if value is None:
         return []
