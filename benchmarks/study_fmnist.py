@@ -8,6 +8,7 @@
     python benchmarks/study_fmnist.py posthoc       # tau-norm and post-hoc LA of the final CE runs (two rows)
     python benchmarks/study_fmnist.py records       # rewrite the final results files from their run dirs
     python benchmarks/study_fmnist.py geometry      # allnc nc + report of the seed-0 CE and AllNC runs
+    python benchmarks/study_fmnist.py errors        # where each method's errors go (validation, seed 0)
     python benchmarks/study_fmnist.py render [--check]  # the docs' trial tables from the results files
 
 Every method gets the same budget: at most six validation trials over its own keys
@@ -520,6 +521,75 @@ def phase_records(args) -> None:
     print(f"records: {n} results files rewritten")
 
 
+ERRORS_FILE = HERE / "results" / "fmnist_errors.json"
+ERRORS_ROWS = {**ROWS, "gbbn_only": "fmnist_lt_gbbn_only"}
+
+
+def error_figures(confusion, counts) -> dict:
+    """Where a run's errors go (``allnc.metrics``): the head-ward share of its errors, that
+    share were errors spread evenly, by true group, and the group confusion."""
+    from allnc.metrics import group_confusion, headward_errors
+
+    hw, gc = headward_errors(confusion, counts), group_confusion(confusion, counts)
+    return {"errors": hw["errors"], "headward": hw["all"], "headward_if_even": hw["uniform"],
+            "headward_by_group": hw["groups"], "group_shares": gc["shares"]}
+
+
+def phase_errors(args) -> None:
+    """Where each method's errors go, on the validation split (so that no test image is read
+    again): every row at imbalance 100, seed 0, from its final run directory where this
+    machine has it, else trained again here with ``train.eval_test=false``."""
+    out = Path(args.out)
+    cells = {row: cell_name(cfg, 100, _crt_epochs_of(cfg) if row == "crt" else EPOCHS, 0, VAL)
+             for row, cfg in ERRORS_ROWS.items()}
+
+    def where(row):
+        for d in (out / "final" / cells[row], out / "errors" / cells[row]):
+            if (d / "metrics.json").is_file():
+                return d
+        return None
+
+    ce_dir = lambda: where("ce") or out / "errors" / cells["ce"]  # noqa: E731
+    todo = [r for r in ERRORS_ROWS if where(r) is None]
+    extra = common(args) + ["train.eval_every=1000", "train.ckpt_every=1000", "train.eval_test=false", "seed=0"]
+    waves = [[r for r in todo if r != "crt"], [r for r in todo if r == "crt"]]  # cRT starts from the CE run
+    for wave in waves:
+        specs = [{"config": ERRORS_ROWS[r], "name": cells[r],
+                  "overrides": [f"init_from={ce_dir()}"] if r == "crt" else []} for r in wave]
+        specs.sort(key=_slow_first)
+        if specs:
+            run_grid({"runs": specs, "max_concurrent": args.parallel, "extra_overrides": extra},
+                     out=out / "errors", log=print)
+    rows = {}
+    for row in ERRORS_ROWS:
+        d = where(row)
+        if d is None:
+            print(f"errors: {row} did not finish; left out")
+            continue
+        m = json.loads((d / "metrics.json").read_text())
+        rows[row] = {"cell": cells[row], "run": str(d.relative_to(out)), "val_top1": m["val"]["top1"],
+                     "git_commit": m.get("git_commit"), "wall_time_s": m.get("wall_time_s"),
+                     **error_figures(m["val"]["confusion"], m["class_counts"])}
+    atomic_write_json(ERRORS_FILE, {**provenance(args, "python benchmarks/study_fmnist.py errors"),
+                                    "split": f"validation ({VAL} images per class)", "rows": rows})
+    print(f"errors: wrote {ERRORS_FILE.relative_to(ROOT)} ({len(rows)} rows)")
+
+
+def render_errors_table(data: dict | None) -> str:
+    if not data:
+        return "Not run yet (`python benchmarks/study_fmnist.py errors`).\n"
+    rows = ["| method | val top-1 | errors | head-ward | if spread evenly | medium images predicted many | "
+            "many images predicted medium | run |", "|---|---|---|---|---|---|---|---|"]
+    order = sorted(data["rows"], key=lambda r: data["rows"][r]["headward"])
+    for r in order:
+        x = data["rows"][r]
+        gs = x["group_shares"]
+        rows.append(_row(METHOD_NAMES.get(r, r), f"{x['val_top1']:.2f}", str(x["errors"]), f"{x['headward']:.1f}",
+                         f"{x['headward_if_even']:.1f}", f"{gs['medium']['many']:.1f}", f"{gs['many']['medium']:.1f}",
+                         x["run"].split("/")[0]))
+    return "\n".join(rows) + "\n"
+
+
 GEOMETRY_FILE = HERE / "results" / "fmnist_geometry.json"
 GEOMETRY_RUNS = {"CE": "fmnist_lt_ce__if100__e12__val300__seed0", "AllNC": "fmnist_lt_allnc__if100__e12__val300__seed0"}
 IMG = ROOT / "docs" / "img"
@@ -712,6 +782,7 @@ def render_tables_from_files(trials_file: Path = TRIALS_FILE, results: Path = RO
     tables["final"] = render_final_table(final_records(load_results(results) if Path(results).is_dir() else []))
     tables["long"] = render_long_table(json.loads(Path(long_file).read_text()) if Path(long_file).is_file() else None)
     tables["geometry"] = render_geometry_table(json.loads(GEOMETRY_FILE.read_text()) if GEOMETRY_FILE.is_file() else None)
+    tables["errors"] = render_errors_table(json.loads(ERRORS_FILE.read_text()) if ERRORS_FILE.is_file() else None)
     return tables
 
 
@@ -757,7 +828,7 @@ def _crt_epochs_of(cfg_name: str) -> int:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("phase", choices=["trials", "long", "final", "posthoc", "records", "geometry", "render"])
+    p.add_argument("phase", choices=["trials", "long", "final", "posthoc", "records", "geometry", "errors", "render"])
     p.add_argument("--out", default=str(ROOT / "runs" / "study"))
     p.add_argument("--results", default=str(ROOT / "results"))
     p.add_argument("--parallel", type=int, default=2)
@@ -779,7 +850,7 @@ def main(argv=None) -> int:
     if args.phase == "render":
         return phase_render(args)
     {"trials": phase_trials, "long": phase_long, "final": phase_final, "posthoc": phase_posthoc,
-     "records": phase_records, "geometry": phase_geometry}[args.phase](args)
+     "records": phase_records, "geometry": phase_geometry, "errors": phase_errors}[args.phase](args)
     return 0
 
 

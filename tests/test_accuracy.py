@@ -89,3 +89,63 @@ def test_errors_and_confusion_switch():
     r = big.result()
     assert r["confusion"] is None and r["top1"] == 50.0
     assert AccuracyAccumulator(5).result()["top1"] is None  # nothing seen
+
+
+# ------------------------------------------------------------------ where the errors go
+# counts 500, 200 (many), 50 (medium), 10 (few); rows = true class
+WHERE_COUNTS = [500, 200, 50, 10]
+WHERE_CONF = [[8, 1, 1, 0],
+              [3, 5, 1, 1],
+              [2, 2, 4, 2],
+              [4, 1, 0, 5]]
+
+
+def test_headward_errors_worked_example():
+    from allnc.metrics import headward_errors
+
+    h = headward_errors(WHERE_CONF, WHERE_COUNTS)
+    # errors 2, 5, 6, 5; head-ward 0, 3 (to class 0), 4 (to 0 and 1), 5 (all)
+    assert h["errors"] == 18 and h["all"] == pytest.approx(100 * 12 / 18)
+    assert h["per_class"] == pytest.approx([0.0, 60.0, 100 * 4 / 6, 100.0])
+    assert h["groups"] == pytest.approx({"many": 100 * 3 / 7, "medium": 100 * 4 / 6, "few": 100.0})
+    # evenly spread errors: class c has c larger classes of 3 others
+    assert h["uniform"] == pytest.approx(100 * (2 * 0 + 5 / 3 + 6 * 2 / 3 + 5 * 1) / 18)
+
+
+def test_errors_spread_evenly_are_as_head_ward_as_the_uniform_figure():
+    """The defining property of ``uniform``: a confusion whose every row spreads its errors
+    evenly over the other classes has exactly that head-ward share (ties included)."""
+    from allnc.metrics import headward_errors
+
+    rng = np.random.default_rng(0)
+    counts = [900, 900, 300, 120, 60, 60, 25, 9]  # ties at 900 and at 60
+    K = len(counts)
+    per_other = rng.integers(1, 6, size=K)
+    conf = np.repeat(per_other[:, None], K, axis=1)
+    np.fill_diagonal(conf, rng.integers(10, 50, size=K))
+    h = headward_errors(conf, counts)
+    assert h["all"] == pytest.approx(h["uniform"])
+    # and a classifier that sends every error to the largest class is head-ward but for that class's own
+    conf2 = np.diag(np.full(K, 10))
+    conf2[1:, 0] += 3
+    conf2[0, 1] = 3  # the first class's errors go to its tie
+    h2 = headward_errors(conf2, counts)
+    assert h2["per_class"][0] == 0.0 and h2["per_class"][1] == 0.0  # class 1 ties class 0: not head-ward
+    assert h2["per_class"][2:] == [100.0] * (K - 2)
+
+
+def test_group_confusion_rows_are_class_balanced_shares():
+    from allnc.metrics import group_confusion
+
+    g = group_confusion(WHERE_CONF, WHERE_COUNTS)
+    assert g["shares"]["many"] == pytest.approx({"many": 85.0, "medium": 10.0, "few": 5.0})
+    assert g["shares"]["medium"] == pytest.approx({"many": 40.0, "medium": 40.0, "few": 20.0})
+    assert g["shares"]["few"] == pytest.approx({"many": 50.0, "medium": 0.0, "few": 50.0})
+    assert g["counts"]["many"] == {"many": 17, "medium": 2, "few": 1}
+    assert all(sum(row.values()) == pytest.approx(100.0) for row in g["shares"].values())
+    # an empty group has no row; its column is zero
+    e = group_confusion([[5, 1], [2, 4]], [500, 300])
+    assert e["shares"]["medium"] is None and e["shares"]["few"] is None
+    assert e["shares"]["many"] == pytest.approx({"many": 100.0, "medium": 0.0, "few": 0.0})
+    with pytest.raises(ValueError, match="K x K with K = 3"):
+        group_confusion([[1, 0], [0, 1]], [5, 4, 3])

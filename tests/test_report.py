@@ -12,6 +12,7 @@ from PIL import Image
 from matplotlib.transforms import Bbox
 
 from allnc.errors import RunDirError
+from allnc.metrics.accuracy import GROUP_NAMES
 from allnc.metrics import (
     AccuracyAccumulator,
     ClassStatsAccumulator,
@@ -116,8 +117,16 @@ def test_report_writes_every_png(tmp_path):
     md = write_report(run)
     assert md == run / "report" / "report.md"
     text = _check_pngs(md, {"per_class_acc.png", "curves.png", "nc_epochs.png", "cos_train.png",
-                            "cos_test.png", "norms_train.png", "norms_test.png"})
+                            "cos_test.png", "norms_train.png", "norms_test.png", "errors.png"})
     assert "| split | top-1 | many | medium | few |" in text
+    # where the errors go: the figures of the run's own confusion matrix
+    from allnc.metrics import group_confusion, headward_errors
+
+    m = json.loads((run / "metrics.json").read_text())
+    hw, gc = headward_errors(m["confusion"], TRAIN_COUNTS), group_confusion(m["confusion"], TRAIN_COUNTS)
+    assert f"Of the {hw['errors']} misclassified test images, {hw['all']:.2f}% were predicted as a class" in text
+    assert f"{hw['uniform']:.2f}% would be" in text
+    assert "| few | " + " | ".join(f"{gc['shares']['few'][h]:.2f}" for h in GROUP_NAMES) + " |" in text
     assert "(3 classes)" in text and "(2 classes)" in text
     assert "NC1 class-balanced" in text and "allnc nc" not in text
     assert "unreadable line" in text  # the partial last line was skipped and said so
@@ -153,13 +162,21 @@ def test_compare_runs(tmp_path):
     b = make_run(tmp_path / "y" / "run", seed=2, with_nc=False)
     md = compare_runs([a, b], tmp_path / "cmp")
     text = _check_pngs(md, {"compare_curves.png"})
-    first_table = text.split("## Minority collapse")[0]
+    first_table = text.split("## Where the errors go")[0]
     rows = [l for l in first_table.splitlines() if l.startswith("| x/run") or l.startswith("| y/run")]
     assert len(rows) == 2  # same directory names are told apart by their parents
     m = json.loads((a / "metrics.json").read_text())
     assert f"| {m['top1']:.2f} |" in rows[0]
     assert rows[1].count("–") >= 5  # no nc.json: NC cells are empty
     assert "NC1 cb" in text
+    # where the errors go: each run's head-ward share from its own confusion matrix
+    from allnc.metrics import headward_errors
+
+    errors = text.split("## Where the errors go (test)")[1].split("## Minority collapse")[0]
+    for name, run in (("x/run", a), ("y/run", b)):
+        hw = headward_errors(json.loads((run / "metrics.json").read_text())["confusion"], TRAIN_COUNTS)
+        assert (f"| {name} | {hw['errors']} | {hw['all']:.2f} | {hw['uniform']:.2f} | "
+                + " | ".join(f"{hw['groups'][g]:.2f}" for g in GROUP_NAMES) + " |") in errors
 
 
 def test_compare_refuses_a_run_twice_and_an_out_that_is_a_run(tmp_path):
@@ -343,7 +360,7 @@ def test_characters_the_font_lacks_are_one_note_per_picture(tmp_path, capsys):
     err = capsys.readouterr().err
     notes = [line for line in err.splitlines() if line.startswith("allnc: note:")]
     assert sorted(n.split(":")[2].strip() for n in notes) == sorted(
-        ["per_class_acc.png", "cos_train.png", "cos_test.png", "norms_train.png", "norms_test.png"])
+        ["per_class_acc.png", "cos_train.png", "cos_test.png", "norms_train.png", "norms_test.png", "errors.png"])
     assert all("no glyph for 8 character(s)" in n and "猫, 犬, 鳥, 魚, 馬 ..." in n for n in notes)
     assert "Glyph" not in err and len(err.splitlines()) == len(notes)
 
@@ -359,8 +376,11 @@ def test_compare_shows_validation_accuracy_and_a_run_that_never_read_the_test_se
     first, rest = text.split("## Validation split")
     assert [l for l in first.splitlines() if l.startswith("| b |")][0].startswith(
         "| b | not evaluated (train.eval_test=false) | – | – | – |")
-    val_rows = [l for l in rest.split("## Minority")[0].splitlines() if l.startswith("| ")][1:]
+    val_rows = [l for l in rest.split("## Where the errors go")[0].splitlines() if l.startswith("| ")][1:]
     assert val_rows == ["| b | 61.25 | 70.50 (3 classes) | 55.00 (3 classes) | 40.25 (2 classes) |"]
+    # a run that never read the test set has no row of test errors
+    errors = rest.split("## Where the errors go (test)")[1].split("## Minority")[0]
+    assert "| a |" in errors and "| b |" not in errors
     assert "## Validation split" not in compare_runs([a], tmp_path / "cmp1").read_text()
 
 

@@ -149,3 +149,62 @@ class AccuracyAccumulator:
             out["groups"] = {g: _mean_or_none([per_class[c] for c in cls]) for g, cls in groups.items()}
             out["group_sizes"] = {g: len(cls) for g, cls in groups.items()}
         return out
+
+
+# --------------------------------------------------------------- where the errors go
+def _rows(confusion, train_counts) -> tuple[np.ndarray, np.ndarray]:
+    conf = np.asarray(confusion, dtype=np.float64)
+    tc = np.asarray(train_counts).reshape(-1)
+    if conf.ndim != 2 or conf.shape[0] != conf.shape[1] or conf.shape[0] != tc.shape[0]:
+        raise ValueError(f"confusion must be K x K with K = {tc.shape[0]} (the train counts), got {conf.shape}")
+    return conf, tc
+
+
+def group_confusion(confusion, train_counts) -> dict:
+    """Where each group's test images go: ``shares[g][h]``, in percent, is the mean over the
+    classes of true group ``g`` (those with test images) of the share of a class's test
+    images predicted as a class of group ``h`` (class-balanced, like the group accuracies).
+    Each row sums to 100; ``None`` for an empty group. ``counts[g][h]`` are the image counts."""
+    conf, tc = _rows(confusion, train_counts)
+    grp = group_classes(tc)
+    col = {h: conf[:, idx].sum(axis=1) if len(idx) else np.zeros(len(tc)) for h, idx in grp.items()}
+    n = conf.sum(axis=1)
+    shares: dict = {}
+    counts: dict = {}
+    for g, idx in grp.items():
+        tested = [c for c in idx if n[c] > 0]
+        shares[g] = ({h: float(np.mean([100.0 * col[h][c] / n[c] for c in tested])) for h in GROUP_NAMES}
+                     if tested else None)
+        counts[g] = {h: int(col[h][idx].sum()) for h in GROUP_NAMES}
+    return {"shares": shares, "counts": counts}
+
+
+def headward_errors(confusion, train_counts) -> dict:
+    """Of the misclassified test images, the share predicted as a class with more training
+    images than their own ("head-ward"), in percent: ``all`` over every error, per group
+    (errors of the group's classes), per class (``None`` for a class with no error).
+
+    ``uniform`` is the same share if each class's errors were spread evenly over the other
+    classes (a class with r strictly larger classes out of K sends r / (K - 1) of them
+    head-ward), weighted by the same errors: the figure to compare ``all`` with. Ties count
+    as not head-ward."""
+    conf, tc = _rows(confusion, train_counts)
+    K = len(tc)
+    larger = tc[None, :] > tc[:, None]  # [c, j]: class j has more training images than c
+    errors = conf.sum(axis=1) - np.diag(conf)
+    head = (conf * larger).sum(axis=1)
+    even = larger.sum(axis=1) / max(K - 1, 1)
+
+    def share(idx) -> Optional[float]:
+        e = errors[idx].sum()
+        return float(100.0 * head[idx].sum() / e) if e > 0 else None
+
+    def uniform(idx) -> Optional[float]:
+        e = errors[idx].sum()
+        return float(100.0 * (errors[idx] * even[idx]).sum() / e) if e > 0 else None
+
+    grp = group_classes(tc)
+    every = np.arange(K)
+    return {"all": share(every), "uniform": uniform(every), "errors": int(errors.sum()),
+            "groups": {g: share(np.asarray(idx, dtype=int)) for g, idx in grp.items()},
+            "per_class": [float(100.0 * head[c] / errors[c]) if errors[c] > 0 else None for c in range(K)]}

@@ -11,7 +11,7 @@ from typing import Mapping, Sequence
 
 from .. import rundir
 from ..errors import RunDirError
-from ..metrics.accuracy import FEW_BELOW, GROUP_NAMES, MANY_ABOVE
+from ..metrics.accuracy import FEW_BELOW, GROUP_NAMES, MANY_ABOVE, headward_errors
 from . import plots
 from .runreport import (
     EMPTY_GROUP,
@@ -20,6 +20,7 @@ from .runreport import (
     GROUP_RULE,
     _acc_cells,
     fmt,
+    fmt_pct,
     group_pair_figures,
     group_size,
     group_sizes_of,
@@ -106,7 +107,7 @@ def compare_runs(run_dirs: Sequence, out_dir) -> Path:
           f"cb = class-balanced. – = not available.", ""]
     header = ["run", "top-1", "many", "medium", "few"] + [h for h, _ in NC_COLUMNS]
     md += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    labels, group_rows, group_lines, val_rows = [], [], [], []
+    labels, group_rows, group_lines, val_rows, error_rows = [], [], [], [], []
     curves, sizes_by_run = {}, {}
     for name, d in zip(names, dirs):
         metrics = read_json(d / "metrics.json") or {}
@@ -122,6 +123,11 @@ def compare_runs(run_dirs: Sequence, out_dir) -> Path:
             val_rows.append("| " + " | ".join([name] + _acc_cells(metrics["val"], sizes)) + " |")
         row += [fmt(summ.get(k)) for _, k in NC_COLUMNS]
         md.append("| " + " | ".join(row) + " |")
+        tc = train_counts_of(metrics, nc)
+        if metrics.get("confusion") is not None and tc is not None and metrics.get("test_evaluated", True):
+            hw = headward_errors(metrics["confusion"], tc)
+            error_rows.append("| " + " | ".join([name, str(hw["errors"]), fmt_pct(hw["all"]), fmt_pct(hw["uniform"])]
+                                                + [fmt_pct(hw["groups"][g]) for g in GROUP_NAMES]) + " |")
         rows, lines = _group_rows(name, nc)
         group_rows += rows
         group_lines += lines
@@ -135,6 +141,13 @@ def compare_runs(run_dirs: Sequence, out_dir) -> Path:
                "Accuracy on each run's validation split (`data.val_per_class` images per class, drawn from "
                "the training images the long tail leaves out), percent, same model as the test row:", "",
                "| run | top-1 | many | medium | few |", "|---|---|---|---|---|"] + val_rows
+    if error_rows:
+        md += ["", "## Where the errors go (test)", "",
+               "Of each run's misclassified test images, the percentage predicted as a class with more training "
+               "images than their own (head-ward), beside that share were each class's errors spread evenly "
+               "over the other classes, and by true group (`allnc report RUN_DIR` draws them):", "",
+               "| run | errors | head-ward | if spread evenly | " + " | ".join(GROUP_NAMES) + " |",
+               "|---|---|---|---|" + "---|" * len(GROUP_NAMES)] + error_rows
     md += ["", "## Minority collapse by group (training features)", ""]
     if group_rows:
         md += ["| run | group | classes | " + " | ".join(h for h, _ in GROUP_COLUMNS) + " |",

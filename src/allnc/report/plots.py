@@ -22,7 +22,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormat
 
 from .. import rundir
 from ..errors import AllncWarning
-from ..metrics.accuracy import FEW_BELOW, GROUP_NAMES, MANY_ABOVE, group_of
+from ..metrics.accuracy import FEW_BELOW, GROUP_NAMES, MANY_ABOVE, group_confusion, group_of, headward_errors
 from ..metrics import nc_summary
 
 GROUP_COLORS = {"many": "tab:blue", "medium": "tab:orange", "few": "tab:red", None: "tab:gray"}
@@ -475,6 +475,75 @@ def plot_per_class_accuracy(per_class_acc: Sequence[Optional[float]], train_coun
     ax.set_ylabel("test accuracy (%)")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     ax.set_title(title or "Per-class accuracy (dashed: many | medium | few)", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+@_one_glyph_note
+def plot_errors(confusion, train_counts: Sequence[int], path, title: Optional[str] = None,
+                class_names: Optional[Sequence[str]] = None, max_classes: int = 100) -> Optional[Path]:
+    """Where the errors go. Left (K <= ``max_classes``): each true class's test images by
+    predicted class, in percent of the class's images, the correct ones (the diagonal) left
+    out so that the errors have the colour scale; classes ordered by training count (largest
+    first), so errors towards larger classes fall left of the diagonal. Right: the same by
+    group (rows: true group, class-balanced; the diagonal included). The title gives the
+    head-ward share of all errors beside its value were errors spread evenly."""
+    if confusion is None or train_counts is None or len(confusion) != len(train_counts):
+        return None
+    conf = np.asarray(confusion, dtype=float)
+    if conf.sum() == 0:
+        return None
+    K = len(train_counts)
+    gc, hw = group_confusion(conf, train_counts), headward_errors(conf, train_counts)
+    rows = [g for g in GROUP_NAMES if gc["shares"][g] is not None]
+    cols = [g for g in GROUP_NAMES if any(gc["counts"][r][g] for r in GROUP_NAMES) or g in rows]
+    full = K <= max_classes
+    left = min(5.2 + 0.09 * K, 13.0)
+    fig = _new_figure((left if full else 0) + 3.8, 5.0 if full and K > 12 else 4.4)
+    grid = fig.add_gridspec(1, 2, width_ratios=[left, 3.8]) if full else None
+    if full:
+        ax = fig.add_subplot(grid[0, 0])
+        order = order_by_size(train_counts)
+        n = conf.sum(axis=1, keepdims=True)
+        m = np.where(n > 0, 100.0 * conf / np.maximum(n, 1), np.nan)[np.ix_(order, order)]
+        np.fill_diagonal(m, np.nan)
+        top = float(np.nanmax(m)) if np.isfinite(m).any() and np.nanmax(m) > 0 else 1.0
+        im = ax.imshow(np.ma.masked_invalid(m), cmap="Reds", vmin=0, vmax=top, interpolation="nearest")
+        ax.set_facecolor("0.85")  # the hidden diagonal (and classes without test images)
+        for pos, _ in _group_boundaries(np.asarray(train_counts)[order]):
+            ax.axhline(pos, color="k", lw=1.2)
+            ax.axvline(pos, color="k", lw=1.2)
+        if K <= 12:
+            for i in range(K):
+                for j in range(K):
+                    if np.isfinite(m[i, j]) and m[i, j] >= 1:  # below 1 %, the colour says enough
+                        ax.text(j, i, f"{m[i, j]:.0f}", ha="center", va="center", fontsize=6,
+                                color="white" if m[i, j] > 0.6 * top else "black")
+        if K <= 40:
+            labels = _tick_labels(order, class_names)
+            ax.set_xticks(range(K), labels, fontsize=7, rotation=_rotate_ticks(labels))
+            ax.set_yticks(range(K), labels, fontsize=7)
+        ax.set_xlabel("predicted " + _class_axis_label(class_names), fontsize=8)
+        ax.set_ylabel("true class", fontsize=8)
+        ax.set_title("errors, % of the true class's test images\n(diagonal hidden; left of it: a larger class)",
+                     fontsize=9)
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03, label="% of the class's test images")
+    ax = fig.add_subplot(grid[0, 1]) if full else fig.add_subplot(1, 1, 1)
+    g = np.array([[gc["shares"][r][c] for c in cols] for r in rows])
+    ax.imshow(g, cmap="Blues", vmin=0, vmax=100, interpolation="nearest")
+    for i in range(len(rows)):
+        for j in range(len(cols)):
+            ax.text(j, i, f"{g[i, j]:.1f}", ha="center", va="center", fontsize=9,
+                    color="white" if g[i, j] > 60 else "black")
+    ax.set_xticks(range(len(cols)), [f"{c}" for c in cols], fontsize=8)
+    ax.set_yticks(range(len(rows)), [f"{r}" for r in rows], fontsize=8)
+    ax.set_xlabel("predicted group", fontsize=8)
+    ax.set_ylabel("true group", fontsize=8)
+    ax.set_title("by group, % of the true group's images\n(class-balanced; diagonal included)", fontsize=9)
+    head = f"{hw['all']:.0f}%" if hw["all"] is not None else "–"
+    even = f"{hw['uniform']:.0f}%" if hw["uniform"] is not None else "–"
+    fig.suptitle(title or f"Where the errors go: {head} of the {hw['errors']} errors are head-ward "
+                          f"(towards a class with more training images; {even} if spread evenly)", fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from .. import rundir
 from ..errors import RunDirError
-from ..metrics.accuracy import FEW_BELOW, GROUP_NAMES, MANY_ABOVE, group_of
+from ..metrics.accuracy import FEW_BELOW, GROUP_NAMES, MANY_ABOVE, group_confusion, group_of, headward_errors
 from . import plots
 
 # rows of the NC table: (label, summary key)
@@ -329,6 +329,25 @@ def _per_class_table(metrics: Optional[Mapping], nc: Optional[Mapping], tc: Opti
     return md + [""]
 
 
+def errors_markdown(confusion, train_counts: Sequence[int]) -> list[str]:
+    """The "where the errors go" section: the head-ward share of the test errors against its
+    value were errors spread evenly, by true group, and the group confusion table."""
+    hw, gc = headward_errors(confusion, train_counts), group_confusion(confusion, train_counts)
+    md = ["## Where the errors go (test)", ""]
+    if not hw["errors"]:
+        return md + ["No test image is misclassified.", ""]
+    by = ", ".join(f"{g} {fmt_pct(hw['groups'][g])}" for g in GROUP_NAMES if hw["groups"][g] is not None)
+    md += [f"Of the {hw['errors']} misclassified test images, {fmt_pct(hw['all'])}% were predicted as a class with "
+           f"more training images than their own (head-ward); {fmt_pct(hw['uniform'])}% would be if each class's "
+           f"errors were spread evenly over the other classes. Head-ward share by true group: {by}.", ""]
+    rows = [g for g in GROUP_NAMES if gc["shares"][g] is not None]
+    md += ["| true group | " + " | ".join(f"predicted {g}" for g in GROUP_NAMES) + " |",
+           "|---|" + "---|" * len(GROUP_NAMES)]
+    md += [f"| {g} | " + " | ".join(fmt_pct(gc["shares"][g][h]) for h in GROUP_NAMES) + " |" for g in rows]
+    md += ["", "Percent of each true group's test images, class-balanced (the mean over its classes).", ""]
+    return md
+
+
 def write_report(run_dir) -> Path:
     """Write RUN_DIR/report/report.md and its PNGs from what the run directory holds.
 
@@ -385,6 +404,14 @@ def write_report(run_dir) -> Path:
         md.append(f"- metrics.json not found: it is written at the end of training, or by "
                   f"`allnc eval {run_dir}`.")
         md.append("")
+
+    # ---- where the errors go
+    if (metrics is not None and metrics.get("confusion") is not None and tc is not None
+            and metrics.get("test_evaluated", True)):
+        md += errors_markdown(metrics["confusion"], tc)
+        p = plots.plot_errors(metrics["confusion"], tc, out / "errors.png", class_names=names)
+        if p:
+            md += [f"![where the errors go]({_rel(p, out)})", ""]
 
     # ---- per class
     table = _per_class_table(metrics, nc, tc, names)
