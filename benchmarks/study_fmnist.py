@@ -628,10 +628,10 @@ def phase_geometry(args) -> None:
         out["runs"][label] = {"cell": cell, "checkpoint_epoch": nc["info"]["checkpoint_epoch"],
                               "calibration_alpha": (metrics.get("calibration") or {}).get("inference_alpha"),
                               **geometry_figures(nc, metrics["classes"])}
-        for pic in ("cos_train", "norms_train"):
+        for pic in ("cos_train", "norms_train", "errors"):
             shutil.copyfile(run / "report" / f"{pic}.png", IMG / f"fmnist_{label.lower()}_{pic}.png")
     atomic_write_json(GEOMETRY_FILE, out)
-    print(f"geometry: wrote {GEOMETRY_FILE.relative_to(ROOT)} and {2 * len(GEOMETRY_RUNS)} pictures in docs/img")
+    print(f"geometry: wrote {GEOMETRY_FILE.relative_to(ROOT)} and {3 * len(GEOMETRY_RUNS)} pictures in docs/img")
 
 
 def render_geometry_table(geo: dict | None) -> str:

@@ -225,6 +225,9 @@ def test_report_shows_every_nonempty_group_and_names_the_empty_one(tmp_path):
         assert "many/few" not in section
     # the accuracy table says so too
     assert "| no class in this group |" in text
+    # where the errors go: no row and no column for the group without classes
+    errors = text.split("## Where the errors go (test)")[1].split("##")[0]
+    assert "| true group | predicted many | predicted medium |\n" in errors and "few" not in errors
 
 
 def test_compare_shows_the_medium_group_of_a_run_without_few(tmp_path):

@@ -341,9 +341,9 @@ def errors_markdown(confusion, train_counts: Sequence[int]) -> list[str]:
            f"more training images than their own (head-ward); {fmt_pct(hw['uniform'])}% would be if each class's "
            f"errors were spread evenly over the other classes. Head-ward share by true group: {by}.", ""]
     rows = [g for g in GROUP_NAMES if gc["shares"][g] is not None]
-    md += ["| true group | " + " | ".join(f"predicted {g}" for g in GROUP_NAMES) + " |",
-           "|---|" + "---|" * len(GROUP_NAMES)]
-    md += [f"| {g} | " + " | ".join(fmt_pct(gc["shares"][g][h]) for h in GROUP_NAMES) + " |" for g in rows]
+    cols = [g for g in GROUP_NAMES if g in rows or any(gc["counts"][r][g] for r in rows)]  # a group without classes gets no column
+    md += ["| true group | " + " | ".join(f"predicted {g}" for g in cols) + " |", "|---|" + "---|" * len(cols)]
+    md += [f"| {g} | " + " | ".join(fmt_pct(gc["shares"][g][h]) for h in cols) + " |" for g in rows]
     md += ["", "Percent of each true group's test images, class-balanced (the mean over its classes).", ""]
     return md
 
