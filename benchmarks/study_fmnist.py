@@ -536,57 +536,44 @@ def error_figures(confusion, counts) -> dict:
 
 
 def phase_errors(args) -> None:
-    """Where each method's errors go, on the validation split (so that no test image is read
-    again): every row at imbalance 100, seed 0, from its final run directory where this
-    machine has it, else trained again here with ``train.eval_test=false``."""
-    out = Path(args.out)
-    cells = {row: cell_name(cfg, 100, _crt_epochs_of(cfg) if row == "crt" else EPOCHS, 0, VAL)
-             for row, cfg in ERRORS_ROWS.items()}
-
-    def where(row):
-        for d in (out / "final" / cells[row], out / "errors" / cells[row]):
-            if (d / "metrics.json").is_file():
-                return d
-        return None
-
-    ce_dir = lambda: where("ce") or out / "errors" / cells["ce"]  # noqa: E731
-    todo = [r for r in ERRORS_ROWS if where(r) is None]
-    extra = common(args) + ["train.eval_every=1000", "train.ckpt_every=1000", "train.eval_test=false", "seed=0"]
-    waves = [[r for r in todo if r != "crt"], [r for r in todo if r == "crt"]]  # cRT starts from the CE run
-    for wave in waves:
-        specs = [{"config": ERRORS_ROWS[r], "name": cells[r],
-                  "overrides": [f"init_from={ce_dir()}"] if r == "crt" else []} for r in wave]
-        specs.sort(key=_slow_first)
-        if specs:
-            run_grid({"runs": specs, "max_concurrent": args.parallel, "extra_overrides": extra},
-                     out=out / "errors", log=print)
+    """Where each row's errors go, on the validation split of its final runs (imbalance 100,
+    every seed; the results files keep each run's validation confusion matrix), so that no
+    run is trained and no test image is read again."""
+    by_row: dict[str, list] = {}
+    for rec in load_results(Path(args.results)):
+        row = split_config_name(rec["config_name"])[1]
+        if (row in ERRORS_ROWS and "__posthoc_" not in rec["cell"] and rec["cell"].startswith(ERRORS_ROWS[row] + "__if100__")
+                and f"__val{VAL}__" in rec["cell"] and (rec.get("val") or {}).get("confusion") is not None):
+            by_row.setdefault(row, []).append(rec)
     rows = {}
     for row in ERRORS_ROWS:
-        d = where(row)
-        if d is None:
-            print(f"errors: {row} did not finish; left out")
-            continue
-        m = json.loads((d / "metrics.json").read_text())
-        rows[row] = {"cell": cells[row], "run": str(d.relative_to(out)), "val_top1": m["val"]["top1"],
-                     "git_commit": m.get("git_commit"), "wall_time_s": m.get("wall_time_s"),
-                     **error_figures(m["val"]["confusion"], m["class_counts"])}
+        recs = sorted(by_row.get(row, []), key=lambda r: r["cell"])
+        if recs:
+            rows[row] = {"cells": [r["cell"] for r in recs], "val_top1": [r["val"]["top1"] for r in recs],
+                         "runs": [error_figures(r["val"]["confusion"], r["class_counts"]) for r in recs]}
     atomic_write_json(ERRORS_FILE, {**provenance(args, "python benchmarks/study_fmnist.py errors"),
-                                    "split": f"validation ({VAL} images per class)", "rows": rows})
+                                    "split": f"validation ({VAL} images per class) of the final runs", "rows": rows})
     print(f"errors: wrote {ERRORS_FILE.relative_to(ROOT)} ({len(rows)} rows)")
 
 
 def render_errors_table(data: dict | None) -> str:
     if not data:
         return "Not run yet (`python benchmarks/study_fmnist.py errors`).\n"
-    rows = ["| method | val top-1 | errors | head-ward | if spread evenly | medium images predicted many | "
-            "many images predicted medium | run |", "|---|---|---|---|---|---|---|---|"]
-    order = sorted(data["rows"], key=lambda r: data["rows"][r]["headward"])
+    rows = ["| method | seeds | val top-1 | errors | head-ward | if spread evenly | medium images predicted many | "
+            "many images predicted medium |", "|---|---|---|---|---|---|---|---|"]
+
+    def stat(x, f):
+        return [f(run) for run in x["runs"]]
+
+    order = sorted(data["rows"], key=lambda r: sum(stat(data["rows"][r], lambda u: u["headward"])) / len(data["rows"][r]["runs"]))
     for r in order:
         x = data["rows"][r]
-        gs = x["group_shares"]
-        rows.append(_row(METHOD_NAMES.get(r, r), f"{x['val_top1']:.2f}", str(x["errors"]), f"{x['headward']:.1f}",
-                         f"{x['headward_if_even']:.1f}", f"{gs['medium']['many']:.1f}", f"{gs['many']['medium']:.1f}",
-                         x["run"].split("/")[0]))
+        seeds = ", ".join(c.rsplit("__seed", 1)[1] for c in x["cells"])
+        rows.append(_row(METHOD_NAMES.get(r, r), seeds, mean_std(x["val_top1"]),
+                         f"{sum(stat(x, lambda u: u['errors'])) / len(x['runs']):.0f}",
+                         mean_std(stat(x, lambda u: u["headward"])), mean_std(stat(x, lambda u: u["headward_if_even"])),
+                         mean_std(stat(x, lambda u: u["group_shares"]["medium"]["many"])),
+                         mean_std(stat(x, lambda u: u["group_shares"]["many"]["medium"]))))
     return "\n".join(rows) + "\n"
 
 
