@@ -122,3 +122,37 @@ def test_the_long_phase_takes_the_best_four_without_crt_and_always_allnc():
     assert study.long_methods(t) == ["ce", "bcl", "la", "ldam_drw", "allnc"]  # cRT left out, AllNC added
     t = chosen(ce=90, allnc=89.5, bcl=89, la=88, ldam_drw=87)
     assert study.long_methods(t) == ["ce", "allnc", "bcl", "la"]  # AllNC among them: not added twice
+
+
+def test_errors_phase_reads_the_validation_confusion_of_the_imbalance_100_runs(tmp_path, monkeypatch):
+    """Seeds 0 and 1 of CE at imbalance 100 count; a post-hoc cell, an imbalance-50 cell and a
+    run without a validation confusion do not. The figures are those of allnc.metrics."""
+    import argparse
+    import json
+
+    from allnc.metrics import headward_errors
+
+    counts = [500, 200, 50, 10]
+    confs = {0: [[8, 1, 1, 0], [3, 5, 1, 1], [2, 2, 4, 2], [4, 1, 0, 5]],
+             1: [[9, 1, 0, 0], [1, 8, 1, 0], [0, 1, 9, 0], [1, 0, 1, 8]]}
+
+    def rec(cell, conf):
+        return {"cell": cell, "config_name": "fmnist_lt_ce", "class_counts": counts,
+                "val": {"top1": 70.0, "confusion": conf}}
+
+    res = tmp_path / "results"
+    res.mkdir()
+    cells = {s: cell_name("fmnist_lt_ce", 100, study.EPOCHS, s, study.VAL) for s in (0, 1, 2)}
+    for s in (0, 1):
+        (res / f"{cells[s]}.json").write_text(json.dumps(rec(cells[s], confs[s])))
+    others = [rec(cells[0] + "__posthoc_tau_norm", confs[1]), rec(cell_name("fmnist_lt_ce", 50, study.EPOCHS, 0, study.VAL), confs[1]),
+              rec(cells[2], None)]
+    for r in others:
+        (res / f"{r['cell']}.json").write_text(json.dumps(r))
+    monkeypatch.setattr(study, "ERRORS_FILE", tmp_path / "errors.json")
+    study.phase_errors(argparse.Namespace(results=str(res), parallel=2, out=str(tmp_path)))
+    data = json.loads((tmp_path / "errors.json").read_text())
+    assert list(data["rows"]) == ["ce"] and data["rows"]["ce"]["cells"] == [cells[0], cells[1]]
+    assert [r["headward"] for r in data["rows"]["ce"]["runs"]] == [headward_errors(confs[s], counts)["all"] for s in (0, 1)]
+    table = study.render_errors_table(data)
+    assert "| CE | 0, 1 | 70.00 ± 0.00 |" in table
