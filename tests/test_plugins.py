@@ -152,3 +152,13 @@ def test_config_keys_lists_what_plugins_add(tmp_path):
         line for line in r.stdout.splitlines() if line.startswith("method.name")][0]
     r = _cli(["config", "--keys", "train.epochs=3"], tmp_path)
     assert r.returncode == 2 and "--keys covers every config, so it takes no config name or override (but plugins=...)" in r.stderr
+
+
+def test_config_with_only_overrides_prints_the_default_tree_with_them(capsys):
+    """`allnc config key=value` (no name): the override lands where a name would, and is
+    taken as an override, not listed over nor taken for a config name."""
+    from allnc.cli import main
+
+    assert main(["config", "train.epochs=3", "seed=7"]) == 0
+    out = capsys.readouterr().out
+    assert "  epochs: 3\n" in out and "seed: 7\n" in out

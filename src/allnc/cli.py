@@ -210,7 +210,7 @@ def cmd_config(a) -> int:
         for key, default, meaning in key_docs():
             print(f"{key} = {json.dumps(default)}" + (f"    # {meaning}" if meaning else ""))
         return 0
-    if a.list or not a.name:
+    if a.list or not (a.name or a.overrides):
         from .compose import describe
 
         names = builtin_names()
