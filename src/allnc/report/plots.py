@@ -498,8 +498,9 @@ def plot_errors(confusion, train_counts: Sequence[int], path, title: Optional[st
     rows = [g for g in GROUP_NAMES if gc["shares"][g] is not None]
     cols = [g for g in GROUP_NAMES if any(gc["counts"][r][g] for r in GROUP_NAMES) or g in rows]
     full = K <= max_classes
-    left = min(5.2 + 0.09 * K, 13.0)
-    fig = _new_figure((left if full else 0) + 3.8, 5.0 if full and K > 12 else 4.4)
+    side = min(3.6 + 0.06 * K, 9.0)  # the class matrix is square: its side sets the height
+    left = side + 1.8  # tick labels and colour bar
+    fig = _new_figure((left if full else 0) + 3.8, max(side + 2.2, 4.4) if full else 4.4)
     grid = fig.add_gridspec(1, 2, width_ratios=[left, 3.8]) if full else None
     if full:
         ax = fig.add_subplot(grid[0, 0])
@@ -523,6 +524,9 @@ def plot_errors(confusion, train_counts: Sequence[int], path, title: Optional[st
             labels = _tick_labels(order, class_names)
             ax.set_xticks(range(K), labels, fontsize=7, rotation=_rotate_ticks(labels))
             ax.set_yticks(range(K), labels, fontsize=7)
+        else:  # positions are ranks by size, not class indices: no numbers
+            ax.set_xticks([])
+            ax.set_yticks([])
         ax.set_xlabel("predicted " + _class_axis_label(class_names), fontsize=8)
         ax.set_ylabel("true class", fontsize=8)
         ax.set_title("errors, % of the true class's test images\n(diagonal hidden; left of it: a larger class)",
@@ -544,7 +548,7 @@ def plot_errors(confusion, train_counts: Sequence[int], path, title: Optional[st
     even = f"{hw['uniform']:.0f}%" if hw["uniform"] is not None else "–"
     fig.suptitle(title or f"Where the errors go: {head} of the {hw['errors']} errors are head-ward "
                           f"(towards a class with more training images; {even} if spread evenly)", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.95))  # room for the title
     return _save(fig, path)
 
 
