@@ -136,3 +136,31 @@ def test_a_run_started_from_another_joins_that_runs_table():
     crt = dict(_rec("fmnist_lt_crt", 0, 85.0, 84.0, 90.0, epochs=8), table_epochs=12)
     assert table_id(crt) == "fmnist_lt_if100_e12"
     assert table_id(_rec("fmnist_lt_crt", 0, 85.0, 84.0, 90.0, epochs=8)) == "fmnist_lt_if100_e8"
+
+
+def test_records_carry_where_the_test_errors_go_and_tables_show_it_only_where_they_do(tmp_path):
+    from allnc.metrics import headward_errors
+    from allnc.report.results import result_record
+
+    run = tmp_path / "run"
+    run.mkdir()
+    conf, counts = [[8, 1, 1, 0], [3, 5, 1, 1], [2, 2, 4, 2], [4, 1, 0, 5]], [500, 200, 50, 10]
+    cfg = {"seed": 0, "data": {"imbalance_factor": 100}, "train": {"epochs": 12}}
+    (run / "metrics.json").write_text(json.dumps({"top1": 55.0, "groups": {"many": 65.0}, "config": cfg, "epoch": 12,
+                                                  "confusion": conf, "class_counts": counts}))
+    (run / "posthoc_tau_norm.json").write_text(json.dumps(
+        {"method": "tau_norm", "tau": 1.0, "test": {"top1": 60.0, "groups": {"many": 60.0}}, "run_test": {"top1": 55.0}}))
+    own = result_record(run, "cifar10_lt_ce__if100__e12__seed0")
+    hw = headward_errors(conf, counts)
+    assert own["errors"] == {"errors": 18, "headward": hw["all"], "headward_if_even": hw["uniform"],
+                             "headward_by_group": hw["groups"]}
+    # a post-hoc cell's classifier is another one: the run's errors are not its
+    assert "errors" not in result_record(run, "cifar10_lt_ce__if100__e12__seed0__posthoc_tau_norm")
+    # the column appears where a record has the figures: mean ± std over seeds, (the even-spread mean)
+    recs = [_rec("cifar10_lt_ce", s, 70.0, 88.0, 40.0) for s in (0, 1)]
+    assert "head-ward" not in render_table(recs)
+    recs[0]["errors"] = {"headward": 60.0, "headward_if_even": 50.0}
+    recs[1]["errors"] = {"headward": 70.0, "headward_if_even": 51.0}
+    text = render_table(recs + [_rec("cifar10_lt_la", 0, 75.0, 85.0, 60.0)])
+    assert "| head-ward errors % (even) | wall s |" in text
+    assert "| 65.00 ± 7.07 (50.5) | 10 |" in text and "| – | 10 |" in text

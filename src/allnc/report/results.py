@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Iterable, Optional
 
 from ..config import cell_posthoc, parse_cell_name
+from ..metrics.accuracy import headward_errors
 
 #: config suffix -> the name a table shows, in the order rows appear
 METHOD_NAMES: dict[str, str] = {
@@ -84,6 +85,11 @@ def result_record(run_dir: Path, cell: str, extra: Optional[dict] = None) -> dic
             if isinstance(r, dict) and r.get("nc") and r.get("epoch") == metrics.get("epoch"):
                 nc = r["nc"]
     rec["nc_train"] = nc
+    # where the test errors go (the confusion matrix itself is K x K: too big to keep at K = 1000)
+    if metrics.get("confusion") is not None and metrics.get("class_counts") is not None:
+        hw = headward_errors(metrics["confusion"], metrics["class_counts"])
+        rec["errors"] = {"errors": hw["errors"], "headward": hw["all"], "headward_if_even": hw["uniform"],
+                         "headward_by_group": hw["groups"]}
     base = (metrics.get("config") or {}).get("init_from")
     if base and (Path(base) / "metrics.json").is_file():
         # a run that starts from another (cRT re-trains a finished run's classifier) belongs to
@@ -95,6 +101,7 @@ def result_record(run_dir: Path, cell: str, extra: Optional[dict] = None) -> dic
         # a post-hoc cell: the corrected classifier's test figures replace the run's own; its
         # NC figures were not measured
         ph = json.loads((run_dir / f"posthoc_{method}.json").read_text())
+        rec.pop("errors", None)  # the run's own errors, not the corrected classifier's
         rec.update(top1=ph["test"]["top1"], groups=ph["test"]["groups"], per_class=ph["test"].get("per_class"),
                    nc_train=None, posthoc={k: ph[k] for k in ("method", "tau", "tau_grid", "val_top1_by_tau", "val_top1",
                                                               "validation", "run_test", "notes") if k in ph})
@@ -167,9 +174,12 @@ def render_table(records: list[dict]) -> str:
 
     data_label = sorted({r.get("data_label") or r.get("data", "") for r in records})
     devices = sorted({r.get("device", "") for r in records})
+    # the head-ward share of the test errors (beside its even-spread value), where the records have it
+    errors = any(r.get("errors") for r in records)
     lines = [f"Data: {'; '.join(data_label)}. Device: {'; '.join(devices)}.", "",
-             "| method | seeds | top-1 | many | medium | few | NC1 (cb) | cos w medium | cos mu medium | wall s | cells |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| method | seeds | top-1 | many | medium | few | NC1 (cb) | cos w medium | cos mu medium | "
+             + ("head-ward errors % (even) | " if errors else "") + "wall s | cells |",
+             "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if errors else "")]
     for c in sorted(rows, key=key):
         rs = sorted(rows[c], key=lambda r: r["cell"])
         top1 = mean_std([r["top1"] for r in rs])
@@ -178,7 +188,13 @@ def render_table(records: list[dict]) -> str:
         wall = f"{sum(r['wall_time_s'] for r in rs) / len(rs):.0f}"
         seeds = ", ".join(str(r["config"]["seed"]) for r in rs)
         cells = ", ".join(f"`{r['cell']}`" for r in rs)
-        lines.append(f"| {method_label(c[0], c[1] or None)} | {seeds} | {top1} | {' | '.join(grp)} | {nc1s} | {cw} | {cm} | {wall} | {cells} |")
+        head = ""
+        if errors:
+            e = [r["errors"] for r in rs if r.get("errors") and r["errors"].get("headward") is not None]
+            head = (f"{mean_std([x['headward'] for x in e])} ({sum(x['headward_if_even'] for x in e) / len(e):.1f}) | "
+                    if e else "– | ")
+        lines.append(f"| {method_label(c[0], c[1] or None)} | {seeds} | {top1} | {' | '.join(grp)} | {nc1s} | {cw} | {cm} | "
+                     f"{head}{wall} | {cells} |")
     return "\n".join(lines) + "\n"
 
 
