@@ -375,7 +375,7 @@ class Suite:
             self.new_results.append(path)
             g = rec["groups"]
             self.log(f"RESULT {spec.name}: top-1 {rec['top1']:.2f} many {_f(g['many'])} medium {_f(g['medium'])} "
-                     f"few {_f(g['few'])}; wall {rec['wall_time_s']:.0f} s")
+                     f"few {_f(g['few'])}; head-ward errors {_headward(rec)}; wall {rec['wall_time_s']:.0f} s")
             if spec.name.split("__")[0] == f"{a.prefix}_ce":
                 self.posthoc_rows(spec, secs)
             self.pack()
@@ -492,13 +492,14 @@ class Suite:
                       for m in sp["measurements"]]
             lines += ["", f"derived: {json.dumps(sp.get('derived', {}))}", ""]
         if self.new_results:
-            lines += ["## Results (this suite)", "", "| cell | method | top-1 | many | medium | few | wall s |",
-                      "|---|---|---|---|---|---|---|"]
+            lines += ["## Results (this suite)", "",
+                      "| cell | method | top-1 | many | medium | few | head-ward errors % (even) | wall s |",
+                      "|---|---|---|---|---|---|---|---|"]
             for p in self.new_results:
                 r = json.loads(p.read_text())
                 g = r["groups"]
                 lines.append(f"| {r['cell']} | {method_label(r['config_name'])} | {r['top1']:.2f} | {_f(g['many'])} | "
-                             f"{_f(g['medium'])} | {_f(g['few'])} | {r['wall_time_s']:.0f} |")
+                             f"{_f(g['medium'])} | {_f(g['few'])} | {_headward(r)} | {r['wall_time_s']:.0f} |")
             lines.append("")
         pl = self.summary["stages"].get("plan")
         if pl:
@@ -701,6 +702,12 @@ def _last_line(text: str) -> str:
 
 def _f(v) -> str:
     return "-" if v is None else f"{v:.2f}"
+
+
+def _headward(rec: dict) -> str:
+    """The head-ward share of a result's test errors, its even-spread value in brackets."""
+    e = rec.get("errors") or {}
+    return "-" if e.get("headward") is None else f"{e['headward']:.1f} ({e['headward_if_even']:.1f})"
 
 
 def make_tiny_cifar(root: Path, per_class: int = 40, test_per_class: int = 4, seed: int = 0) -> Path:

@@ -62,10 +62,18 @@ def test_tiny_suite_writes_one_results_file_per_plan_cell(tiny_suite):
         assert rec["git_commit"] == "0123abc" and rec["versions"]["torch"] and rec["device"].startswith("cpu")
         if p.stem in trained:
             assert rec["nc_train"] and rec["nc_train"]["nc1_cb"] is not None  # the final NC figures
+            # where the errors go: every misclassified test image is counted
+            n_test = 10 * 4  # the tiny data's test split (make_tiny_cifar: test_per_class=4, 10 classes)
+            assert rec["errors"]["errors"] == n_test - round(rec["top1"] * n_test / 100)
         else:
             assert rec["posthoc"]["run_test"]["top1"] == json.loads(
                 (results / f"{p.stem.split('__posthoc_')[0]}.json").read_text())["top1"]
         assert 0 <= rec["top1"] <= 100 and rec["wall_time_s"] > 0
+    summary = (out / "summary.md").read_text()
+    for c in trained:
+        e = json.loads((results / f"{c}.json").read_text())["errors"]
+        want = "-" if e["headward"] is None else f"{e['headward']:.1f} ({e['headward_if_even']:.1f})"
+        assert f"| {want} |" in [ln for ln in summary.splitlines() if ln.startswith(f"| {c} |")][0]
     with tarfile.open(out / "results.tar.gz") as tf:
         assert sorted(tf.getnames()) == sorted(f"results/{c}.json" for c in expect)
     with tarfile.open(out / "runs.tar.gz") as tf:
