@@ -146,7 +146,7 @@ def compare_runs(run_dirs: Sequence, out_dir) -> Path:
                "Of each run's misclassified test images, the percentage predicted as a class with more training "
                "images than their own (head-ward), beside that share were each class's errors spread evenly "
                "over the other classes, and by true group (`allnc report RUN_DIR` draws them):", "",
-               "| run | errors | head-ward | if spread evenly | " + " | ".join(GROUP_NAMES) + " |",
+               "| run | errors | head-ward | if spread evenly | " + " | ".join(f"head-ward, {g}" for g in GROUP_NAMES) + " |",
                "|---|---|---|---|" + "---|" * len(GROUP_NAMES)] + error_rows
     md += ["", "## Minority collapse by group (training features)", ""]
     if group_rows:
