@@ -341,13 +341,25 @@ class Suite:
         return [(cell_name(f"{a.prefix}_{m}", f, a.epochs, s), f"{a.prefix}_{m}", f, s)
                 for m in a.methods for f in a.imbalance for s in a.seeds]
 
+    def has_result(self, cell: str) -> bool:
+        return (self.results / f"{cell}.json").is_file()
+
+    def smoke_skipped(self) -> str | None:
+        """Why the smoke does not run, or None: it only warms the plan's compiled graphs (each
+        plan run still falls back from a failing compile mode on its own)."""
+        if self.args.no_smoke:
+            return "--no-smoke"
+        if all(self.has_result(c[0]) for c in self.plan_cells()):
+            return "every plan cell has its results file"
+        return None
+
     def plan(self) -> None:
         a = self.args
         left_out = [m for m in a.methods if m in self.broken and not self.plan_extra]
         for m in left_out:
             self.log(f"plan: {m} left out: its smoke run failed ({self.broken[m]}); see runs.tar.gz smoke/*/log.txt")
         cells = [c for c in self.plan_cells() if c[1] not in {f"{a.prefix}_{m}" for m in left_out}]
-        todo = [c for c in cells if not (self.results / f"{c[0]}.json").is_file()]
+        todo = [c for c in cells if not self.has_result(c[0])]
         skipped = [c[0] for c in cells if c not in todo]
         for name in skipped:
             self.log(f"plan: {name} has a results file already; skipped")
@@ -517,15 +529,11 @@ class Suite:
             for stage in ("smoke", "speed", "plan"):
                 if stage == "speed" and self.args.no_speed:
                     continue
-                if stage == "smoke":
-                    why = ("--no-smoke" if self.args.no_smoke else
-                           "every plan cell has its results file" if all(
-                               (self.results / f"{c[0]}.json").is_file() for c in self.plan_cells()) else None)
-                    if why:
-                        # the plan's engine still falls back from a failing compile mode on its own
-                        self.summary["stages"]["smoke"] = {"skipped": why}
-                        self.log(f"smoke: skipped ({why})")
-                        continue
+                why = self.smoke_skipped() if stage == "smoke" else None
+                if why:
+                    self.summary["stages"]["smoke"] = {"skipped": why}
+                    self.log(f"smoke: skipped ({why})")
+                    continue
                 t = time.monotonic()
                 try:
                     getattr(self, stage)()

@@ -528,11 +528,9 @@ ERRORS_ROWS = {**ROWS, "gbbn_only": "fmnist_lt_gbbn_only"}
 def error_figures(confusion, counts) -> dict:
     """Where a run's errors go (``allnc.metrics``): the head-ward share of its errors, that
     share were errors spread evenly, by true group, and the group confusion."""
-    from allnc.metrics import group_confusion, headward_errors
+    from allnc.metrics import error_summary, group_confusion
 
-    hw, gc = headward_errors(confusion, counts), group_confusion(confusion, counts)
-    return {"errors": hw["errors"], "headward": hw["all"], "headward_if_even": hw["uniform"],
-            "headward_by_group": hw["groups"], "group_shares": gc["shares"]}
+    return {**error_summary(confusion, counts), "group_shares": group_confusion(confusion, counts)["shares"]}
 
 
 def phase_errors(args) -> None:
@@ -564,18 +562,19 @@ def render_errors_table(data: dict | None) -> str:
     rows = ["| method | seeds | val top-1 | errors | head-ward | if spread evenly | medium images predicted many | "
             "many images predicted medium |", "|---|---|---|---|---|---|---|---|"]
 
-    def stat(x, f):
-        return [f(run) for run in x["runs"]]
+    def col(row: str, f) -> list:
+        return [f(run) for run in data["rows"][row]["runs"]]
 
-    order = sorted(data["rows"], key=lambda r: sum(stat(data["rows"][r], lambda u: u["headward"])) / len(data["rows"][r]["runs"]))
-    for r in order:
+    def mean(vals: list) -> float:
+        return sum(vals) / len(vals)
+
+    for r in sorted(data["rows"], key=lambda r: mean(col(r, lambda u: u["headward"]))):
         x = data["rows"][r]
-        seeds = ", ".join(c.rsplit("__seed", 1)[1] for c in x["cells"])
-        rows.append(_row(METHOD_NAMES.get(r, r), seeds, mean_std(x["val_top1"]),
-                         f"{sum(stat(x, lambda u: u['errors'])) / len(x['runs']):.0f}",
-                         mean_std(stat(x, lambda u: u["headward"])), mean_std(stat(x, lambda u: u["headward_if_even"])),
-                         mean_std(stat(x, lambda u: u["group_shares"]["medium"]["many"])),
-                         mean_std(stat(x, lambda u: u["group_shares"]["many"]["medium"]))))
+        rows.append(_row(METHOD_NAMES.get(r, r), ", ".join(c.rsplit("__seed", 1)[1] for c in x["cells"]),
+                         mean_std(x["val_top1"]), f"{mean(col(r, lambda u: u['errors'])):.0f}",
+                         mean_std(col(r, lambda u: u["headward"])), mean_std(col(r, lambda u: u["headward_if_even"])),
+                         mean_std(col(r, lambda u: u["group_shares"]["medium"]["many"])),
+                         mean_std(col(r, lambda u: u["group_shares"]["many"]["medium"]))))
     return "\n".join(rows) + "\n"
 
 

@@ -12,13 +12,12 @@ command line (unknown keys and bad values raise ``allnc.errors.ConfigError``).
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Optional
 
 from omegaconf import DictConfig
 
-from .config import load_config, set_key, validate
+from .config import plugin_list, load_config, set_key, validate
 from .errors import ConfigError
 from .engine.context import RunContext
 from .engine.context import load_run as _load_run
@@ -39,7 +38,7 @@ def _load(config_or_name: str | DictConfig, items: dict) -> DictConfig:
     if isinstance(config_or_name, DictConfig):
         raise ConfigError("plugins must be imported before a config is built: give them with the config's name "
                           "(train(name, out, {'plugins': [...]})), not with a built config")
-    return load_config(config_or_name, [f"plugins={json.dumps(items.pop('plugins'))}"])
+    return load_config(config_or_name, plugins=plugin_list(items.pop("plugins"), "the Python call"))
 
 
 def _apply(cfg: DictConfig, items: dict) -> DictConfig:

@@ -17,7 +17,7 @@ from dataclasses import MISSING as DC_MISSING
 from dataclasses import dataclass, field, fields, is_dataclass, make_dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, ClassVar, List, Optional
+from typing import Any, ClassVar, List, Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
@@ -163,7 +163,8 @@ def import_plugins_named(overrides: list[str]) -> list[str]:
     return import_plugins(_gather_plugins([], overrides))
 
 
-def _plugin_list(value: Any, where: str) -> list[str]:
+def plugin_list(value: Any, where: str) -> list[str]:
+    """A plugins value (one name or a list of names) as a list; anything else is a ConfigError."""
     if value is None:
         return []
     if isinstance(value, str):
@@ -180,11 +181,11 @@ def _gather_plugins(layers: list[tuple[str, dict]], overrides: list[str]) -> lis
     out: list[str] = []
     for where, data in layers:
         base = Path(where).parent if Path(where).is_file() else None
-        out += [plugin_imports.resolve(n, base) for n in _plugin_list(data.get("plugins"), where)]
+        out += [plugin_imports.resolve(n, base) for n in plugin_list(data.get("plugins"), where)]
     for text in overrides:
         k, v = parse_override(text)
         if k == "plugins":
-            out += [plugin_imports.resolve(n) for n in _plugin_list(v, "the command line")]
+            out += [plugin_imports.resolve(n) for n in plugin_list(v, "the command line")]
     return list(dict.fromkeys(out))
 
 
@@ -403,17 +404,20 @@ def parse_cell_name(name: str) -> tuple[str, list[str]]:
     return m.group("config"), o + [f"seed={m.group('seed')}"]
 
 
-def load_config(name_or_path: Optional[str] = None, overrides: Optional[list[str]] = None) -> DictConfig:
+def load_config(name_or_path: Optional[str] = None, overrides: Optional[list[str]] = None,
+                plugins: Sequence[str] = ()) -> DictConfig:
     """Default tree <- YAML chain (base first) <- command-line overrides; then validated.
     A results cell name (``cifar10_lt_allnc__if100__e200__seed0``) resolves to its config
-    with the cell's overrides before ``overrides``."""
+    with the cell's overrides before ``overrides``. ``plugins`` adds plugins to those the
+    layers and overrides name (files relative to the current directory)."""
     cell_overrides: list[str] = []
     if name_or_path and _CELL_RE.match(name_or_path) and not Path(name_or_path).is_file():
         cell = name_or_path
         name_or_path, cell_overrides = parse_cell_name(name_or_path)
     layers = _file_layers(name_or_path) if name_or_path else []
     # the plugins first: what they register is part of the tree the layers are checked against
-    plugins = import_plugins(_gather_plugins(layers, list(overrides or [])))
+    gathered = _gather_plugins(layers, list(overrides or []))
+    plugins = import_plugins(list(dict.fromkeys(gathered + [plugin_imports.resolve(n) for n in plugins])))
     cfg = default_config()
     if name_or_path:
         for where, data in layers:
@@ -619,7 +623,7 @@ def to_dict(cfg: DictConfig) -> dict:
 def from_dict(d: dict) -> DictConfig:
     """Rebuild a config saved in a run directory (validated against the current tree, with
     the run's plugins imported first)."""
-    import_plugins(_plugin_list(d.get("plugins"), "the saved run config"))
+    import_plugins(plugin_list(d.get("plugins"), "the saved run config"))
     cfg = default_config()
     for k, v in flatten(d).items():
         set_key(cfg, k, v, "the saved run config")

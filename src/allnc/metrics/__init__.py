@@ -1,6 +1,7 @@
 """Metrics: accuracy (top-1, many/medium/few groups, per class, confusion) and
 neural-collapse diagnostics (see docs/metrics.md)."""
-from .accuracy import GROUP_NAMES, AccuracyAccumulator, group_classes, group_confusion, group_of, headward_errors
+from .accuracy import (GROUP_NAMES, AccuracyAccumulator, error_summary, group_classes, group_confusion, group_of,
+                       headward_errors)
 from .nc_accumulators import ClassStats, ClassStatsAccumulator, NCMAccumulator
 from .nc_formulas import (
     between_class_cov,
@@ -20,7 +21,8 @@ from .nc_formulas import (
 from .nc_report import SUMMARY_KEYS, compute_nc, cosine_matrices, nc_summary, save_nc
 
 __all__ = [
-    "GROUP_NAMES", "AccuracyAccumulator", "group_classes", "group_confusion", "group_of", "headward_errors",
+    "GROUP_NAMES", "AccuracyAccumulator", "error_summary", "group_classes", "group_confusion", "group_of",
+    "headward_errors",
     "SUMMARY_KEYS", "ClassStats", "ClassStatsAccumulator", "NCMAccumulator",
     "between_class_cov", "compute_nc", "cosine_matrices", "cosine_matrix", "equiangularity",
     "equinorm", "gram_etf_distance", "max_angle", "mean_cross_cosine", "mean_pairwise_cosine",

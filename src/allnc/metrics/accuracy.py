@@ -208,3 +208,11 @@ def headward_errors(confusion, train_counts) -> dict:
     return {"all": share(every), "uniform": uniform(every), "errors": int(errors.sum()),
             "groups": {g: share(np.asarray(idx, dtype=int)) for g, idx in grp.items()},
             "per_class": [float(100.0 * head[c] / errors[c]) if errors[c] > 0 else None for c in range(K)]}
+
+
+def error_summary(confusion, train_counts) -> dict:
+    """``headward_errors`` as results files keep it: the error count, the head-ward share,
+    its even-spread value and the by-group shares."""
+    hw = headward_errors(confusion, train_counts)
+    return {"errors": hw["errors"], "headward": hw["all"], "headward_if_even": hw["uniform"],
+            "headward_by_group": hw["groups"]}

@@ -113,7 +113,8 @@ def compare_runs(run_dirs: Sequence, out_dir) -> Path:
         metrics = read_json(d / "metrics.json") or {}
         records, _ = read_jsonl(d / "metrics.jsonl")
         nc = read_json(d / "nc.json") or {}
-        sizes = group_sizes_of(metrics, nc, train_counts_of(metrics, nc))
+        tc = train_counts_of(metrics, nc)
+        sizes = group_sizes_of(metrics, nc, tc)
         summ = plots.flat_nc(nc) if nc else {}
         if metrics.get("test_evaluated", True) is False and metrics.get("top1") is None:
             row = [name, "not evaluated (train.eval_test=false)", "–", "–", "–"]
@@ -123,7 +124,6 @@ def compare_runs(run_dirs: Sequence, out_dir) -> Path:
             val_rows.append("| " + " | ".join([name] + _acc_cells(metrics["val"], sizes)) + " |")
         row += [fmt(summ.get(k)) for _, k in NC_COLUMNS]
         md.append("| " + " | ".join(row) + " |")
-        tc = train_counts_of(metrics, nc)
         if metrics.get("confusion") is not None and tc is not None and metrics.get("test_evaluated", True):
             hw = headward_errors(metrics["confusion"], tc)
             error_rows.append("| " + " | ".join([name, str(hw["errors"]), fmt_pct(hw["all"]), fmt_pct(hw["uniform"])]

@@ -398,8 +398,9 @@ def plot_norms_vs_size(per_class: Mapping, path, train_counts: Optional[Sequence
         return None
     K = len(tc)
     fig, axes = _panel_grid(len(panels), ncols=2, w=5.2, h=4.2)
+    values = {k: np.asarray([v if _finite(v) else np.nan for v in per_class[k]], dtype=float) for k, _ in panels}
     for ax, (k, lab) in zip(axes, panels):
-        vals = np.asarray([v if _finite(v) else np.nan for v in per_class[k]], dtype=float)
+        vals = values[k]
         for g in GROUP_NAMES:
             sel = np.array([group_of(int(n)) == g for n in tc]) & np.isfinite(vals) & (tc > 0)
             if sel.any():
@@ -424,7 +425,7 @@ def plot_norms_vs_size(per_class: Mapping, path, train_counts: Optional[Sequence
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     if K <= 20:  # names last: their spots are measured on the final layout
         for ax, (k, _) in zip(axes, panels):
-            vals = np.asarray([v if _finite(v) else np.nan for v in per_class[k]], dtype=float)
+            vals = values[k]
             ax.set_xlim(ax.get_xlim())
             ax.set_ylim(ax.get_ylim())
             shown = [c for c in range(K) if np.isfinite(vals[c]) and tc[c] > 0]
@@ -479,6 +480,13 @@ def plot_per_class_accuracy(per_class_acc: Sequence[Optional[float]], train_coun
     return _save(fig, path)
 
 
+def group_confusion_axes(gc: Mapping) -> tuple[list[str], list[str]]:
+    """The rows (true groups with tested classes) and columns (those groups and any group
+    predicted) of a ``group_confusion`` table: a group without classes gets neither."""
+    rows = [g for g in GROUP_NAMES if gc["shares"][g] is not None]
+    return rows, [g for g in GROUP_NAMES if g in rows or any(gc["counts"][r][g] for r in rows)]
+
+
 @_one_glyph_note
 def plot_errors(confusion, train_counts: Sequence[int], path, title: Optional[str] = None,
                 class_names: Optional[Sequence[str]] = None, max_classes: int = 100) -> Optional[Path]:
@@ -495,8 +503,7 @@ def plot_errors(confusion, train_counts: Sequence[int], path, title: Optional[st
         return None
     K = len(train_counts)
     gc, hw = group_confusion(conf, train_counts), headward_errors(conf, train_counts)
-    rows = [g for g in GROUP_NAMES if gc["shares"][g] is not None]
-    cols = [g for g in GROUP_NAMES if any(gc["counts"][r][g] for r in GROUP_NAMES) or g in rows]
+    rows, cols = group_confusion_axes(gc)
     full = K <= max_classes
     side = min(3.6 + 0.06 * K, 9.0)  # the class matrix is square: its side sets the height
     left = side + 1.8  # tick labels and colour bar

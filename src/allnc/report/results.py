@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Iterable, Optional
 
 from ..config import cell_posthoc, parse_cell_name
-from ..metrics.accuracy import headward_errors
+from ..metrics.accuracy import error_summary
 
 #: config suffix -> the name a table shows, in the order rows appear
 METHOD_NAMES: dict[str, str] = {
@@ -87,9 +87,7 @@ def result_record(run_dir: Path, cell: str, extra: Optional[dict] = None) -> dic
     rec["nc_train"] = nc
     # where the test errors go (the confusion matrix itself is K x K: too big to keep at K = 1000)
     if metrics.get("confusion") is not None and metrics.get("class_counts") is not None:
-        hw = headward_errors(metrics["confusion"], metrics["class_counts"])
-        rec["errors"] = {"errors": hw["errors"], "headward": hw["all"], "headward_if_even": hw["uniform"],
-                         "headward_by_group": hw["groups"]}
+        rec["errors"] = error_summary(metrics["confusion"], metrics["class_counts"])
     base = (metrics.get("config") or {}).get("init_from")
     if base and (Path(base) / "metrics.json").is_file():
         # a run that starts from another (cRT re-trains a finished run's classifier) belongs to

@@ -340,8 +340,7 @@ def errors_markdown(confusion, train_counts: Sequence[int]) -> list[str]:
     md += [f"Of the {hw['errors']} misclassified test images, {fmt_pct(hw['all'])}% were predicted as a class with "
            f"more training images than their own (head-ward); {fmt_pct(hw['uniform'])}% would be if each class's "
            f"errors were spread evenly over the other classes. Head-ward share by true group: {by}.", ""]
-    rows = [g for g in GROUP_NAMES if gc["shares"][g] is not None]
-    cols = [g for g in GROUP_NAMES if g in rows or any(gc["counts"][r][g] for r in rows)]  # a group without classes gets no column
+    rows, cols = plots.group_confusion_axes(gc)
     md += ["| true group | " + " | ".join(f"predicted {g}" for g in cols) + " |", "|---|" + "---|" * len(cols)]
     md += [f"| {g} | " + " | ".join(fmt_pct(gc["shares"][g][h]) for h in cols) + " |" for g in rows]
     md += ["", "Percent of each true group's test images, class-balanced (the mean over its classes).", ""]
