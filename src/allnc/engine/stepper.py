@@ -46,6 +46,9 @@ class Stepper:
         lr0 = torch.tensor(float(cfg.train.lr), device=device) if compile_ else float(cfg.train.lr)
         self.opt = torch.optim.SGD(groups, lr=lr0, momentum=float(cfg.train.momentum), nesterov=bool(cfg.train.nesterov),
                                    **({"fused": True} if on_gpu and not compile_ else {}))
+        if compile_:  # each group its own tensor: a group's ``lr_mult`` scales the rate it is given
+            for g in self.opt.param_groups:
+                g["lr"] = torch.tensor(float(cfg.train.lr) * g.get("lr_mult", 1.0), device=device)
         self.step_module: nn.Module = _TrainStep(method)
         backend = str(cfg.train.compile_backend)
         if compile_ and backend == "cudagraphs" and not on_gpu:
@@ -67,11 +70,14 @@ class Stepper:
 
     # ------------------------------------------------------------------ the step
     def set_lr(self, lr: float) -> None:
+        """Every parameter group's rate: ``lr`` times the group's ``lr_mult`` (1 without one;
+        a method sets it in ``parameter_groups``)."""
         for g in self.opt.param_groups:
+            v = lr * g.get("lr_mult", 1.0)
             if torch.is_tensor(g["lr"]):
-                g["lr"].fill_(lr)
+                g["lr"].fill_(v)
             else:
-                g["lr"] = lr
+                g["lr"] = v
 
     def step(self, batches: list[dict], state: StepState) -> tuple[torch.Tensor, dict]:
         if self._mark_step:

@@ -1,5 +1,5 @@
 """Pure loss modules: LA / Balanced Softmax cross-entropy, LDAM and DRW weights, dot
-regression for a fixed ETF, BCL, and AllNC's HyCon, P2P and class-mean memory.
+regression for a fixed ETF, BCL, MiSLAS's label-aware smoothing, and AllNC's HyCon, P2P and class-mean memory.
 
 HyCon, P2P and the memory are this project's reconstruction of AllNC (Zhang et al. 2024);
 the paper's exact equations are not available, and every free choice is an option.
@@ -14,6 +14,7 @@ from .ce import (
 )
 from .etf import dot_regression_loss
 from .hycon import HyConLoss
+from .las import LabelAwareSmoothing, smoothing_factors
 from .ldam import LDAMLoss, drw_weights, ldam_margins
 from .memory import ClassMeanMemory, centred_mean, centred_normalized
 from .p2p import P2PLoss, etf_cosines
@@ -23,6 +24,7 @@ __all__ = [
     "ClassMeanMemory",
     "HyConLoss",
     "LDAMLoss",
+    "LabelAwareSmoothing",
     "P2PLoss",
     "balanced_softmax_ce",
     "centred_mean",
@@ -36,4 +38,5 @@ __all__ = [
     "ldam_margins",
     "log_prior",
     "logit_adjusted_ce",
+    "smoothing_factors",
 ]

@@ -81,6 +81,8 @@ class Method(nn.Module):
         """Hook for epoch-level schedules (deferred re-weighting, adaptors)."""
 
     def parameter_groups(self, weight_decay: float) -> list[dict]:
+        """The optimizer's parameter groups; a group's optional ``lr_mult`` scales the
+        learning rate the schedule gives it (MiSLAS's classifier learns at a fraction of it)."""
         params = [p for p in self.parameters() if p.requires_grad]
         return [{"params": params, "weight_decay": weight_decay}]
 

@@ -1,4 +1,5 @@
-"""Classifier re-training, cRT (Kang et al. ICLR 2020)."""
+"""Classifier re-training on a frozen backbone: cRT (Kang et al. ICLR 2020), and the base
+of MiSLAS's second stage (``mislas.py``)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -21,31 +22,41 @@ class CRTConfig:
     reset_classifier: bool = True
 
 
-@METHODS.register("crt", section="crt", config=CRTConfig)
-class ClassifierRetraining(SingleBranch):
-    """Classifier re-training, cRT (Kang et al. ICLR 2020): a frozen backbone from
-    ``init_from`` and a classifier re-trained with class-balanced sampling."""
+class FrozenBackbone(SingleBranch):
+    """A classifier trained on the frozen backbone of the run named by ``init_from``. The
+    section ``method.<section>`` gives ``sampler`` and ``reset_classifier``; no backbone
+    parameter learns, and its BN statistics stay as trained unless ``shift_bn`` says so."""
 
     classifier_kind = ""
+    section = "crt"
+    shift_bn = False  # BN layers in training mode: their running statistics follow the new sampler
 
     def __init__(self, cfg, info):
         super().__init__(cfg, info)
-        self.loaders = (LoaderSpec(cfg.method.crt.sampler, 1),)
+        c = cfg.method[self.section]
+        self.loaders = (LoaderSpec(c.sampler, 1),)
         if not cfg.init_from:
-            raise ConfigError("method crt needs init_from=RUN_DIR (the finished run whose backbone it freezes)")
+            raise ConfigError(f"method {cfg.method.name} needs init_from=RUN_DIR (the finished run whose backbone it freezes)")
         for p in self.backbone.parameters():
             p.requires_grad_(False)
 
     def train(self, mode: bool = True):
         super().train(mode)
-        self.backbone.eval()  # frozen: BN statistics stay as trained
+        if not self.shift_bn:
+            self.backbone.eval()  # frozen: BN statistics stay as trained
         return self
 
     def load_backbone_from(self, state_dict):
         super().load_backbone_from(state_dict)
-        if not self.cfg.method.crt.reset_classifier:
+        if not self.cfg.method[self.section].reset_classifier:
             w = {k[len("classifier."):]: v for k, v in state_dict.items() if k.startswith("classifier.")}
             self.classifier.load_state_dict(w)
+
+
+@METHODS.register("crt", section="crt", config=CRTConfig)
+class ClassifierRetraining(FrozenBackbone):
+    """Classifier re-training, cRT (Kang et al. ICLR 2020): a frozen backbone from
+    ``init_from`` and a classifier re-trained with class-balanced sampling."""
 
     def loss_fn(self, logits, y, feats):
         return F.cross_entropy(logits, y)

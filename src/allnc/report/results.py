@@ -22,6 +22,7 @@ from ..metrics.accuracy import error_summary
 METHOD_NAMES: dict[str, str] = {
     "ce": "CE",
     "ce_rs": "CE + class-balanced sampling",
+    "ce_mixup": "CE + mixup (MiSLAS's first stage)",
     "la": "logit adjustment",
     "bsce": "balanced softmax",
     "ldam_drw": "LDAM-DRW",
@@ -29,6 +30,7 @@ METHOD_NAMES: dict[str, str] = {
     "etf_ce": "fixed ETF + CE",
     "bcl": "BCL",
     "crt": "cRT",
+    "mislas": "MiSLAS",
     "bbn": "BBN",
     "gbbn_only": "GBBN only",
     "ce_hycon": "CE + HyCon",
@@ -90,7 +92,8 @@ def result_record(run_dir: Path, cell: str, extra: Optional[dict] = None) -> dic
         rec["errors"] = error_summary(metrics["confusion"], metrics["class_counts"])
     base = (metrics.get("config") or {}).get("init_from")
     if base and (Path(base) / "metrics.json").is_file():
-        # a run that starts from another (cRT re-trains a finished run's classifier) belongs to
+        # a run that starts from another (cRT and MiSLAS train a classifier on a finished run's
+        # backbone) belongs to
         # the table of the run it starts from
         b = json.loads((Path(base) / "metrics.json").read_text())
         rec["table_epochs"] = int(b["config"]["train"]["epochs"])
