@@ -112,6 +112,18 @@ CRT_GRID = ((4, 0.1, "balanced"), (4, 0.02, "balanced"), (8, 0.1, "balanced"), (
             (4, 0.1, "sqrt"), (4, 0.02, "sqrt"))  # (epochs, lr, sampler)
 CRT = [(f"crt_e{e}_lr{lr}_{s}", "fmnist_lt_crt", [f"train.epochs={e}", f"train.lr={lr}", f"method.crt.sampler={s}"])
        for e, lr, s in CRT_GRID]
+# MiSLAS trains its second stage on a first stage of its own: CE with mixup (alpha 1, the
+# released recipe) at the rate of the best instance-sampled CE trial. Its six trials vary the
+# second stage's keys over the range of its released configs: the head class's smoothing
+# factor and whether BN statistics shift (the CIFAR-10 configs' lr_factor 0.5 and 10 epochs)
+MISLAS_STAGE1 = "mislas_stage1"
+MISLAS_GRID = [(h, bn) for h in (0.1, 0.2, 0.3) for bn in (False, True)]  # (smooth_head, shift_bn)
+MISLAS = [(f"mislas_h{h}_{'shift' if bn else 'fixed'}", "fmnist_lt_mislas",
+           [f"method.mislas.smooth_head={h}", f"method.mislas.shift_bn={'true' if bn else 'false'}"])
+          for h, bn in MISLAS_GRID]
+# the methods that train a classifier on another run's backbone, and that run's config
+SECOND_STAGE = {"crt": "fmnist_lt_ce", "mislas": "fmnist_lt_ce_mixup"}
+SECOND_STAGE_CONFIGS = {f"fmnist_lt_{m}" for m in SECOND_STAGE}
 ABLATION = ["ce_hycon", "ce_p2p", "gbbn_only", "allnc_no_hycon", "allnc_no_p2p"]
 
 # trial name -> what the docs' tables call it (``render``); every trial of TRIALS and CRT has one
@@ -131,6 +143,9 @@ TRIAL_LABELS: dict[str, str] = {
     "allnc_bal_centre": "+ HyCon centred", "allnc_bal_centre_both": "+ HyCon anchors on both branches",
     "allnc_bal_centre_both_eqn": "+ P2P equinorm 1.0", "allnc_bal_centre_both_eqn_x2": "+ mix scale 2",
     **{f"crt_e{e}_lr{lr}_{s}": f"{e} epochs, lr {lr}, {'square-root' if s == 'sqrt' else s}" for e, lr, s in CRT_GRID},
+    **{f"mislas_h{h}_{'shift' if bn else 'fixed'}": f"smoothing {h} (head) to 0 (tail), BN statistics "
+       + ("shifted" if bn else "kept") for h, bn in MISLAS_GRID},
+    MISLAS_STAGE1: "first stage: CE + mixup 1.0, lr 0.1",
 }
 
 
@@ -221,9 +236,12 @@ def phase_trials(args) -> dict:
         run(specs, out, args, common(args) + ["train.eval_test=false"])
         rows["crt"] = [dict(name=n, config=c, overrides=o + [f"init_from=<{best(ce_inst)['name']}>"],
                             **(val_figures(out / n) or {"missing": True})) for n, c, o in CRT]
+    stages = {}
+    if ce_inst:
+        rows["mislas"], stages["mislas"] = mislas_trials(args, rows["ce"], out)
     chosen = {m: best([r for r in rs if "val_top1" in r]) for m, rs in rows.items() if any("val_top1" in r for r in rs)}
     cmd = "python benchmarks/study_fmnist.py trials" + "".join(f" --cut {m}" for m in cut)
-    data = {**provenance(args, cmd), "val_per_class": VAL, "epochs": EPOCHS,
+    data = {**provenance(args, cmd), "val_per_class": VAL, "epochs": EPOCHS, "stages": stages,
             "budget": {m: len(rs) for m, rs in rows.items()},
             "trials_run": {m: sum("val_top1" in r for r in rs) for m, rs in rows.items()}, "trials": rows,
             "chosen": {m: chosen_entry(r) for m, r in chosen.items()}}
@@ -233,23 +251,52 @@ def phase_trials(args) -> dict:
     return data
 
 
+def mislas_trials(args, ce_rows: list[dict], out: Path) -> tuple[list[dict], dict]:
+    """MiSLAS's first stage (``MISLAS_STAGE1``: CE + mixup at the best instance-sampled CE
+    trial's rate), then its six second-stage trials on that backbone. Returns the trial rows
+    and the first stage's row."""
+    ce_inst = [r for r in ce_rows if "val_top1" in r and "method.sampler=instance" in r["overrides"]]
+    if not ce_inst:
+        raise SystemExit("mislas: its first stage takes the rate of the best instance-sampled CE trial; none finished")
+    s1 = {"config": "fmnist_lt_ce_mixup", "name": MISLAS_STAGE1,
+          "overrides": [o for o in best(ce_inst)["overrides"] if o.startswith("train.lr=")]}
+    run([s1], out, args, common(args) + [f"train.epochs={EPOCHS}", "train.eval_test=false"])
+    fig = val_figures(out / MISLAS_STAGE1)
+    if fig is None:
+        raise SystemExit(f"mislas: its first stage ({out / MISLAS_STAGE1}) did not finish")
+    specs = [{"config": c, "name": n, "overrides": o + [f"init_from={out / MISLAS_STAGE1}"]} for n, c, o in MISLAS]
+    run(specs, out, args, common(args) + ["train.eval_test=false"])
+    rows = [dict(name=n, config=c, overrides=o + [f"init_from=<{MISLAS_STAGE1}>"],
+                 **(val_figures(out / n) or {"missing": True})) for n, c, o in MISLAS]
+    return rows, dict(name=MISLAS_STAGE1, **{k: s1[k] for k in ("config", "overrides")}, **fig)
+
+
 def phase_trials_only(args, only: tuple[str, ...], out: Path) -> dict:
     """``trials --only METHOD``: run that method's trials again (after a change to the code it
     executes) and replace its rows and its chosen setting in the trials file; every other
     method's rows stay as they are. The file's ``reruns`` list says which methods ran again,
     at which commit and why (``--why``)."""
-    unknown = sorted(set(only) - set(TRIALS))
+    methods = (*TRIALS, "mislas")
+    unknown = sorted(set(only) - set(methods))
     if unknown:
-        raise SystemExit(f"--only {unknown[0]}: not a method with trials; choose from {', '.join(TRIALS)}")
+        raise SystemExit(f"--only {unknown[0]}: not a method with trials; choose from {', '.join(methods)}")
     if not args.why:
         raise SystemExit("--only needs --why \"...\": the reason the method's trials run again goes into the trials file")
     data = json.loads(TRIALS_FILE.read_text())
-    specs = [s for s in trial_specs() if any(s["name"] == n for m in only for n, _, _ in TRIALS[m])]
+    single = [m for m in only if m in TRIALS]
+    specs = [s for s in trial_specs() if any(s["name"] == n for m in single for n, _, _ in TRIALS[m])]
     for sp in specs:
         move_aside(out / sp["name"])  # run again, not taken as finished
-    run(specs, out, args, common(args) + [f"train.epochs={EPOCHS}", "train.eval_test=false"])
+    if specs:
+        run(specs, out, args, common(args) + [f"train.epochs={EPOCHS}", "train.eval_test=false"])
     for method in only:
-        rows = trial_rows(out, TRIALS[method], {"missing": True})
+        if method == "mislas":
+            for name in (MISLAS_STAGE1, *(n for n, _, _ in MISLAS)):
+                move_aside(out / name)
+            rows, data.setdefault("stages", {})["mislas"] = mislas_trials(args, data["trials"]["ce"], out)
+            data["budget"]["mislas"] = len(rows)
+        else:
+            rows = trial_rows(out, TRIALS[method], {"missing": True})
         if not any("val_top1" in r for r in rows):
             raise SystemExit(f"--only {method}: no trial finished; the trials file is unchanged")
         data["trials"][method] = rows
@@ -284,9 +331,10 @@ def move_aside(run_dir: Path) -> Path | None:
 
 def long_methods(trials: dict) -> list[str]:
     """The methods the long phase runs: the best LONG_TOP on validation at 12 epochs, AllNC
-    added if not among them; cRT re-trains a CE model, so its ranking follows CE's."""
+    added if not among them. cRT and MiSLAS train a classifier on another run's backbone, so
+    their 30-epoch check would need a 30-epoch first stage too: they are left out."""
     ranked = sorted(trials["chosen"], key=lambda m: -trials["chosen"][m]["val_top1"])
-    top = [m for m in ranked if m != "crt"][:LONG_TOP]
+    top = [m for m in ranked if m not in SECOND_STAGE][:LONG_TOP]
     return top if "allnc" in top else top + ["allnc"]
 
 
@@ -369,11 +417,13 @@ def phase_long_only(args, only: tuple[str, ...]) -> dict:
 # best instance-sampled CE trial, CE + class-balanced sampling the best balanced one
 ROWS = {"allnc": "fmnist_lt_allnc", "ce": "fmnist_lt_ce", "ce_rs": "fmnist_lt_ce_rs", "la": "fmnist_lt_la",
         "ldam_drw": "fmnist_lt_ldam_drw", "etf_dr": "fmnist_lt_etf_dr", "bcl": "fmnist_lt_bcl", "bbn": "fmnist_lt_bbn",
-        "crt": "fmnist_lt_crt"}
+        "crt": "fmnist_lt_crt", "ce_mixup": "fmnist_lt_ce_mixup", "mislas": "fmnist_lt_mislas"}
 SECTIONS = ("data", "model", "train", "method")
 
 
 def row_trial(trials: dict, row: str) -> dict:
+    if row == "ce_mixup":  # MiSLAS's first stage: one run at the rate CE's trials chose, no trials of its own
+        return trials["stages"]["mislas"]
     if row in ("ce", "ce_rs"):
         mode = "instance" if row == "ce" else "balanced"
         return best([r for r in trials["trials"]["ce"] if "val_top1" in r and f"method.sampler={mode}" in r["overrides"]])
@@ -415,17 +465,19 @@ def phase_final(args) -> None:
     results = Path(args.results)
     out = Path(args.out) / "final"
     plan = [(100, s) for s in range(args.seeds)] + [(imb, s) for s in range(args.other_seeds) for imb in args.other_ifs]
-    specs, cells = [], {}
+    specs, cells, order = [], {}, {}
 
     def add(row_cfg, imb, seed, what):
-        epochs = EPOCHS if not row_cfg.endswith("_crt") else _crt_epochs_of(row_cfg)
+        source = SECOND_STAGE.get(split_config_name(row_cfg)[1])
+        epochs = EPOCHS if source is None else _epochs_of(row_cfg)
         cell = cell_name(row_cfg, imb, epochs, seed, VAL)
         if (results / f"{cell}.json").is_file():
             return
         o = [f"data.imbalance_factor={imb}", f"seed={seed}"]
-        if row_cfg.endswith("_crt"):
-            o.append(f"init_from={out / cell_name('fmnist_lt_ce', imb, EPOCHS, seed, VAL)}")
+        if source is not None:
+            o.append(f"init_from={out / cell_name(source, imb, EPOCHS, seed, VAL)}")
         cells[cell] = what
+        order[cell] = plan.index((imb, seed))
         specs.append({"config": row_cfg, "name": cell, "overrides": o})
 
     for imb, seed in plan:
@@ -451,24 +503,16 @@ def phase_final(args) -> None:
             "study": {**cells[spec.name], "trials_file": "benchmarks/results/fmnist_study_trials.json", **prov}})
         atomic_write_json(results / f"{spec.name}.json", rec)
 
-    # a cRT run needs its CE run: the grid keeps the order, so run in waves that end with the cRT cells
-    waves, cur = [], []
-    for sp in specs:
-        cur.append(sp)
-        if "_crt__" in sp["name"]:
-            waves.append(cur)
-            cur = []
-    if cur:
-        waves.append(cur)
-    for wave in waves:
-        crt = [s for s in wave if "_crt__" in s["name"]]
-        # the slowest first (BCL's three views, then the two-branch runs), so that no long run
-        # starts last while the other slot idles; the order changes no run's result
-        rest = sorted((s for s in wave if "_crt__" not in s["name"]), key=_slow_first)
-        for group in (rest, crt):
-            if group:
-                run_grid({"runs": group, "max_concurrent": args.parallel, "extra_overrides": extra},
-                         out=out, log=print, on_done=done, deadline=stop)
+    # a cRT or MiSLAS run needs the run it starts from: every other run first, in the plan's
+    # order (seed 0 first) and within a (factor, seed) the slowest first (BCL's three views,
+    # then the two-branch runs), so that no long run starts last while the other slot idles;
+    # then the second stages. The order changes no run's result
+    second = [s for s in specs if s["config"] in SECOND_STAGE_CONFIGS]
+    first = sorted((s for s in specs if s not in second), key=lambda s: (order[s["name"]], _slow_first(s)))
+    for group in (first, second):
+        if group:
+            run_grid({"runs": group, "max_concurrent": args.parallel, "extra_overrides": extra},
+                     out=out, log=print, on_done=done, deadline=stop)
     print(f"final: {time.time() - t0:.0f} s")
 
 
@@ -652,7 +696,7 @@ LONG_FILE = HERE / "results" / "fmnist_study_long.json"
 DOCS = (ROOT / "docs" / "study_fmnist.md", ROOT / "docs" / "method.md")
 # a trial that is also the setting of a results row other than its method's own
 ROW_NOTES = {"ce": "the plain CE row", "ce_rs": "the CE + class-balanced sampling row"}
-METHOD_CELLS = {"crt": "cRT (on the plain CE trial's backbone)"}
+METHOD_CELLS = {"crt": "cRT (on the plain CE trial's backbone)", "mislas": "MiSLAS (on its first stage's backbone)"}
 # the docs' blocks: <!-- trials:ID --> ... <!-- /trials -->, apart from the README's results blocks
 TAG = "trials"
 
@@ -808,7 +852,7 @@ def phase_render(args) -> int:
     return 1 if args.check and (stale or missing) else 0
 
 
-def _crt_epochs_of(cfg_name: str) -> int:
+def _epochs_of(cfg_name: str) -> int:
     from allnc.config import load_config
 
     return int(load_config(cfg_name).train.epochs)
