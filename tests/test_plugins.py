@@ -117,6 +117,32 @@ def test_plugin_errors_are_one_line_naming_the_plugin(tmp_path, monkeypatch):
         load_config("fmnist_lt_ce", ["plugins={a: 1}"])
 
 
+def test_a_plugin_that_fails_halfway_takes_back_what_it_registered(tmp_path):
+    """Fixed and imported again in the same process (an API user's retry), a plugin that had
+    registered a backbone before failing is accepted, not refused as "registered twice"."""
+    (tmp_path / "half.py").write_text("from allnc.models import BACKBONES\n\n"
+                                      "BACKBONES.register('half_net')(lambda in_channels=3: None)\n"
+                                      "raise RuntimeError('not finished')\n")
+    r = _py("""
+from pathlib import Path
+from allnc.config import load_config
+from allnc.errors import ConfigError
+from allnc.models import BACKBONES
+try:
+    load_config("fmnist_lt_ce", ["plugins=[half.py]"])
+except ConfigError as e:
+    print("failed:", e)
+print("kept:", "half_net" in BACKBONES)
+p = Path("half.py")
+p.write_text(p.read_text().replace("raise RuntimeError('not finished')", ""))
+print("second:", load_config("fmnist_lt_ce", ["plugins=[half.py]", "model.name=half_net"]).model.name)
+""", tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("failed: plugins: half.py failed while importing (RuntimeError: not finished at half.py:4)")
+    assert lines[1:] == ["kept: False", "second: half_net"]
+
+
 def test_plugins_from_every_layer_are_kept_once_each(tmp_path, monkeypatch):
     """A base file's plugin is kept when the file on top names another (a list key would
     otherwise be replaced), and a plugin named twice is imported and recorded once."""

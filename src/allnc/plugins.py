@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Iterable, Optional
 
 from .errors import ConfigError
+from .registry import undo_on_error
 
 
 def is_file_plugin(name: str) -> bool:
@@ -62,7 +63,8 @@ def _where(e: BaseException) -> str:
 
 def import_plugin(name: str) -> None:
     """Import one resolved plugin once (a second call does nothing). Every failure is one
-    ConfigError line naming the plugin and the fix."""
+    ConfigError line naming the plugin and the fix, and takes back what the plugin had
+    registered before it failed."""
     if is_file_plugin(name):
         path = Path(name)
         modname = _module_name(path)
@@ -74,7 +76,8 @@ def import_plugin(name: str) -> None:
         module = importlib.util.module_from_spec(spec)
         sys.modules[modname] = module  # dataclasses and pickling look modules up by name
         try:
-            spec.loader.exec_module(module)
+            with undo_on_error():
+                spec.loader.exec_module(module)
         except BaseException as e:
             del sys.modules[modname]
             raise ConfigError(f"plugins: {path.name} failed while importing ({type(e).__name__}: {e}{_where(e)}); "
@@ -83,7 +86,8 @@ def import_plugin(name: str) -> None:
     if name in sys.modules:
         return
     try:
-        importlib.import_module(name)
+        with undo_on_error():
+            importlib.import_module(name)
     except ModuleNotFoundError as e:
         if e.name and (name == e.name or name.startswith(e.name + ".")):
             raise ConfigError(f"plugins: no module named '{name}'; install it, put its folder on PYTHONPATH, "

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import difflib
-from typing import Callable, Generic, TypeVar
+import weakref
+from contextlib import contextmanager
+from typing import Callable, ClassVar, Generic, Iterator, TypeVar
 
 from .errors import ConfigError
 
@@ -13,10 +15,14 @@ class Registry(Generic[T]):
     """``@REG.register("name", key=value...)`` records an object under a name, with optional
     metadata (for example the config dataclass a method reads: ``meta(name)``)."""
 
+    #: every registry made, so that a failed plugin's registrations can be undone (``undo_on_error``)
+    _made: ClassVar[weakref.WeakSet] = weakref.WeakSet()
+
     def __init__(self, kind: str):
         self.kind = kind
         self._items: dict[str, T] = {}
         self._meta: dict[str, dict] = {}
+        Registry._made.add(self)
 
     def register(self, name: str, **meta) -> Callable[[T], T]:
         def deco(obj: T) -> T:
@@ -47,3 +53,17 @@ class Registry(Generic[T]):
 
     def __contains__(self, name: str) -> bool:
         return name in self._items
+
+
+@contextmanager
+def undo_on_error() -> Iterator[None]:
+    """Whatever the block registers, in any registry, is taken back if the block raises: a
+    plugin that fails halfway leaves nothing behind, so that importing it again once it is
+    fixed does not find its own names "registered twice"."""
+    before = [(r, dict(r._items), dict(r._meta)) for r in list(Registry._made)]
+    try:
+        yield
+    except BaseException:
+        for r, items, meta in before:
+            r._items, r._meta = items, meta
+        raise
