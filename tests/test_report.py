@@ -15,6 +15,7 @@ from allnc.errors import RunDirError
 from allnc.metrics.accuracy import GROUP_NAMES
 from allnc.metrics import (
     AccuracyAccumulator,
+    CalibrationAccumulator,
     ClassStatsAccumulator,
     NCMAccumulator,
     compute_nc,
@@ -74,6 +75,9 @@ def make_run(run_dir: Path, seed: int = 0, with_nc: bool = True, epochs: int = 5
     logits = torch.as_tensor(ht) @ torch.as_tensor(W).T + torch.as_tensor(b)
     acc.update(logits, torch.as_tensor(yt))
     res = acc.result(counts)
+    cal = CalibrationAccumulator()
+    cal.update(torch.softmax(logits.float(), 1), torch.as_tensor(yt))
+    res.update(cal.result())
     res["class_counts"] = list(counts)
     if classes is not None:
         res["classes"] = list(classes)
@@ -117,7 +121,7 @@ def test_report_writes_every_png(tmp_path):
     md = write_report(run)
     assert md == run / "report" / "report.md"
     text = _check_pngs(md, {"per_class_acc.png", "curves.png", "nc_epochs.png", "cos_train.png",
-                            "cos_test.png", "norms_train.png", "norms_test.png", "errors.png"})
+                            "cos_test.png", "norms_train.png", "norms_test.png", "errors.png", "reliability.png"})
     assert "| split | top-1 | many | medium | few |" in text
     # where the errors go: the figures of the run's own confusion matrix
     from allnc.metrics import group_confusion, headward_errors
@@ -128,6 +132,11 @@ def test_report_writes_every_png(tmp_path):
     assert f"{hw['uniform']:.2f}% would be" in text
     assert "| few | " + " | ".join(f"{gc['shares']['few'][h]:.2f}" for h in GROUP_NAMES) + " |" in text
     assert "(3 classes)" in text and "(2 classes)" in text
+    # calibration: the run's ECE and the share of images in over-confident bins
+    full = [b for b in m["reliability"] if b["count"]]
+    over = sum(b["count"] for b in full if b["confidence"] > b["accuracy"]) / sum(b["count"] for b in full)
+    assert f"Expected calibration error {m['ece']:.2f}% over 15 confidence bins. {100 * over:.0f}% of the test" in text
+    assert 0 < over < 1
     assert "NC1 class-balanced" in text and "allnc nc" not in text
     assert "unreadable line" in text  # the partial last line was skipped and said so
     assert "fake0" in text and "resnet32" in text

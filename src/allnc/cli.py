@@ -22,8 +22,9 @@ def _print_result(m: dict) -> None:
         if r is None:
             continue
         g = r["groups"]
+        ece = f"  ECE {_fmt(r['ece'])}" if "ece" in r else ""
         print(f"{name:<10} top-1 {r['top1']:.2f}  many {_fmt(g['many'])}  medium {_fmt(g['medium'])}  "
-              f"few {_fmt(g['few'])}  (percent; '-' = empty group)")
+              f"few {_fmt(g['few'])}{ece}  (percent; '-' = empty group)")
 
 
 def cmd_train(a) -> int:

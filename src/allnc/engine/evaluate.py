@@ -10,7 +10,7 @@ import time
 import numpy as np
 import torch
 
-from ..metrics import AccuracyAccumulator, ClassStatsAccumulator, NCMAccumulator, compute_nc, cosine_matrices
+from ..metrics import AccuracyAccumulator, CalibrationAccumulator, ClassStatsAccumulator, NCMAccumulator, compute_nc, cosine_matrices
 from ..errors import ConfigError
 from .loaders import PipelineChoice, iter_eval
 
@@ -30,18 +30,24 @@ def _prep(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
 @torch.no_grad()
 def evaluate_accuracy(ctx, split: str = "test") -> dict:
     """Top-1, many/medium/few (groups from the training counts) and per-class accuracy of
-    ``ctx.method`` on ``split`` ("test", or "val" where the data have a validation split)."""
+    ``ctx.method`` on ``split`` ("test", or "val" where the data have a validation split),
+    and its calibration: ``ece`` (percent, 15 bins) and the ``reliability`` bins of the
+    softmax of the logits in the units the loss trained (``loss_logit_scale``: LDAM's s)."""
     method, bundle = ctx.method, ctx.bundle
     was = method.training
     method.eval()
     acc = AccuracyAccumulator(bundle.num_classes)
+    cal = CalibrationAccumulator()
+    scale = float(method.loss_logit_scale())
     for x, y in iter_eval(ctx.cfg, bundle, split, ctx.choice, ctx.device):
         with autocast_ctx(ctx.device, ctx.amp):
             logits = method(_prep(x, ctx.channels_last))
         acc.update(logits.float(), y)
+        cal.update(torch.softmax(logits.float() * scale, dim=1), y)
     acc.all_reduce()
+    cal.all_reduce()
     method.train(was)
-    return acc.result(np.asarray(bundle.class_counts))
+    return {**acc.result(np.asarray(bundle.class_counts)), **cal.result()}
 
 
 def stratified_indices(targets: np.ndarray, max_samples: int, num_classes: int) -> np.ndarray:

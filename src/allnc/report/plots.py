@@ -634,3 +634,33 @@ def plot_overlaid_curves(runs: Mapping[str, Sequence[Mapping]], path, split: str
     fig.suptitle(title or "Comparison of runs (test solid, validation dashed)")
     fig.tight_layout(rect=(0, 0, 1, 0.96))
     return _save(fig, path)
+
+
+def plot_reliability(bins: Sequence[Mapping], path, ece: Optional[float] = None,
+                     title: Optional[str] = None) -> Optional[Path]:
+    """The reliability diagram of a split (``evaluate_accuracy``'s ``reliability``): each
+    confidence bin's accuracy as a bar at its place on [0, 1], the diagonal where a
+    calibrated model's bars end, the gap to it shaded, and below the share of predictions in
+    each bin. None without predictions."""
+    if not bins or not sum(b["count"] for b in bins):
+        return None
+    total = sum(b["count"] for b in bins)
+    fig = _new_figure(4.6, 5.0)
+    grid = fig.add_gridspec(2, 1, height_ratios=[3, 1], hspace=0.08)
+    ax, ax2 = fig.add_subplot(grid[0]), fig.add_subplot(grid[1])
+    w = bins[0]["hi"] - bins[0]["lo"]
+    full = [b for b in bins if b["count"]]
+    mid = [b["lo"] + w / 2 for b in full]
+    ax.bar(mid, [b["accuracy"] for b in full], width=w, color="tab:blue", edgecolor="k", lw=0.5, label="accuracy")
+    ax.bar(mid, [b["confidence"] - b["accuracy"] for b in full], bottom=[b["accuracy"] for b in full], width=w,
+           color="tab:red", alpha=0.3, edgecolor="tab:red", lw=0.5, label="gap to the confidence")
+    ax.plot([0, 1], [0, 1], "k--", lw=1)
+    ax.set(xlim=(0, 1), ylim=(0, 1), ylabel="accuracy")
+    ax.tick_params(labelbottom=False)
+    ax.legend(loc="upper left", fontsize=7)
+    head = title or "Reliability"
+    ax.set_title(head + (f" (ECE {ece:.2f}%)" if ece is not None else ""), fontsize=9)
+    ax2.bar([b["lo"] + w / 2 for b in bins], [100.0 * b["count"] / total for b in bins], width=w, color="0.5",
+            edgecolor="k", lw=0.5)
+    ax2.set(xlim=(0, 1), xlabel="confidence (largest softmax probability)", ylabel="% of images")
+    return _save(fig, path)

@@ -40,7 +40,7 @@ METHOD_NAMES: dict[str, str] = {
     "allnc": "AllNC",
 }
 _DATASETS = ("cifar100_lt", "cifar10_lt", "fmnist_lt", "imagenet_lt", "inat2018", "places_lt")
-KEEP_FROM_METRICS = ("top1", "groups", "per_class", "class_counts", "epoch", "data", "pipeline", "compile", "device",
+KEEP_FROM_METRICS = ("top1", "groups", "ece", "per_class", "class_counts", "epoch", "data", "pipeline", "compile", "device",
                      "world_size", "parameters", "wall_time_s", "git_commit", "source_modified", "sources", "versions", "config", "val",
                      "val_per_class", "val_moved_from_train", "calibration", "display_name")
 

@@ -347,6 +347,21 @@ def errors_markdown(confusion, train_counts: Sequence[int]) -> list[str]:
     return md
 
 
+def calibration_markdown(metrics: Mapping) -> list[str]:
+    """The calibration section: the test ECE (and the validation one where there is a split)
+    and where the model is over- or under-confident."""
+    bins = [b for b in metrics["reliability"] if b["count"]]
+    n = sum(b["count"] for b in bins)
+    over = sum(b["count"] for b in bins if b["confidence"] > b["accuracy"])
+    val = (metrics.get("val") or {}).get("ece")
+    md = ["## Calibration (test)", "",
+          f"Expected calibration error {fmt_pct(metrics.get('ece'))}% over {len(metrics['reliability'])} confidence bins"
+          + (f" (validation: {fmt_pct(val)}%)" if val is not None else "") + ". "
+          f"{100.0 * over / n:.0f}% of the test images fall in bins where the model is more confident than it is "
+          "accurate (over-confident).", ""]
+    return md
+
+
 def write_report(run_dir) -> Path:
     """Write RUN_DIR/report/report.md and its PNGs from what the run directory holds.
 
@@ -411,6 +426,14 @@ def write_report(run_dir) -> Path:
         p = plots.plot_errors(metrics["confusion"], tc, out / "errors.png", class_names=names)
         if p:
             md += [f"![where the errors go]({_rel(p, out)})", ""]
+
+    # ---- calibration
+    if metrics is not None and metrics.get("reliability") and metrics.get("test_evaluated", True):
+        md += calibration_markdown(metrics)
+        p = plots.plot_reliability(metrics["reliability"], out / "reliability.png", ece=metrics.get("ece"),
+                                   title="Reliability (test)")
+        if p:
+            md += [f"![reliability diagram]({_rel(p, out)})", ""]
 
     # ---- per class
     table = _per_class_table(metrics, nc, tc, names)
