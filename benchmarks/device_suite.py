@@ -387,7 +387,8 @@ class Suite:
             self.new_results.append(path)
             g = rec["groups"]
             self.log(f"RESULT {spec.name}: top-1 {rec['top1']:.2f} many {_f(g['many'])} medium {_f(g['medium'])} "
-                     f"few {_f(g['few'])}; head-ward errors {_headward(rec)}; wall {rec['wall_time_s']:.0f} s")
+                     f"few {_f(g['few'])}; ECE {_f(rec.get('ece'))}; head-ward errors {_headward(rec)}; "
+                     f"wall {rec['wall_time_s']:.0f} s")
             if spec.name.split("__")[0] == f"{a.prefix}_ce":
                 self.posthoc_rows(spec, secs)
             self.pack()
@@ -505,13 +506,14 @@ class Suite:
             lines += ["", f"derived: {json.dumps(sp.get('derived', {}))}", ""]
         if self.new_results:
             lines += ["## Results (this suite)", "",
-                      "| cell | method | top-1 | many | medium | few | head-ward errors % (even) | wall s |",
-                      "|---|---|---|---|---|---|---|---|"]
+                      "| cell | method | top-1 | many | medium | few | ECE % | head-ward errors % (even) | wall s |",
+                      "|---|---|---|---|---|---|---|---|---|"]
             for p in self.new_results:
                 r = json.loads(p.read_text())
                 g = r["groups"]
                 lines.append(f"| {r['cell']} | {method_label(r['config_name'])} | {r['top1']:.2f} | {_f(g['many'])} | "
-                             f"{_f(g['medium'])} | {_f(g['few'])} | {_headward(r)} | {r['wall_time_s']:.0f} |")
+                             f"{_f(g['medium'])} | {_f(g['few'])} | {_f(r.get('ece'))} | {_headward(r)} | "
+                             f"{r['wall_time_s']:.0f} |")
             lines.append("")
         pl = self.summary["stages"].get("plan")
         if pl:

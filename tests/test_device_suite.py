@@ -73,7 +73,8 @@ def test_tiny_suite_writes_one_results_file_per_plan_cell(tiny_suite):
     for c in trained:
         e = json.loads((results / f"{c}.json").read_text())["errors"]
         want = "-" if e["headward"] is None else f"{e['headward']:.1f} ({e['headward_if_even']:.1f})"
-        assert f"| {want} |" in [ln for ln in summary.splitlines() if ln.startswith(f"| {c} |")][0]
+        ece = json.loads((results / f"{c}.json").read_text())["ece"]
+        assert f"| {ece:.2f} | {want} |" in [ln for ln in summary.splitlines() if ln.startswith(f"| {c} |")][0]
     with tarfile.open(out / "results.tar.gz") as tf:
         assert sorted(tf.getnames()) == sorted(f"results/{c}.json" for c in expect)
     with tarfile.open(out / "runs.tar.gz") as tf:

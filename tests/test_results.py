@@ -156,11 +156,14 @@ def test_records_carry_where_the_test_errors_go_and_tables_show_it_only_where_th
                              "headward_by_group": hw["groups"]}
     # a post-hoc cell's classifier is another one: the run's errors are not its
     assert "errors" not in result_record(run, "cifar10_lt_ce__if100__e12__seed0__posthoc_tau_norm")
-    # the column appears where a record has the figures: mean ± std over seeds, (the even-spread mean)
+    # the columns appear where every trained run has the figures: mean ± std over seeds, (the
+    # even-spread mean); a post-hoc cell has neither and does not hold them back
     recs = [_rec("cifar10_lt_ce", s, 70.0, 88.0, 40.0) for s in (0, 1)]
     assert "head-ward" not in render_table(recs)
-    recs[0]["errors"] = {"headward": 60.0, "headward_if_even": 50.0}
-    recs[1]["errors"] = {"headward": 70.0, "headward_if_even": 51.0}
-    text = render_table(recs + [_rec("cifar10_lt_la", 0, 75.0, 85.0, 60.0)])
-    assert "| head-ward errors % (even) | wall s |" in text
-    assert "| 65.00 ± 7.07 (50.5) | 10 |" in text and "| – | 10 |" in text
+    recs[0].update(errors={"headward": 60.0, "headward_if_even": 50.0}, ece=4.0)
+    assert "head-ward" not in render_table(recs) and "ECE" not in render_table(recs)  # seed 1 lacks them
+    recs[1].update(errors={"headward": 70.0, "headward_if_even": 51.0}, ece=6.0)
+    posthoc = dict(_rec("cifar10_lt_ce", 0, 75.0, 85.0, 60.0), cell=recs[0]["cell"] + "__posthoc_tau_norm")
+    text = render_table(recs + [posthoc])
+    assert "| cos mu medium | ECE % | head-ward errors % (even) | wall s |" in text
+    assert "| 5.00 ± 1.41 | 65.00 ± 7.07 (50.5) | 10 |" in text and "| – | – | 10 |" in text

@@ -102,7 +102,8 @@ def result_record(run_dir: Path, cell: str, extra: Optional[dict] = None) -> dic
         # a post-hoc cell: the corrected classifier's test figures replace the run's own; its
         # NC figures were not measured
         ph = json.loads((run_dir / f"posthoc_{method}.json").read_text())
-        rec.pop("errors", None)  # the run's own errors, not the corrected classifier's
+        rec.pop("errors", None)  # the run's own errors and calibration, not the corrected classifier's
+        rec.pop("ece", None)
         rec.update(top1=ph["test"]["top1"], groups=ph["test"]["groups"], per_class=ph["test"].get("per_class"),
                    nc_train=None, posthoc={k: ph[k] for k in ("method", "tau", "tau_grid", "val_top1_by_tau", "val_top1",
                                                               "validation", "run_test", "notes") if k in ph})
@@ -175,12 +176,16 @@ def render_table(records: list[dict]) -> str:
 
     data_label = sorted({r.get("data_label") or r.get("data", "") for r in records})
     devices = sorted({r.get("device", "") for r in records})
-    # the head-ward share of the test errors (beside its even-spread value), where the records have it
-    errors = any(r.get("errors") for r in records)
+    # the head-ward share of the test errors (beside its even-spread value) and the test ECE:
+    # columns where every trained run of the table has them (a post-hoc cell has neither: its
+    # classifier is not the run's), so that a column compares every row or is left out
+    own = [r for r in records if not cell_posthoc(r["cell"])]
+    errors = bool(own) and all(r.get("errors") for r in own)
+    ece = bool(own) and all(r.get("ece") is not None for r in own)
     lines = [f"Data: {'; '.join(data_label)}. Device: {'; '.join(devices)}.", "",
              "| method | seeds | top-1 | many | medium | few | NC1 (cb) | cos w medium | cos mu medium | "
-             + ("head-ward errors % (even) | " if errors else "") + "wall s | cells |",
-             "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if errors else "")]
+             + ("ECE % | " if ece else "") + ("head-ward errors % (even) | " if errors else "") + "wall s | cells |",
+             "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if ece else "") + ("---|" if errors else "")]
     for c in sorted(rows, key=key):
         rs = sorted(rows[c], key=lambda r: r["cell"])
         top1 = mean_std([r["top1"] for r in rs])
@@ -189,13 +194,16 @@ def render_table(records: list[dict]) -> str:
         wall = f"{sum(r['wall_time_s'] for r in rs) / len(rs):.0f}"
         seeds = ", ".join(str(r["config"]["seed"]) for r in rs)
         cells = ", ".join(f"`{r['cell']}`" for r in rs)
-        head = ""
+        cal = head = ""
+        if ece:
+            v = [r["ece"] for r in rs if r.get("ece") is not None]
+            cal = f"{mean_std(v)} | " if v else "– | "
         if errors:
             e = [r["errors"] for r in rs if r.get("errors") and r["errors"].get("headward") is not None]
             head = (f"{mean_std([x['headward'] for x in e])} ({sum(x['headward_if_even'] for x in e) / len(e):.1f}) | "
                     if e else "– | ")
         lines.append(f"| {method_label(c[0], c[1] or None)} | {seeds} | {top1} | {' | '.join(grp)} | {nc1s} | {cw} | {cm} | "
-                     f"{head}{wall} | {cells} |")
+                     f"{cal}{head}{wall} | {cells} |")
     return "\n".join(lines) + "\n"
 
 
