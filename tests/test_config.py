@@ -81,7 +81,7 @@ def test_every_builtin_config_loads_and_follows_its_protocol():
             assert (cfg.model.name, cfg.train.epochs, cfg.train.batch_size) == ("resnet32", 200, 128), n
             # (BBN's and MiSLAS's own released schedules are the labelled exceptions)
             want = [120, 160] if n.endswith("_bbn_protocol") else [160, 180]
-            decay = 0.1 if "_ce_mixup" in n else 0.01
+            decay = 0.1 if ("_ce_mixup" in n or "_etf_dr" in n) else 0.01
             assert list(cfg.train.milestones) == want and cfg.train.lr_decay == decay, n
             assert cfg.data.augment == ("strong" if n.endswith("_strong") else "standard"), n
     allnc = load_config("cifar10_lt_allnc")

@@ -26,6 +26,16 @@ FMNIST_CHOSEN = {
 }
 
 
+# the released recipes, checked against each baseline's official code (docs/baselines.md)
+BCL_RELEASED = {"method.bcl.tau": 0.07, "method.bcl.lambda_ce": 1.0, "method.bcl.lambda_scl": 0.35,
+                "method.bcl.proj_dim": 1024, "train.warmup_epochs": 0}
+RELEASED = {
+    "cifar10_lt_etf_dr": {"train.lr_decay": 0.1}, "cifar100_lt_etf_dr": {"train.lr_decay": 0.1},
+    "imagenet_lt_etf_dr": {"train.mixup": 0.2, "train.warmup_epochs": 0},
+    "imagenet_lt_bcl": BCL_RELEASED, "inat2018_bcl": {**BCL_RELEASED, "train.lr": 0.2, "train.epochs": 100},
+}
+
+
 def changed_since_fixture(name: str) -> dict:
     out = {}
     name = name.removesuffix("_strong")
@@ -36,6 +46,7 @@ def changed_since_fixture(name: str) -> dict:
     if name.endswith("_ce_p2p"):
         out["method.p2p.equinorm"] = 1.0
     out.update(FMNIST_CHOSEN.get(name, {}))
+    out.update(RELEASED.get(name, {}))
     return out
 
 

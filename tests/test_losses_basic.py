@@ -10,6 +10,7 @@ from allnc.losses import (
     BalancedSupConLoss,
     LDAMLoss,
     balanced_softmax_ce,
+    batch_class_weights,
     class_weight,
     class_weighted_ce,
     dot_regression_loss,
@@ -143,6 +144,27 @@ def test_dot_regression_zero_at_alignment_positive_otherwise():
     # a wrong class direction: w_k.w_y = -1/4, loss = 1/2 (1 + 1/4)^2
     wrong = W[(y + 1) % 5]
     assert dot_regression_loss(wrong, y, W).item() == pytest.approx(0.5 * 1.25**2, rel=1e-5)
+
+
+def test_batch_class_weights_give_every_present_class_an_equal_share():
+    y = torch.tensor([0, 0, 0, 3, 1, 3])  # B 6; classes 0, 1, 3 present (3, 1, 2 images)
+    w = batch_class_weights(y, num_classes=5)
+    assert w.tolist() == pytest.approx([6 / 9, 6 / 9, 6 / 9, 1.0, 2.0, 1.0])  # B / (C_b n_c)
+    for c in (0, 1, 3):
+        assert float(w[y == c].sum()) == pytest.approx(6 / 3)
+    assert batch_class_weights(torch.tensor([2, 4, 1]), 5).tolist() == [1.0, 1.0, 1.0]  # one image each: plain
+
+
+def test_weighted_dot_regression_is_the_authors_scaled_target():
+    # their code scales class c's ETF target by e_c = sqrt(B / (C_b n_c)) and regresses
+    # (e_c m_c . h - e_c ||h||)^2 / 2 with unit h: the same as weighing the squared error by e_c^2
+    W = _simplex_etf(4, 6).float()
+    y = torch.tensor([0, 0, 0, 1, 2, 2, 0])
+    h = F.normalize(torch.randn(7, 6, generator=_gen(6)), dim=1)
+    e = torch.sqrt(batch_class_weights(y, 4))
+    theirs = 0.5 * ((e * (W[y] * h).sum(1) - e * 1.0) ** 2).mean()
+    assert dot_regression_loss(h, y, W, weight=batch_class_weights(y, 4)).item() == pytest.approx(theirs.item(), rel=1e-6)
+    assert dot_regression_loss(h, y, W).item() != pytest.approx(theirs.item(), rel=1e-3)
 
 
 def test_dot_regression_gradient_to_features_only():

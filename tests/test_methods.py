@@ -182,11 +182,13 @@ def test_drw_switches_on_at_the_stated_epoch():
     assert not torch.allclose(before, after)  # the weights changed the loss
 
 
-def test_crt_leaves_every_backbone_tensor_unchanged(tiny_learnable_fmnist, tmp_path):
+def test_crt_without_the_bn_shift_leaves_every_backbone_tensor_unchanged(tiny_learnable_fmnist, tmp_path):
+    # (its default, the released code's, lets the BN statistics move: tests/test_mislas.py)
     base = [f"data.root={tiny_learnable_fmnist}", "data.imbalance_factor=10", *FAST]
     Trainer(load_config("fmnist_lt_ce", base + ["train.epochs=2"]), tmp_path / "ce").fit()
     before = load_checkpoint(tmp_path / "ce" / "checkpoint.pt")["method"]
-    Trainer(load_config("fmnist_lt_crt", base + ["train.epochs=2", f"init_from={tmp_path / 'ce'}"]),
+    Trainer(load_config("fmnist_lt_crt", base + ["train.epochs=2", f"init_from={tmp_path / 'ce'}",
+                                                 "method.crt.shift_bn=false"]),
             tmp_path / "crt").fit()
     after = load_checkpoint(tmp_path / "crt" / "checkpoint.pt")["method"]
     bb = [k for k in before if k.startswith("backbone.")]

@@ -77,9 +77,9 @@ def stage1(tiny_learnable_fmnist, tmp_path_factory):
     return base, out
 
 
-def _stage2(stage1, out, *extra):
+def _stage2(stage1, out, *extra, config="fmnist_lt_mislas"):
     base, src = stage1
-    Trainer(load_config("fmnist_lt_mislas", base + ["train.epochs=2", f"init_from={src}", *extra]), out).fit()
+    Trainer(load_config(config, base + ["train.epochs=2", f"init_from={src}", *extra]), out).fit()
     return load_checkpoint(src / "checkpoint.pt")["method"], load_checkpoint(out / "checkpoint.pt")["method"]
 
 
@@ -98,8 +98,10 @@ def test_stage_two_changes_only_the_classifier_and_its_scale(stage1, tmp_path):
     assert torch.allclose(logits, h @ W.T + b, atol=1e-5)
 
 
-def test_shift_bn_moves_only_the_bn_statistics(stage1, tmp_path):
-    before, after = _stage2(stage1, tmp_path / "s2", "method.mislas.shift_bn=true")
+@pytest.mark.parametrize("config,extra", [("fmnist_lt_mislas", ["method.mislas.shift_bn=true"]),
+                                          ("fmnist_lt_crt", [])])  # cRT shifts them by default, as its released code
+def test_shift_bn_moves_only_the_bn_statistics(stage1, tmp_path, config, extra):
+    before, after = _stage2(stage1, tmp_path / "s2", *extra, config=config)
     stats = [k for k in before if k.startswith("backbone.") and k.endswith(("running_mean", "running_var"))]
     rest = [k for k in before if k.startswith("backbone.") and k not in stats and not k.endswith("num_batches_tracked")]
     assert stats and all(not torch.equal(before[k], after[k]) for k in stats)

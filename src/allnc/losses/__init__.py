@@ -1,5 +1,6 @@
 """Pure loss modules: LA / Balanced Softmax cross-entropy, LDAM and DRW weights, dot
-regression for a fixed ETF, BCL, MiSLAS's label-aware smoothing, and AllNC's HyCon, P2P and class-mean memory.
+regression for a fixed ETF, BCL, MiSLAS's label-aware smoothing, and AllNC's HyCon, P2P and
+class-mean memory.
 
 HyCon, P2P and the memory are this project's reconstruction of AllNC (Zhang et al. 2024);
 the paper's exact equations are not available, and every free choice is an option.
@@ -12,7 +13,7 @@ from .ce import (
     log_prior,
     logit_adjusted_ce,
 )
-from .etf import dot_regression_loss
+from .etf import batch_class_weights, dot_regression_loss
 from .hycon import HyConLoss
 from .las import LabelAwareSmoothing, smoothing_factors
 from .ldam import LDAMLoss, drw_weights, ldam_margins
@@ -27,6 +28,7 @@ __all__ = [
     "LabelAwareSmoothing",
     "P2PLoss",
     "balanced_softmax_ce",
+    "batch_class_weights",
     "centred_mean",
     "centred_normalized",
     "class_averaged_contrast",

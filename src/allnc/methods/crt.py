@@ -20,20 +20,25 @@ class CRTConfig:
     sampler: str = "balanced"
     # start the classifier afresh (false: from the source run's)
     reset_classifier: bool = True
+    # BN layers in training mode during the re-training, as the released code runs its frozen
+    # feature model: their running statistics follow the class-balanced batches (no BN
+    # parameter learns); false: as the source run left them
+    shift_bn: bool = True
 
 
 class FrozenBackbone(SingleBranch):
     """A classifier trained on the frozen backbone of the run named by ``init_from``. The
-    section ``method.<section>`` gives ``sampler`` and ``reset_classifier``; no backbone
-    parameter learns, and its BN statistics stay as trained unless ``shift_bn`` says so."""
+    section ``method.<section>`` gives ``sampler``, ``reset_classifier`` and ``shift_bn``; no
+    backbone parameter learns, and its BN statistics stay as trained unless ``shift_bn``
+    (BN layers in training mode: their running statistics follow the new sampler)."""
 
     classifier_kind = ""
     section = "crt"
-    shift_bn = False  # BN layers in training mode: their running statistics follow the new sampler
 
     def __init__(self, cfg, info):
         super().__init__(cfg, info)
         c = cfg.method[self.section]
+        self.shift_bn = bool(c.shift_bn)
         self.loaders = (LoaderSpec(c.sampler, 1),)
         if not cfg.init_from:
             raise ConfigError(f"method {cfg.method.name} needs init_from=RUN_DIR (the finished run whose backbone it freezes)")

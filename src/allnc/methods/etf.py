@@ -7,7 +7,7 @@ from typing import ClassVar
 import torch.nn.functional as F
 from torch import nn
 
-from ..losses import dot_regression_loss
+from ..losses import batch_class_weights, dot_regression_loss
 from .base import METHODS
 from .single import SingleBranch
 
@@ -22,6 +22,10 @@ class ETFConfig:
     # batch norm on the features before the ETF (as the authors' code): post-ReLU features are
     # non-negative and cannot reach ETF directions with negative entries without it
     feature_bn: bool = True
+    # dot regression: weigh each image by B / (C_b n_c) (n_c images of its class among the
+    # C_b classes of the batch), so that every class present counts equally, as the authors'
+    # code does by default (its GivenEw); false: every image 1
+    batch_class_weight: bool = True
 
 
 @METHODS.register("etf", section="etf", config=ETFConfig)
@@ -41,5 +45,6 @@ class FixedETF(SingleBranch):
     def loss_fn(self, logits, y, feats):
         if self.cfg.method.etf.loss == "dr":
             # feats come from head_input: unit-normalised exactly when method.etf.normalize_features
-            return dot_regression_loss(feats, y, self.classifier.weight, normalize=False)
+            w = batch_class_weights(y, self.num_classes) if self.cfg.method.etf.batch_class_weight else None
+            return dot_regression_loss(feats, y, self.classifier.weight, normalize=False, weight=w)
         return F.cross_entropy(logits, y)

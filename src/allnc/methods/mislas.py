@@ -49,7 +49,6 @@ class MiSLAS(FrozenBackbone):
     def __init__(self, cfg, info):
         super().__init__(cfg, info)
         c = cfg.method.mislas
-        self.shift_bn = bool(c.shift_bn)
         self.las = LabelAwareSmoothing(self.class_counts, float(c.smooth_head), float(c.smooth_tail), str(c.shape))
         # ones and not learning when the option is off, so that the checkpoint's keys do not depend on it
         self.logit_scale = nn.Parameter(torch.ones(info.num_classes), requires_grad=bool(c.logit_scale))
