@@ -181,11 +181,14 @@ def test_compare_runs(tmp_path):
     # where the errors go: each run's head-ward share from its own confusion matrix
     from allnc.metrics import headward_errors
 
-    errors = text.split("## Where the errors go (test)")[1].split("## Minority collapse")[0]
+    errors = text.split("## Where the errors go (test)")[1].split("## Calibration")[0]
+    calibration = text.split("## Calibration")[1].split("## Minority collapse")[0]
     for name, run in (("x/run", a), ("y/run", b)):
-        hw = headward_errors(json.loads((run / "metrics.json").read_text())["confusion"], TRAIN_COUNTS)
+        m = json.loads((run / "metrics.json").read_text())
+        hw = headward_errors(m["confusion"], TRAIN_COUNTS)
         assert (f"| {name} | {hw['errors']} | {hw['all']:.2f} | {hw['uniform']:.2f} | "
                 + " | ".join(f"{hw['groups'][g]:.2f}" for g in GROUP_NAMES) + " |") in errors
+        assert f"| {name} | {m['ece']:.2f} | – |" in calibration  # no validation split
 
 
 def test_compare_refuses_a_run_twice_and_an_out_that_is_a_run(tmp_path):

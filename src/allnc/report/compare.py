@@ -107,7 +107,7 @@ def compare_runs(run_dirs: Sequence, out_dir) -> Path:
           f"cb = class-balanced. – = not available.", ""]
     header = ["run", "top-1", "many", "medium", "few"] + [h for h, _ in NC_COLUMNS]
     md += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    labels, group_rows, group_lines, val_rows, error_rows = [], [], [], [], []
+    labels, group_rows, group_lines, val_rows, error_rows, cal_rows = [], [], [], [], [], []
     curves, sizes_by_run = {}, {}
     for name, d in zip(names, dirs):
         metrics = read_json(d / "metrics.json") or {}
@@ -128,6 +128,9 @@ def compare_runs(run_dirs: Sequence, out_dir) -> Path:
             hw = headward_errors(metrics["confusion"], tc)
             error_rows.append("| " + " | ".join([name, str(hw["errors"]), fmt_pct(hw["all"]), fmt_pct(hw["uniform"])]
                                                 + [fmt_pct(hw["groups"][g]) for g in GROUP_NAMES]) + " |")
+        if metrics.get("ece") is not None and metrics.get("test_evaluated", True):
+            val_ece = (metrics.get("val") or {}).get("ece") if isinstance(metrics.get("val"), Mapping) else None
+            cal_rows.append(f"| {name} | {fmt_pct(metrics['ece'])} | {fmt_pct(val_ece)} |")
         rows, lines = _group_rows(name, nc)
         group_rows += rows
         group_lines += lines
@@ -148,6 +151,11 @@ def compare_runs(run_dirs: Sequence, out_dir) -> Path:
                "over the other classes, and by true group (`allnc report RUN_DIR` draws them):", "",
                "| run | errors | head-ward | if spread evenly | " + " | ".join(f"head-ward, {g}" for g in GROUP_NAMES) + " |",
                "|---|---|---|---|" + "---|" * len(GROUP_NAMES)] + error_rows
+    if cal_rows:
+        md += ["", "## Calibration", "",
+               "Expected calibration error (15 confidence bins, percent; 0 = calibrated) of the test set and the "
+               "validation split (`allnc report RUN_DIR` draws the reliability diagram):", "",
+               "| run | ECE test | ECE validation |", "|---|---|---|"] + cal_rows
     md += ["", "## Minority collapse by group (training features)", ""]
     if group_rows:
         md += ["| run | group | classes | " + " | ".join(h for h, _ in GROUP_COLUMNS) + " |",
