@@ -41,6 +41,12 @@ def read_list_file(list_path: Path, root: Path) -> tuple[list[str], np.ndarray]:
         raise DataError(f"list file {list_path} holds no 'relative/path label' lines")
     return paths, np.asarray(labels, dtype=np.int64)
 
+def _base(root) -> Path:
+    """The folder list files and their image paths are relative to: ``data.root`` (else the
+    current directory)."""
+    return Path(root).expanduser() if root else Path(".")
+
+
 def _list_path(base: Path, name: str) -> Path:
     """A list file's path: as given when absolute, else relative to ``data.root``."""
     return Path(name) if Path(name).is_absolute() else base / name
@@ -59,7 +65,7 @@ def load_list_split(root: Optional[str], list_name: str, classes: list[str], mod
     """One more list (a validation list given after training) against the classes and the
     decoding of data already loaded: ``mode`` ("L" or "RGB") and ``in_memory`` as the training
     split has them, so its images are prepared exactly as the run's. Only this list is read."""
-    base = Path(root).expanduser() if root else Path(".")
+    base = _base(root)
     f = _list_path(base, list_name)
     paths, targets = read_list_file(f, base)
     _within(f, paths, targets, len(classes), trained_on, what)
@@ -79,7 +85,7 @@ def load_listfile(root: Optional[str], train_list: Optional[str], test_list: Opt
     if not train_list or not test_list:
         raise DataError("data.name=listfile needs data.train_list and data.test_list "
                         "(files of 'relative/path label' lines, relative to data.root)")
-    base = Path(root).expanduser() if root else Path(".")
+    base = _base(root)
     tr_file, te_file = _list_path(base, train_list), _list_path(base, test_list)
     tr_paths, tr_targets = read_list_file(tr_file, base)
     k = int(tr_targets.max()) + 1
