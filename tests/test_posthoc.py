@@ -71,8 +71,10 @@ def test_tau_zero_is_the_run_itself(run, monkeypatch):
     la = ph.posthoc(run, "logit_adjust", device="cpu")
     assert la["tau"] == 0.0 and la["test"]["top1"] == own["top1"] == la["run_test"]["top1"]
     assert la["test"]["groups"] == own["groups"]
+    assert la["test"]["ece"] == pytest.approx(own["ece"], abs=1e-4)  # the same logits, so the same calibration
     tn = ph.posthoc(run, "tau_norm", device="cpu")
     assert tn["test"]["top1"] == no_bias["top1"] and tn["test"]["per_class"] == no_bias["per_class"]
+    assert tn["test"]["ece"] == pytest.approx(no_bias["ece"], abs=1e-4)
     assert any("bias is dropped" in n for n in tn["notes"])
 
 

@@ -35,7 +35,7 @@ from ..config import from_dict, set_key, to_dict
 from ..data import build_data
 from ..data.sources import load_list_split
 from ..errors import ConfigError, DataError
-from ..metrics import AccuracyAccumulator
+from ..metrics import AccuracyAccumulator, expected_calibration_error
 from ..models.heads import NormedLinear
 from ..registry import Registry
 from ..rundir import METRICS, POSTHOC, RunLock, atomic_write_json, read_json
@@ -224,7 +224,9 @@ def posthoc(run_dir, method: str, device: str = "auto", val_per_class: Optional[
             "val_top1_by_tau": {f"{t:g}": a for t, a in val_top1.items()},
             "val_top1": val_top1[tau],
             "validation": vinfo,
-            "test": _accuracy(logits(ht, tau), yt, counts),
+            # the corrected classifier's calibration too: tau-norm and LA move the logits' scale and offsets
+            "test": {**_accuracy(zt := logits(ht, tau), yt, counts),
+                     "ece": expected_calibration_error(torch.softmax(zt.float(), dim=1), yt)},
             "run_test": _run_figures(run_dir),
             "notes": notes,
             "checkpoint_epoch": ctx.ckpt_epoch,

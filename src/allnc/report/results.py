@@ -102,8 +102,10 @@ def result_record(run_dir: Path, cell: str, extra: Optional[dict] = None) -> dic
         # a post-hoc cell: the corrected classifier's test figures replace the run's own; its
         # NC figures were not measured
         ph = json.loads((run_dir / f"posthoc_{method}.json").read_text())
-        rec.pop("errors", None)  # the run's own errors and calibration, not the corrected classifier's
-        rec.pop("ece", None)
+        rec.pop("errors", None)  # the run's own errors, not the corrected classifier's
+        rec.pop("ece", None)  # the corrected classifier's calibration where posthoc measured it
+        if ph["test"].get("ece") is not None:
+            rec["ece"] = ph["test"]["ece"]
         rec.update(top1=ph["test"]["top1"], groups=ph["test"]["groups"], per_class=ph["test"].get("per_class"),
                    nc_train=None, posthoc={k: ph[k] for k in ("method", "tau", "tau_grid", "val_top1_by_tau", "val_top1",
                                                               "validation", "run_test", "notes") if k in ph})
@@ -177,8 +179,9 @@ def render_table(records: list[dict]) -> str:
     data_label = sorted({r.get("data_label") or r.get("data", "") for r in records})
     devices = sorted({r.get("device", "") for r in records})
     # the head-ward share of the test errors (beside its even-spread value) and the test ECE:
-    # columns where every trained run of the table has them (a post-hoc cell has neither: its
-    # classifier is not the run's), so that a column compares every row or is left out
+    # columns where every trained run of the table has them (a post-hoc cell's classifier is not
+    # the run's: it has no errors field, and an ECE only where posthoc measured it), so that a
+    # column compares every row or is left out
     own = [r for r in records if not cell_posthoc(r["cell"])]
     errors = bool(own) and all(r.get("errors") for r in own)
     ece = bool(own) and all(r.get("ece") is not None for r in own)
