@@ -14,7 +14,8 @@ def batch_class_weights(y: torch.Tensor, num_classes: int) -> torch.Tensor:
     and C_b classes present, so each present class's weights sum to B / C_b and all of them
     to B. (Yang et al.'s released code scales each class's ETF target by the square root of
     this, its default ``GivenEw``, which multiplies that class's squared error by it.)"""
-    counts = torch.bincount(y, minlength=num_classes).float()
+    # a scatter, not bincount: the counts' shape stays K whatever the labels, for compiled graphs
+    counts = torch.zeros(num_classes, device=y.device).scatter_add_(0, y, torch.ones(y.shape, device=y.device))
     present = (counts > 0).sum()
     return y.numel() / (present * counts[y])
 
