@@ -742,6 +742,10 @@ def render_trial_tables(trials: dict) -> dict[str, str]:
     allnc = ["| trial | val top-1 | with a = 0.5 | with a = final |", "|---|---|---|---|"]
     for method, rows in trials["trials"].items():
         name = METHOD_CELLS.get(method, METHOD_NAMES.get(method, method))
+        stage = trials.get("stages", {}).get(method)
+        if stage:  # the one run a second stage starts from (no trial of its own)
+            single.append(_row(METHOD_NAMES["ce_mixup"], _label(stage["name"]), _val(stage),
+                               f"{stage['wall_time_s']:.0f}"))
         for i, r in enumerate(rows):
             first = name if i == 0 else ""
             best_ = r["name"] == chosen.get(method)
