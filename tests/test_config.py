@@ -167,3 +167,18 @@ def test_method_override_on_a_named_config_is_refused_with_the_config_to_use(tmp
     assert load_config(str(g)).display_name == "CE"
     with pytest.raises(ConfigError, match=r"set method.name: la in the config file.*\(_base_: fmnist_lt_la\)"):
         load_config(str(g), ["method.name=la"])
+
+
+def test_every_baseline_fragment_has_its_section_in_the_baselines_page():
+    """docs/baselines.md says, for each baseline, what the package computes and how it
+    compares with the released code: a new method fragment that is not AllNC or one of its
+    ablations must get its section there."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    page = (root / "docs" / "baselines.md").read_text()
+    ours = {"allnc", "allnc_no_hycon", "allnc_no_p2p", "ce_hycon", "ce_p2p", "gbbn_only"}  # docs/method.md
+    fragments = {p.stem for p in (root / "src" / "allnc" / "configs" / "methods").glob("*.yaml")}
+    missing = sorted(m for m in fragments - ours if f"`_{m}`" not in page)
+    assert not missing, f"no section for {missing} in docs/baselines.md"
+    assert ours <= fragments  # the list above names real fragments
