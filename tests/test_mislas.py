@@ -117,3 +117,18 @@ def test_stage_two_goes_on_from_the_first_stage_classifier(stage1, tmp_path):
     assert torch.allclose(kept["classifier.weight"], before["classifier.weight"], atol=1e-6)
     assert not torch.allclose(reset["classifier.weight"], before["classifier.weight"], atol=1e-2)
     assert torch.equal(kept["logit_scale"], torch.ones_like(kept["logit_scale"]))
+
+
+def test_an_export_of_stage_two_predicts_what_the_run_does(stage1, tmp_path):
+    # the logit scale is part of the model: an export, built from its config without the
+    # first stage's run, gives the run's logits
+    from allnc.engine.predict import export_run, load_model
+
+    _stage2(stage1, tmp_path / "s2")
+    export_run(tmp_path / "s2", tmp_path / "exp")
+    x = torch.randn(5, 1, 28, 28)
+    run, exp = load_model(tmp_path / "s2", device="cpu"), load_model(tmp_path / "exp", device="cpu")
+    assert torch.equal(run.logits(x), exp.logits(x))
+    scale = run.method.logit_scale.detach()
+    with torch.no_grad():
+        assert torch.allclose(run.logits(x), run.method.classifier(run.method.backbone(x)) * scale, atol=1e-5)
