@@ -206,20 +206,24 @@ def test_p2p_equinorm_term():
     assert float(n.std() / n.mean()) < 0.1 * float(W.norm(dim=1).std() / W.norm(dim=1).mean())
 
 
-@pytest.mark.parametrize("normalize", [True, False])
-def test_etf_dot_regression_uses_the_features_the_option_names(normalize):
+@pytest.mark.parametrize("normalize,weighted", [(True, True), (False, True), (True, False)])
+def test_etf_dot_regression_uses_the_features_the_option_names(normalize, weighted):
     """method.etf.normalize_features: the dot regression of unit features, or of the raw
-    (batch-normalised) features, as docs and docstring say."""
-    m = make("fmnist_lt_etf_dr", "train.mixup=0", f"method.etf.normalize_features={str(normalize).lower()}")
+    (batch-normalised) features, as docs and docstring say; method.etf.batch_class_weight: each
+    image weighs B / (C_b n_c) (n_c images of its class among the C_b classes of the batch)."""
+    m = make("fmnist_lt_etf_dr", "train.mixup=0", f"method.etf.normalize_features={str(normalize).lower()}",
+             f"method.etf.batch_class_weight={str(weighted).lower()}")
     m.train()
     b = batch(seed=5)
     torch.manual_seed(0)
     loss, _ = m.training_loss([b], StepState(0, 10))
+    y = b["y"].tolist()
+    v = torch.tensor([len(y) / (len(set(y)) * y.count(c)) if weighted else 1.0 for c in y])
     with torch.no_grad():  # still in train mode: the same batch statistics
         raw = m.feature_bn(m.backbone(b["x"]))
         h = F.normalize(raw, dim=1) if normalize else raw
         W = m.classifier.weight
-        want = 0.5 * (((W[b["y"]] * h).sum(1) - 1) ** 2).mean()
+        want = 0.5 * (v * ((W[b["y"]] * h).sum(1) - 1) ** 2).mean()
     assert float(loss.detach()) == pytest.approx(float(want), rel=1e-5)
     assert normalize or not torch.allclose(raw.norm(dim=1), torch.ones(len(raw)), atol=1e-2)
 
