@@ -218,6 +218,9 @@ def test_two_processes_match_one_process(tiny_learnable_fmnist, tmp_path):
     for a, b in zip(h1, h2):
         assert abs(a["loss"] - b["loss"]) <= 0.01 * a["loss"], (a["loss"], b["loss"])
     assert abs(one["top1"] - two["top1"]) <= 1.0
+    # the calibration bins, summed over the two ranks' shards, count every test image once
+    for m in (one, two):
+        assert sum(b["count"] for b in m["reliability"]) == m["num_samples"] > 0
 
 
 def test_cli_overrides_may_follow_the_options(tiny_learnable_fmnist, tmp_path, capsys):

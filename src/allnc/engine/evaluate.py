@@ -10,7 +10,8 @@ import time
 import numpy as np
 import torch
 
-from ..metrics import AccuracyAccumulator, CalibrationAccumulator, ClassStatsAccumulator, NCMAccumulator, compute_nc, cosine_matrices
+from ..metrics import (AccuracyAccumulator, CalibrationAccumulator, ClassStatsAccumulator, NCMAccumulator, compute_nc,
+                       cosine_matrices)
 from ..errors import ConfigError
 from .loaders import PipelineChoice, iter_eval
 
@@ -37,7 +38,7 @@ def evaluate_accuracy(ctx, split: str = "test") -> dict:
     was = method.training
     method.eval()
     acc = AccuracyAccumulator(bundle.num_classes)
-    cal = CalibrationAccumulator()
+    cal = CalibrationAccumulator(device=ctx.device)
     scale = float(method.loss_logit_scale())
     for x, y in iter_eval(ctx.cfg, bundle, split, ctx.choice, ctx.device):
         with autocast_ctx(ctx.device, ctx.amp):

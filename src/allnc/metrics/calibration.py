@@ -29,11 +29,14 @@ class CalibrationAccumulator:
     """``update(probabilities, targets)`` with B x K probabilities (rows sum to 1);
     ``result()`` gives ``ece`` (percent) and the ``reliability`` bins."""
 
-    def __init__(self, num_bins: int = NUM_BINS):
+    def __init__(self, num_bins: int = NUM_BINS, device: Optional[torch.device | str] = None):
         if num_bins < 1:
             raise ValueError(f"num_bins must be >= 1, got {num_bins}")
         self.num_bins = int(num_bins)
-        self.stats: Optional[torch.Tensor] = None  # 3 x B: count, sum of confidences, correct
+        # 3 x B: count, sum of confidences, correct; on ``device`` from the start when given (a
+        # rank that sees no batch must still sum a tensor on the device its peers use)
+        self.stats: Optional[torch.Tensor] = (None if device is None else
+                                              torch.zeros(3, self.num_bins, dtype=torch.float64, device=device))
 
     @torch.no_grad()
     def update(self, probs: torch.Tensor, targets: torch.Tensor) -> None:
