@@ -228,16 +228,11 @@ def phase_trials(args) -> dict:
     for method, trials in TRIALS.items():
         miss = {"cut": "not run: the study's time ran out (--cut)"} if method in cut else {"missing": True}
         rows[method] = trial_rows(out, trials, miss)
-    # cRT on the best instance-sampled CE trial's backbone
-    ce_inst = [r for r in rows["ce"] if "val_top1" in r and "method.sampler=instance" in r["overrides"]]
-    if ce_inst:
-        src = out / best(ce_inst)["name"]
-        specs = [{"config": c, "name": n, "overrides": o + [f"init_from={src}"]} for n, c, o in CRT]
-        run(specs, out, args, common(args) + ["train.eval_test=false"])
-        rows["crt"] = [dict(name=n, config=c, overrides=o + [f"init_from=<{best(ce_inst)['name']}>"],
-                            **(val_figures(out / n) or {"missing": True})) for n, c, o in CRT]
+    # cRT on the best instance-sampled CE trial's backbone; MiSLAS on a first stage at its rate
+    ce_inst = ce_trials(rows["ce"], "instance")
     stages = {}
     if ce_inst:
+        rows["crt"] = second_stage_trials(args, out, CRT, best(ce_inst)["name"])
         rows["mislas"], stages["mislas"] = mislas_trials(args, rows["ce"], out)
     chosen = {m: best([r for r in rs if "val_top1" in r]) for m, rs in rows.items() if any("val_top1" in r for r in rs)}
     cmd = "python benchmarks/study_fmnist.py trials" + "".join(f" --cut {m}" for m in cut)
@@ -251,11 +246,25 @@ def phase_trials(args) -> dict:
     return data
 
 
+def ce_trials(ce_rows: list[dict], sampler: str) -> list[dict]:
+    """The finished CE trials with this sampler."""
+    return [r for r in ce_rows if "val_top1" in r and f"method.sampler={sampler}" in r["overrides"]]
+
+
+def second_stage_trials(args, out: Path, trials: list[tuple[str, str, list[str]]], source: str) -> list[dict]:
+    """Run ``trials`` on the backbone of the finished run ``out/source`` (validation only) and
+    give their rows, ``init_from`` recorded as ``<source>``."""
+    specs = [{"config": c, "name": n, "overrides": o + [f"init_from={out / source}"]} for n, c, o in trials]
+    run(specs, out, args, common(args) + ["train.eval_test=false"])
+    return [dict(name=n, config=c, overrides=o + [f"init_from=<{source}>"], **(val_figures(out / n) or {"missing": True}))
+            for n, c, o in trials]
+
+
 def mislas_trials(args, ce_rows: list[dict], out: Path) -> tuple[list[dict], dict]:
     """MiSLAS's first stage (``MISLAS_STAGE1``: CE + mixup at the best instance-sampled CE
     trial's rate), then its six second-stage trials on that backbone. Returns the trial rows
     and the first stage's row."""
-    ce_inst = [r for r in ce_rows if "val_top1" in r and "method.sampler=instance" in r["overrides"]]
+    ce_inst = ce_trials(ce_rows, "instance")
     if not ce_inst:
         raise SystemExit("mislas: its first stage takes the rate of the best instance-sampled CE trial; none finished")
     s1 = {"config": "fmnist_lt_ce_mixup", "name": MISLAS_STAGE1,
@@ -264,11 +273,7 @@ def mislas_trials(args, ce_rows: list[dict], out: Path) -> tuple[list[dict], dic
     fig = val_figures(out / MISLAS_STAGE1)
     if fig is None:
         raise SystemExit(f"mislas: its first stage ({out / MISLAS_STAGE1}) did not finish")
-    specs = [{"config": c, "name": n, "overrides": o + [f"init_from={out / MISLAS_STAGE1}"]} for n, c, o in MISLAS]
-    run(specs, out, args, common(args) + ["train.eval_test=false"])
-    rows = [dict(name=n, config=c, overrides=o + [f"init_from=<{MISLAS_STAGE1}>"],
-                 **(val_figures(out / n) or {"missing": True})) for n, c, o in MISLAS]
-    return rows, dict(name=MISLAS_STAGE1, **{k: s1[k] for k in ("config", "overrides")}, **fig)
+    return second_stage_trials(args, out, MISLAS, MISLAS_STAGE1), dict(name=MISLAS_STAGE1, **{k: s1[k] for k in ("config", "overrides")}, **fig)
 
 
 def phase_trials_only(args, only: tuple[str, ...], out: Path) -> dict:
@@ -426,7 +431,7 @@ def row_trial(trials: dict, row: str) -> dict:
         return trials["stages"]["mislas"]
     if row in ("ce", "ce_rs"):
         mode = "instance" if row == "ce" else "balanced"
-        return best([r for r in trials["trials"]["ce"] if "val_top1" in r and f"method.sampler={mode}" in r["overrides"]])
+        return best(ce_trials(trials["trials"]["ce"], mode))
     return trials["chosen"][row]
 
 

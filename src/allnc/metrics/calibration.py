@@ -35,15 +35,17 @@ class CalibrationAccumulator:
         self.num_bins = int(num_bins)
         # 3 x B: count, sum of confidences, correct; on ``device`` from the start when given (a
         # rank that sees no batch must still sum a tensor on the device its peers use)
-        self.stats: Optional[torch.Tensor] = (None if device is None else
-                                              torch.zeros(3, self.num_bins, dtype=torch.float64, device=device))
+        self.stats: Optional[torch.Tensor] = None if device is None else self._zeros(device)
+
+    def _zeros(self, device=None) -> torch.Tensor:
+        return torch.zeros(3, self.num_bins, dtype=torch.float64, device=device)
 
     @torch.no_grad()
     def update(self, probs: torch.Tensor, targets: torch.Tensor) -> None:
         conf, pred = probs.detach().float().max(dim=1)
         t = targets.to(pred.device).reshape(-1)
         if self.stats is None:
-            self.stats = torch.zeros(3, self.num_bins, dtype=torch.float64, device=conf.device)
+            self.stats = self._zeros(conf.device)
         b = bin_index(conf, self.num_bins)
         self.stats[0].index_add_(0, b, torch.ones_like(conf, dtype=torch.float64))
         self.stats[1].index_add_(0, b, conf.double())
@@ -51,11 +53,11 @@ class CalibrationAccumulator:
 
     def all_reduce(self) -> None:
         if self.stats is None:
-            self.stats = torch.zeros(3, self.num_bins, dtype=torch.float64)
+            self.stats = self._zeros()
         all_reduce_sum(self.stats)
 
     def result(self) -> dict:
-        s = (self.stats if self.stats is not None else torch.zeros(3, self.num_bins, dtype=torch.float64)).cpu()
+        s = (self.stats if self.stats is not None else self._zeros()).cpu()
         n, conf, correct = s[0], s[1], s[2]
         total = float(n.sum())
         bins = []

@@ -642,9 +642,9 @@ def plot_reliability(bins: Sequence[Mapping], path, ece: Optional[float] = None,
     confidence bin's accuracy as a bar at its place on [0, 1], the diagonal where a
     calibrated model's bars end, the gap to it shaded, and below the share of predictions in
     each bin. None without predictions."""
-    if not bins or not sum(b["count"] for b in bins):
-        return None
     total = sum(b["count"] for b in bins)
+    if not total:
+        return None
     fig = _new_figure(4.6, 5.0)
     grid = fig.add_gridspec(2, 1, height_ratios=[3, 1], hspace=0.08)
     ax, ax2 = fig.add_subplot(grid[0]), fig.add_subplot(grid[1])

@@ -103,9 +103,7 @@ def result_record(run_dir: Path, cell: str, extra: Optional[dict] = None) -> dic
         # NC figures were not measured
         ph = json.loads((run_dir / f"posthoc_{method}.json").read_text())
         rec.pop("errors", None)  # the run's own errors, not the corrected classifier's
-        rec.pop("ece", None)  # the corrected classifier's calibration where posthoc measured it
-        if ph["test"].get("ece") is not None:
-            rec["ece"] = ph["test"]["ece"]
+        rec["ece"] = ph["test"].get("ece")  # the corrected classifier's calibration, where posthoc measured it
         rec.update(top1=ph["test"]["top1"], groups=ph["test"]["groups"], per_class=ph["test"].get("per_class"),
                    nc_train=None, posthoc={k: ph[k] for k in ("method", "tau", "tau_grid", "val_top1_by_tau", "val_top1",
                                                               "validation", "run_test", "notes") if k in ph})
@@ -199,8 +197,7 @@ def render_table(records: list[dict]) -> str:
         cells = ", ".join(f"`{r['cell']}`" for r in rs)
         cal = head = ""
         if ece:
-            v = [r["ece"] for r in rs if r.get("ece") is not None]
-            cal = f"{mean_std(v)} | " if v else "– | "
+            cal = f"{mean_std([r['ece'] for r in rs if r.get('ece') is not None])} | "
         if errors:
             e = [r["errors"] for r in rs if r.get("errors") and r["errors"].get("headward") is not None]
             head = (f"{mean_std([x['headward'] for x in e])} ({sum(x['headward_if_even'] for x in e) / len(e):.1f}) | "

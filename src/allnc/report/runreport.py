@@ -354,12 +354,11 @@ def calibration_markdown(metrics: Mapping) -> list[str]:
     n = sum(b["count"] for b in bins)
     over = sum(b["count"] for b in bins if b["confidence"] > b["accuracy"])
     val = (metrics.get("val") or {}).get("ece")
-    md = ["## Calibration (test)", "",
-          f"Expected calibration error {fmt_pct(metrics.get('ece'))}% over {len(metrics['reliability'])} confidence bins"
-          + (f" (validation: {fmt_pct(val)}%)" if val is not None else "") + ". "
-          f"{100.0 * over / n:.0f}% of the test images fall in bins where the model is more confident than it is "
-          "accurate (over-confident).", ""]
-    return md
+    return ["## Calibration (test)", "",
+            f"Expected calibration error {fmt_pct(metrics.get('ece'))}% over {len(metrics['reliability'])} confidence bins"
+            + (f" (validation: {fmt_pct(val)}%)" if val is not None else "") + ". "
+            f"{100.0 * over / n:.0f}% of the test images fall in bins where the model is more confident than it is "
+            "accurate (over-confident).", ""]
 
 
 def write_report(run_dir) -> Path:
