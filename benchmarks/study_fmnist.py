@@ -82,6 +82,9 @@ LA_TAUS = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
 LDAM_GRID = [(m, s) for m in (0.3, 0.5, 0.7) for s in (30.0, 15.0)]  # (max margin, scale)
 ETF_GRID = [(a, lr) for a in (0.0, 0.5, 1.0) for lr in (0.1, 0.05)]  # (mixup, lr)
 BCL_GRID = [(t, w) for t in (0.07, 0.1) for w in (0.35, 0.6, 1.0)]  # (tau, lambda_scl)
+# GLMC: the consistency weight over its released range, at the two pairs of re-sampling and
+# label-weighting exponents of its released CIFAR commands
+GLMC_GRID = [(cw, q, lw) for q, lw in ((0.0, 1.2), (0.2, 1.0)) for cw in (1.0, 2.0, 4.0)]  # (contrast, q, label)
 
 # method -> [(trial name, config, overrides)]; at most six each
 TRIALS: dict[str, list[tuple[str, str, list[str]]]] = {
@@ -92,6 +95,9 @@ TRIALS: dict[str, list[tuple[str, str, list[str]]]] = {
     "etf_dr": [(f"etf_mix{a}_lr{lr}", "fmnist_lt_etf_dr", [f"train.mixup={a}", f"train.lr={lr}"]) for a, lr in ETF_GRID],
     "bcl": [(f"bcl_tau{t}_scl{w}", "fmnist_lt_bcl", [f"method.bcl.tau={t}", f"method.bcl.lambda_scl={w}"])
             for t, w in BCL_GRID],
+    "glmc": [(f"glmc_cw{cw:g}_q{q:g}_lw{lw:g}", "fmnist_lt_glmc",
+              [f"method.glmc.contrast_weight={cw}", f"method.glmc.resample_weighting={q}",
+               f"method.glmc.label_weighting={lw}"]) for cw, q, lw in GLMC_GRID],
     "bbn": [("bbn_rev_x2", "fmnist_lt_bbn", [REV]),
             ("bbn_rev_x1", "fmnist_lt_bbn", [REV, "method.gbbn.mix_scale=1.0"]),
             ("bbn_bal_x2", "fmnist_lt_bbn", [BAL]),
@@ -135,6 +141,8 @@ TRIAL_LABELS: dict[str, str] = {
     **{f"ldam_m{m}_s{s}": f"max margin {m}, s {s:g}" for m, s in LDAM_GRID},
     **{f"etf_mix{a}_lr{lr}": f"mixup {a:g}, lr {lr}" if a == 0 else f"mixup {a}, lr {lr}" for a, lr in ETF_GRID},
     **{f"bcl_tau{t}_scl{w}": f"tau {t}, lambda_SCL {w}" for t, w in BCL_GRID},
+    **{f"glmc_cw{cw:g}_q{q:g}_lw{lw:g}": f"consistency {cw:g}, re-sampling q {q:g}, label weighting {lw:g}"
+       for cw, q, lw in GLMC_GRID},
     "bbn_rev_x2": "BBN's recipe: reversed sampler, s = 2", "bbn_rev_x1": "reversed, s = 1",
     "bbn_bal_x2": "balanced sampler, s = 2", "bbn_bal_x1": "balanced, s = 1",
     "bbn_rev_x2_protocol": "reversed, s = 2, BBN's decays at 60/80 %",
@@ -299,12 +307,12 @@ def phase_trials_only(args, only: tuple[str, ...], out: Path) -> dict:
             for name in (MISLAS_STAGE1, *(n for n, _, _ in MISLAS)):
                 move_aside(out / name)
             rows, data.setdefault("stages", {})["mislas"] = mislas_trials(args, data["trials"]["ce"], out)
-            data["budget"]["mislas"] = len(rows)
         else:
             rows = trial_rows(out, TRIALS[method], {"missing": True})
         if not any("val_top1" in r for r in rows):
             raise SystemExit(f"--only {method}: no trial finished; the trials file is unchanged")
         data["trials"][method] = rows
+        data["budget"][method] = len(rows)
         data["trials_run"][method] = sum("val_top1" in r for r in rows)
         data["chosen"][method] = chosen_entry(best([r for r in rows if "val_top1" in r]))
     cmd = "python benchmarks/study_fmnist.py trials" + "".join(f" --only {m}" for m in only)
@@ -422,7 +430,8 @@ def phase_long_only(args, only: tuple[str, ...]) -> dict:
 # best instance-sampled CE trial, CE + class-balanced sampling the best balanced one
 ROWS = {"allnc": "fmnist_lt_allnc", "ce": "fmnist_lt_ce", "ce_rs": "fmnist_lt_ce_rs", "la": "fmnist_lt_la",
         "ldam_drw": "fmnist_lt_ldam_drw", "etf_dr": "fmnist_lt_etf_dr", "bcl": "fmnist_lt_bcl", "bbn": "fmnist_lt_bbn",
-        "crt": "fmnist_lt_crt", "ce_mixup": "fmnist_lt_ce_mixup", "mislas": "fmnist_lt_mislas"}
+        "crt": "fmnist_lt_crt", "ce_mixup": "fmnist_lt_ce_mixup", "mislas": "fmnist_lt_mislas",
+        "glmc": "fmnist_lt_glmc"}
 SECTIONS = ("data", "model", "train", "method")
 
 
@@ -521,7 +530,7 @@ def phase_final(args) -> None:
     print(f"final: {time.time() - t0:.0f} s")
 
 
-SLOW_FIRST = ("fmnist_lt_bcl", "fmnist_lt_bbn", "fmnist_lt_allnc", "fmnist_lt_gbbn_only")
+SLOW_FIRST = ("fmnist_lt_bcl", "fmnist_lt_glmc", "fmnist_lt_bbn", "fmnist_lt_allnc", "fmnist_lt_gbbn_only")
 
 
 def _slow_first(spec: dict) -> int:

@@ -12,6 +12,10 @@ Modes (``n_k`` = training images of class k):
 * ``balanced``: class k drawn with probability proportional to 1;
 * ``sqrt``: proportional to ``sqrt(n_k)``;
 * ``reversed``: proportional to ``n_max / n_k`` (BBN's reversed sampler);
+* ``power``: proportional to ``n_k ** power`` (the general form: 1 is instance-proportional
+  draws with replacement, 0.5 square-root, 0 balanced, -1 reversed; GLMC's re-sampling loader
+  weighs each image by ``n_k ** -q``, which is ``power = 1 - q``). Methods ask for it through
+  a ``LoaderSpec``; ``method.sampler`` offers the named modes only (``MODES``);
 
 then, for the non-instance modes, a uniformly drawn image of the chosen class, with
 replacement, ``num_samples`` draws per epoch (default: the training-set size).
@@ -27,6 +31,8 @@ from torch.utils.data import Sampler
 from ..errors import ConfigError
 
 MODES = ("instance", "balanced", "sqrt", "reversed")
+#: every mode the sampler draws: the named ones and the general ``power``
+ALL_MODES = (*MODES, "power")
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -55,9 +61,12 @@ class ClassAwareSampler(Sampler[int]):
         drop_last: bool = True,
         num_samples: Optional[int] = None,
         num_classes: Optional[int] = None,
+        power: float = 1.0,
     ):
-        if mode not in MODES:
-            raise ConfigError(f"sampler mode '{mode}' is not one of: {', '.join(MODES)}")
+        if mode not in ALL_MODES:
+            raise ConfigError(f"sampler mode '{mode}' is not one of: {', '.join(ALL_MODES)}")
+        if not np.isfinite(power):
+            raise ConfigError(f"sampler power must be a finite number, got {power}")
         t = torch.as_tensor(np.asarray(targets), dtype=torch.long).flatten()
         if len(t) == 0:
             raise ValueError("ClassAwareSampler needs at least one target")
@@ -78,6 +87,7 @@ class ClassAwareSampler(Sampler[int]):
             raise ValueError("instance mode is one permutation of the training set: num_samples must be None or N")
         self.targets = t
         self.mode = mode
+        self.power = float(power)
         self.batch_size = int(batch_size)
         self.seed = int(seed)
         self.rank = int(rank)
@@ -109,6 +119,8 @@ class ClassAwareSampler(Sampler[int]):
             w[present] = 1.0
         elif self.mode == "sqrt":
             w = np.sqrt(n)
+        elif self.mode == "power":
+            w[present] = n[present] ** self.power
         else:  # reversed
             w[present] = n.max() / n[present]
         return w / w.sum()

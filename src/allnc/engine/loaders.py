@@ -93,7 +93,7 @@ def build_train_loaders(cfg, bundle, specs, choice: PipelineChoice, device: torc
     for i, spec in enumerate(specs):
         sampler = ClassAwareSampler(
             targets, mode=spec.sampler, batch_size=B, seed=int(cfg.seed) * 7919 + i, rank=rank, world_size=world,
-            drop_last=bool(cfg.train.drop_last) or choice.fast,
+            drop_last=bool(cfg.train.drop_last) or choice.fast, power=float(spec.power),
         )
         if len(sampler) == 0:
             raise ConfigError(

@@ -1,6 +1,6 @@
 """Pure loss modules: LA / Balanced Softmax cross-entropy, LDAM and DRW weights, dot
-regression for a fixed ETF, BCL, MiSLAS's label-aware smoothing, and AllNC's HyCon, P2P and
-class-mean memory.
+regression for a fixed ETF, BCL, MiSLAS's label-aware smoothing, GLMC's soft-target CE and
+consistency, and AllNC's HyCon, P2P and class-mean memory.
 
 HyCon, P2P and the memory are this project's reconstruction of AllNC (Zhang et al. 2024);
 the paper's exact equations are not available, and every free choice is an option.
@@ -14,6 +14,7 @@ from .ce import (
     logit_adjusted_ce,
 )
 from .etf import batch_class_weights, dot_regression_loss
+from .glmc import simsiam_loss, soft_target_ce
 from .hycon import HyConLoss
 from .las import LabelAwareSmoothing, smoothing_factors
 from .ldam import LDAMLoss, drw_weights, ldam_margins
@@ -40,5 +41,7 @@ __all__ = [
     "ldam_margins",
     "log_prior",
     "logit_adjusted_ce",
+    "simsiam_loss",
     "smoothing_factors",
+    "soft_target_ce",
 ]

@@ -26,11 +26,14 @@ SECTIONS: Registry[type] = Registry("method config section")
 @dataclass(frozen=True)
 class LoaderSpec:
     """One loader of a training step: its sampler, how many augmented views per image, and
-    optionally an augmentation preset per view (None: data.augment for every view)."""
+    optionally an augmentation preset per view (None: data.augment for every view).
+    ``power`` is the exponent of the ``power`` sampler (class k drawn in proportion to
+    ``n_k ** power``); the named samplers ignore it."""
 
     sampler: str = "instance"
     views: int = 1
     view_augments: tuple[str, ...] | None = None
+    power: float = 1.0
 
 
 @dataclass
