@@ -37,12 +37,13 @@ def close(a, b, rel=1e-4):
     return bool((a - b).abs().max() <= rel * a.abs().max() + 1e-7)
 
 
-@pytest.mark.parametrize("config", ["fmnist_lt_ce", "fmnist_lt_allnc", "fmnist_lt_ldam_drw"])
+@pytest.mark.parametrize("config", ["fmnist_lt_ce", "fmnist_lt_allnc", "fmnist_lt_ldam_drw", "fmnist_lt_glmc"])
 def test_compiled_step_equals_eager_step(config, tiny_learnable_fmnist, tmp_path):
     """torch.compile captures forward, losses (memory updates included), backward and the
     optimizer step; the aot_eager backend checks that capture on the CPU without generating
     kernels. Three steps with a changing learning rate: losses, gradients, updated weights,
-    BN statistics and class-mean memories agree."""
+    BN statistics and class-mean memories agree (GLMC: its per-step draws too, made outside the
+    graph and fed to it as tensors)."""
     cfg = load_config(config, [f"data.root={tiny_learnable_fmnist}", *FAST, "data.augment=standard",
                                "train.compile=on", "train.compile_backend=aot_eager"])
     t = Trainer(cfg, tmp_path / "r")
@@ -56,6 +57,7 @@ def test_compiled_step_equals_eager_step(config, tiny_learnable_fmnist, tmp_path
     steps = [list(b) for _, b in zip(range(3), zip(*t.loaders))]
 
     def one_step(fn, opt_step, i, batches):
+        torch.manual_seed(100 + i)  # the same random draws on both sides (GLMC's lambda and box)
         t.stepper.set_lr(0.05 * (i + 1))  # the learning rate changes every step, as in warm-up
         loss, _ = fn(batches, StepState(5, 10, i, len(t.loaders[0])))
         t.opt.zero_grad(set_to_none=True)

@@ -29,12 +29,15 @@ def _chi2(observed, expected):
         ("balanced", [1, 1, 1, 1]),
         ("sqrt", np.sqrt(COUNTS)),
         ("reversed", [400 / n for n in COUNTS]),
+        ("power 0.8", np.power(COUNTS, 0.8)),  # GLMC's re-sampling at q = 0.2
+        ("power 1", COUNTS),  # instance-proportional, with replacement
     ],
 )
 def test_modes_draw_their_promised_class_frequencies(mode, weights):
     t = _targets()
     n_draws = 20000
-    s = ClassAwareSampler(t, mode, batch_size=100, seed=3, num_samples=n_draws)
+    mode, _, power = mode.partition(" ")
+    s = ClassAwareSampler(t, mode, batch_size=100, seed=3, num_samples=n_draws, power=float(power or 1))
     promised = np.asarray(weights, float) / np.sum(weights)
     assert np.allclose(s.class_probabilities(), promised)
     idx = s.global_indices(0).numpy()
@@ -136,3 +139,15 @@ def test_empty_class_is_never_drawn():
     p = s.class_probabilities()
     assert p[1] == 0 and np.allclose(p[[0, 2]], [1 / 3, 2 / 3])
     assert set(t[s.global_indices(0).numpy()].tolist()) <= {0, 2}
+
+
+def test_power_mode_is_the_general_form_of_the_named_ones():
+    """n_k ** p: p = 0 is balanced, 0.5 square-root, -1 reversed (the same probabilities,
+    and with the same seed the same draws)."""
+    t = _targets()
+    for mode, p in (("balanced", 0.0), ("sqrt", 0.5), ("reversed", -1.0)):
+        named, general = ClassAwareSampler(t, mode, 16, seed=4), ClassAwareSampler(t, "power", 16, seed=4, power=p)
+        assert np.allclose(named.class_probabilities(), general.class_probabilities(), rtol=1e-12)
+        assert torch.equal(named.global_indices(2), general.global_indices(2))
+    with pytest.raises(ConfigError, match="finite"):
+        ClassAwareSampler(t, "power", 16, power=float("nan"))

@@ -128,6 +128,8 @@ class GLMC(SingleBranch):
                                              etf_seed=cfg.model.etf_seed)
         self.proj = nn.Linear(d, int(c.proj_dim))
         self.pred = nn.Linear(int(c.proj_dim), int(c.proj_dim))
+        for lin in (self.proj, self.pred):  # the released code's initialisation of every linear layer
+            nn.init.kaiming_normal_(lin.weight)
         self.register_buffer("label_weights", class_weight(self.class_counts, float(c.label_weighting)))
         # alpha of the current epoch, a buffer so a checkpoint records the schedule's position
         self.register_buffer("alpha", torch.ones(()))
