@@ -119,8 +119,6 @@ class GLMC(SingleBranch):
                               "set method.hycon.enabled=false and method.p2p.enabled=false")
         if float(cfg.train.mixup) > 0:
             raise ConfigError("GLMC mixes its batches itself; set train.mixup=0")
-        if float(c.mix_alpha) <= 0:
-            raise ConfigError(f"method.glmc.mix_alpha must be positive, got {c.mix_alpha}")
         power = 1.0 - float(c.resample_weighting)
         self.loaders = (LoaderSpec(cfg.method.sampler, 2), LoaderSpec("power", 2, power=power))
         d = self.backbone.out_dim

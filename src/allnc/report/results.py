@@ -31,6 +31,7 @@ METHOD_NAMES: dict[str, str] = {
     "bcl": "BCL",
     "crt": "cRT",
     "mislas": "MiSLAS",
+    "glmc": "GLMC",
     "bbn": "BBN",
     "gbbn_only": "GBBN only",
     "ce_hycon": "CE + HyCon",
