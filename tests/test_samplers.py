@@ -151,3 +151,39 @@ def test_power_mode_is_the_general_form_of_the_named_ones():
         assert torch.equal(named.global_indices(2), general.global_indices(2))
     with pytest.raises(ConfigError, match="finite"):
         ClassAwareSampler(t, "power", 16, power=float("nan"))
+
+
+def test_class_aware_mode_cycles_classes_and_images_in_runs_of_four():
+    """The released class-aware sampler: turns of 4 images of one class; every K turns visit
+    each class once; within a class, each pass over its images is a permutation of them."""
+    from allnc.data.samplers import CLASS_AWARE_RUN as RUN
+
+    t = _targets()  # 530 images: 400, 100, 25, 5
+    s = ClassAwareSampler(t, "class_aware", batch_size=16, seed=2)
+    idx = s.global_indices(0).numpy()
+    assert len(idx) == 528  # floor(530 / 16) batches of 16
+    full = s._class_aware_order(torch.Generator().manual_seed(7)).numpy()
+    assert len(full) == 530
+    cls = t[full]
+    turns = cls[: len(cls) // RUN * RUN].reshape(-1, RUN)
+    assert (turns == turns[:, :1]).all()  # four of a class in a row
+    k = len(COUNTS)
+    for j in range(len(turns) // k):
+        assert sorted(turns[j * k:(j + 1) * k, 0].tolist()) == list(range(k))  # a class cycle
+    drawn = np.bincount(cls, minlength=k)
+    assert drawn.max() - drawn.min() <= RUN
+    for c, n_c in enumerate(COUNTS):
+        seq = full[cls == c]
+        for start in range(0, len(seq) - n_c + 1, n_c):  # each whole pass is a permutation of the class
+            assert sorted(seq[start:start + n_c].tolist()) == sorted(np.flatnonzero(t == c).tolist())
+        assert len(set(seq[:n_c].tolist())) == min(n_c, len(seq))
+    # the same seed and epoch, the same order; another epoch, another
+    assert torch.equal(s.global_indices(3), ClassAwareSampler(t, "class_aware", 16, seed=2).global_indices(3))
+    assert not torch.equal(s.global_indices(3), s.global_indices(4))
+    assert np.allclose(s.class_probabilities(), 0.25)
+
+
+def test_class_aware_mode_skips_an_empty_class():
+    t = np.array([0] * 10 + [2] * 5)
+    s = ClassAwareSampler(t, "class_aware", batch_size=5, num_classes=3)
+    assert set(t[s.global_indices(0).numpy()].tolist()) == {0, 2}

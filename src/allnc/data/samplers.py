@@ -17,8 +17,15 @@ Modes (``n_k`` = training images of class k):
   weighs each image by ``n_k ** -q``, which is ``power = 1 - q``). Methods ask for it through
   a ``LoaderSpec``; ``method.sampler`` offers the named modes only (``MODES``);
 
-then, for the non-instance modes, a uniformly drawn image of the chosen class, with
-replacement, ``num_samples`` draws per epoch (default: the training-set size).
+then, for these modes, a uniformly drawn image of the chosen class, with replacement,
+``num_samples`` draws per epoch (default: the training-set size). And:
+
+* ``class_aware``: the class-aware sampling of the decoupling paper's released code (cRT, and
+  MiSLAS's second stage): the classes in a cycle reshuffled at every pass, and for each class
+  in turn the next ``CLASS_AWARE_RUN`` (4) images of that class's own cycle through its images,
+  reshuffled at every pass. Every class gets the same number of draws (within one run of
+  ``CLASS_AWARE_RUN``) and within a class no image repeats before all have been drawn. The
+  cycles start afresh each epoch (the released iterators carry their place over).
 """
 from __future__ import annotations
 
@@ -30,7 +37,9 @@ from torch.utils.data import Sampler
 
 from ..errors import ConfigError
 
-MODES = ("instance", "balanced", "sqrt", "reversed")
+MODES = ("instance", "balanced", "sqrt", "reversed", "class_aware")
+#: images of one class drawn in a row by ``class_aware`` (the released cRT and MiSLAS value)
+CLASS_AWARE_RUN = 4
 #: every mode the sampler draws: the named ones and the general ``power``
 ALL_MODES = (*MODES, "power")
 
@@ -115,7 +124,7 @@ class ClassAwareSampler(Sampler[int]):
         w = np.zeros_like(n)
         if self.mode == "instance":
             w = n.copy()
-        elif self.mode == "balanced":
+        elif self.mode in ("balanced", "class_aware"):
             w[present] = 1.0
         elif self.mode == "sqrt":
             w = np.sqrt(n)
@@ -134,6 +143,8 @@ class ClassAwareSampler(Sampler[int]):
         n = len(self.targets)
         if self.mode == "instance":
             order = torch.randperm(n, generator=g)
+        elif self.mode == "class_aware":
+            order = self._class_aware_order(g)
         else:
             probs = torch.as_tensor(self.class_probabilities(), dtype=torch.double)
             cls = torch.multinomial(probs, self.num_samples, replacement=True, generator=g)
@@ -144,6 +155,32 @@ class ClassAwareSampler(Sampler[int]):
         if self.drop_last:
             order = order[: (len(order) // self.batch_size) * self.batch_size]
         return order
+
+    def _class_aware_order(self, g: torch.Generator) -> torch.Tensor:
+        """``num_samples`` indices of the ``class_aware`` mode (module docstring)."""
+        run = CLASS_AWARE_RUN
+        present = torch.nonzero(self.counts > 0).flatten()
+        picks = -(-self.num_samples // run)  # class turns needed
+        passes = -(-picks // len(present))
+        cls = present[torch.argsort(torch.rand(passes, len(present), generator=g), dim=1)].flatten()[:picks]
+        turns = torch.bincount(cls, minlength=self.num_classes)
+        # the i-th turn of a class takes items [i * run, (i + 1) * run) of that class's cycle
+        by_cls = torch.argsort(cls, stable=True)
+        first = torch.cumsum(turns, 0) - turns
+        nth = torch.empty_like(cls)
+        nth[by_cls] = torch.arange(picks) - first[cls[by_cls]]
+        cycles, offset = [], torch.zeros(self.num_classes, dtype=torch.long)
+        total = 0
+        for k in torch.nonzero(turns).flatten().tolist():
+            nk, need = int(self.counts[k]), int(turns[k]) * run
+            members = self._by_class[self._starts[k]:self._starts[k] + nk]
+            reps = -(-need // nk)
+            cycle = members[torch.argsort(torch.rand(reps, nk, generator=g), dim=1)].flatten()[:need]
+            offset[k] = total
+            total += need
+            cycles.append(cycle)
+        pos = (offset[cls] + nth * run)[:, None] + torch.arange(run)[None, :]
+        return torch.cat(cycles)[pos.flatten()][: self.num_samples]
 
     def num_batches(self) -> int:
         full, rest = divmod(self.num_samples, self.batch_size)

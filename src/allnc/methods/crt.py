@@ -16,8 +16,9 @@ from .single import SingleBranch
 @dataclass
 class CRTConfig:
     choices: ClassVar[dict] = {"sampler": MODES}
-    # the sampler of the re-training (class-balanced in the paper)
-    sampler: str = "balanced"
+    # the sampler of the re-training: class_aware (the released code's: classes in a cycle, 4
+    # images of a class in a row), balanced (i.i.d. class-balanced draws) or another mode
+    sampler: str = "class_aware"
     # start the classifier afresh (false: from the source run's)
     reset_classifier: bool = True
     # BN layers in training mode during the re-training, as the released code runs its frozen

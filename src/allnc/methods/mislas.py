@@ -34,8 +34,9 @@ class MiSLASConfig:
     lr_factor: float = 0.5
     # a learnable per-class factor on the logits (initialised to 1), trained with the classifier
     logit_scale: bool = True
-    # the sampler of the stage (class-balanced in the paper)
-    sampler: str = "balanced"
+    # the sampler of the stage: class_aware (the released code's: classes in a cycle, 4 images
+    # of a class in a row), balanced (i.i.d. class-balanced draws) or another mode
+    sampler: str = "class_aware"
     # start the classifier afresh (MiSLAS goes on from the first stage's classifier)
     reset_classifier: bool = False
 
