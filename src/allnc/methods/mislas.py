@@ -55,8 +55,8 @@ class MiSLAS(FrozenBackbone):
         self.logit_scale = nn.Parameter(torch.ones(info.num_classes), requires_grad=bool(c.logit_scale))
 
     def features(self, x):
-        h = self.head_input(self.backbone(x))
-        return h, self.classifier(h) * self.logit_scale
+        h, logits = super().features(x)
+        return h, logits * self.logit_scale
 
     def classifier_weight(self):
         """The classifier that makes the predictions: each class's row and bias times its
