@@ -64,7 +64,7 @@ def test_instance_mode_is_a_permutation():
     assert np.array_equal(kept, idx[: len(kept)])
 
 
-@pytest.mark.parametrize("mode", ["instance", "balanced", "sqrt", "reversed"])
+@pytest.mark.parametrize("mode", ["instance", "balanced", "sqrt", "reversed", "class_aware"])
 @pytest.mark.parametrize("world_size", [2, 4])
 def test_ranks_together_see_the_one_process_batches(mode, world_size):
     t = _targets()
