@@ -154,6 +154,6 @@ class GLMC(SingleBranch):
         z_mix, z_cut = self.proj(h_mix), self.proj(h_cut)
         consist = simsiam_loss(self.pred(z_mix), z_cut) + simsiam_loss(self.pred(z_cut), z_mix)
         a = self.alpha
-        loss = a * uniform + (1 - a) * rebal + float(c.contrast_weight) * consist
-        return loss, {"loss_cls": (a * uniform + (1 - a) * rebal).detach(), "loss_mc": consist.detach(),
-                      "alpha": a.detach()}
+        cls = a * uniform + (1 - a) * rebal
+        loss = cls + float(c.contrast_weight) * consist
+        return loss, {"loss_cls": cls.detach(), "loss_mc": consist.detach(), "alpha": a.detach()}
