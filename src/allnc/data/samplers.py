@@ -169,16 +169,13 @@ class ClassAwareSampler(Sampler[int]):
         first = torch.cumsum(turns, 0) - turns
         nth = torch.empty_like(cls)
         nth[by_cls] = torch.arange(picks) - first[cls[by_cls]]
-        cycles, offset = [], torch.zeros(self.num_classes, dtype=torch.long)
-        total = 0
+        need = turns * run
+        offset = torch.cumsum(need, 0) - need  # where each class's cycle starts in their concatenation
+        cycles = []
         for k in torch.nonzero(turns).flatten().tolist():
-            nk, need = int(self.counts[k]), int(turns[k]) * run
+            nk, nd = int(self.counts[k]), int(need[k])
             members = self._by_class[self._starts[k]:self._starts[k] + nk]
-            reps = -(-need // nk)
-            cycle = members[torch.argsort(torch.rand(reps, nk, generator=g), dim=1)].flatten()[:need]
-            offset[k] = total
-            total += need
-            cycles.append(cycle)
+            cycles.append(members[torch.argsort(torch.rand(-(-nd // nk), nk, generator=g), dim=1)].flatten()[:nd])
         pos = (offset[cls] + nth * run)[:, None] + torch.arange(run)[None, :]
         return torch.cat(cycles)[pos.flatten()][: self.num_samples]
 

@@ -124,6 +124,12 @@ def build_method(cfg: DictConfig, info: DataInfo) -> Method:
     return METHODS.get(cfg.method.name)(cfg, info)
 
 
+def torch_seeded_rng() -> np.random.Generator:
+    """A NumPy generator seeded from torch's global generator, for a method's per-step draws:
+    a seeded run makes the same draws, compiled or not (callers run outside the graph)."""
+    return np.random.default_rng(int(torch.randint(0, 2**31 - 1, (1,)).item()))
+
+
 @torch.compiler.disable
 def mixup_draw(n: int, alpha: float, device: torch.device) -> tuple[float, torch.Tensor]:
     """Mixup's random draws: lambda ~ Beta(alpha, alpha) and a permutation of the batch.
@@ -131,7 +137,7 @@ def mixup_draw(n: int, alpha: float, device: torch.device) -> tuple[float, torch
     Kept out of a compiled step: torch 2.11's inductor fails on ``x[torch.randperm(n)]``
     inside a graph (its randperm-index pattern expects a slice), so the permutation enters
     the graph as an input. The draws, and so the run, are the same compiled or not."""
-    lam = float(np.random.default_rng(int(torch.randint(0, 2**31 - 1, (1,)).item())).beta(alpha, alpha))
+    lam = float(torch_seeded_rng().beta(alpha, alpha))
     return lam, torch.randperm(n, device=device)
 
 

@@ -31,7 +31,6 @@ import math
 from dataclasses import dataclass
 from typing import ClassVar
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -40,7 +39,7 @@ from ..errors import ConfigError
 from ..losses import class_weight, simsiam_loss, soft_target_ce
 from ..models import build_classifier
 from . import nc_terms
-from .base import METHODS, LoaderSpec, StepState
+from .base import METHODS, LoaderSpec, StepState, torch_seeded_rng
 from .gbbn import ADAPTORS, adaptor_alpha
 from .single import SingleBranch
 
@@ -76,7 +75,7 @@ def glmc_draw(h: int, w: int, alpha: float, device: torch.device) -> tuple[torch
     Kept out of a compiled step, and returned as tensors, so that a compiled graph sees
     inputs rather than constants that change every step. The draws come from torch's global
     generator, so a seeded run makes the same ones compiled or not."""
-    rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, (1,)).item()))
+    rng = torch_seeded_rng()
     lam = float(rng.beta(alpha, alpha))
     cut = math.sqrt(1.0 - lam)
     ch, cw = int(math.ceil(h * cut)), int(math.ceil(w * cut))
@@ -99,7 +98,8 @@ def glmc_mixtures(u1, u2, r1, r2, lam: torch.Tensor, box: torch.Tensor):
     """(MixUp of u1 and r1, CutMix of u2 and r2, the box's share of the image)."""
     h, w = u2.shape[-2:]
     mask = box_mask(box, h, w)
-    mixed = lam.to(u1.dtype) * u1 + (1 - lam.to(u1.dtype)) * r1
+    lam = lam.to(u1.dtype)
+    mixed = lam * u1 + (1 - lam) * r1
     cut = torch.where(mask, r2, u2)
     return mixed, cut, mask.float().mean()
 
@@ -146,11 +146,11 @@ class GLMC(SingleBranch):
         k = self.num_classes
         oh_u, oh_r = F.one_hot(y_u, k).float(), F.one_hot(y_r, k).float()
         wt_u, wt_r = oh_u * self.label_weights[y_u, None], oh_r * self.label_weights[y_r, None]
-        t_mix, t_cut = lam * oh_u + (1 - lam) * oh_r, lam_cut * oh_u + (1 - lam_cut) * oh_r
-        tw_mix, tw_cut = lam * wt_u + (1 - lam) * wt_r, lam_cut * wt_u + (1 - lam_cut) * wt_r
         h_mix, h_cut = self.backbone(mixed), self.backbone(cut)  # one pass each, as the released code
-        uniform = soft_target_ce(self.uniform_head(h_mix), t_mix) + soft_target_ce(self.uniform_head(h_cut), t_cut)
-        rebal = soft_target_ce(self.classifier(h_mix), tw_mix) + soft_target_ce(self.classifier(h_cut), tw_cut)
+        mixtures = ((h_mix, lam), (h_cut, lam_cut))  # each mixture's targets: a share s of y_u, 1 - s of y_r
+        ce_u = [soft_target_ce(self.uniform_head(h), s * oh_u + (1 - s) * oh_r) for h, s in mixtures]
+        ce_w = [soft_target_ce(self.classifier(h), s * wt_u + (1 - s) * wt_r) for h, s in mixtures]
+        uniform, rebal = ce_u[0] + ce_u[1], ce_w[0] + ce_w[1]  # no "0 +": a compiled graph folds it away
         z_mix, z_cut = self.proj(h_mix), self.proj(h_cut)
         consist = simsiam_loss(self.pred(z_mix), z_cut) + simsiam_loss(self.pred(z_cut), z_mix)
         a = self.alpha
