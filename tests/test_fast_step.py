@@ -37,13 +37,14 @@ def close(a, b, rel=1e-4):
     return bool((a - b).abs().max() <= rel * a.abs().max() + 1e-7)
 
 
-@pytest.mark.parametrize("config", ["fmnist_lt_ce", "fmnist_lt_allnc", "fmnist_lt_ldam_drw", "fmnist_lt_glmc"])
+@pytest.mark.parametrize("config", ["fmnist_lt_ce", "fmnist_lt_allnc", "fmnist_lt_ldam_drw", "fmnist_lt_glmc",
+                                    "fmnist_lt_paco"])
 def test_compiled_step_equals_eager_step(config, tiny_learnable_fmnist, tmp_path):
     """torch.compile captures forward, losses (memory updates included), backward and the
     optimizer step; the aot_eager backend checks that capture on the CPU without generating
     kernels. Three steps with a changing learning rate: losses, gradients, updated weights,
     BN statistics and class-mean memories agree (GLMC: its per-step draws too, made outside the
-    graph and fed to it as tensors)."""
+    graph and fed to it as tensors; PaCo: its momentum encoder and queue of keys)."""
     cfg = load_config(config, [f"data.root={tiny_learnable_fmnist}", *FAST, "data.augment=standard",
                                "train.compile=on", "train.compile_backend=aot_eager"])
     t = Trainer(cfg, tmp_path / "r")
@@ -79,7 +80,7 @@ def test_compiled_step_equals_eager_step(config, tiny_learnable_fmnist, tmp_path
         assert ge.keys() == gc.keys() and len(ge) > 0
         for k in ge:
             assert close(ge[k], gc[k]), k
-        for k in s_eager:  # weights, BN statistics, class-mean memories and flags updated identically
+        for k in s_eager:  # weights, BN statistics, memories, queues and flags updated identically
             if s_eager[k].is_floating_point():
                 assert close(s_eager[k], s_comp[k]), k
             else:

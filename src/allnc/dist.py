@@ -77,6 +77,17 @@ def global_sum_with_local_grad(local: torch.Tensor) -> torch.Tensor:
     return total + (local - local.detach()) * w
 
 
+@torch.no_grad()
+def all_gather_cat(t: torch.Tensor) -> torch.Tensor:
+    """The rows of ``t`` from every rank, concatenated in rank order (no autograd; every rank
+    must pass the same shape). ``t`` itself in one process."""
+    if not is_dist():
+        return t
+    parts = [torch.empty_like(t) for _ in range(world_size())]
+    dist.all_gather(parts, t.contiguous())
+    return torch.cat(parts, 0)
+
+
 def broadcast_object(obj):
     if not is_dist():
         return obj

@@ -1,6 +1,7 @@
 """Pure loss modules: LA / Balanced Softmax cross-entropy, LDAM and DRW weights, dot
 regression for a fixed ETF, BCL, MiSLAS's label-aware smoothing, GLMC's soft-target CE and
-consistency, and AllNC's HyCon, P2P and class-mean memory.
+consistency, PaCo's parametric contrastive loss and key queue, and AllNC's HyCon, P2P and
+class-mean memory.
 
 HyCon, P2P and the memory are this project's reconstruction of AllNC (Zhang et al. 2024);
 the paper's exact equations are not available, and every free choice is an option.
@@ -20,11 +21,13 @@ from .las import LabelAwareSmoothing, smoothing_factors
 from .ldam import LDAMLoss, drw_weights, ldam_margins
 from .memory import ClassMeanMemory, centred_mean, centred_normalized
 from .p2p import P2PLoss, etf_cosines
+from .paco import KeyQueue, paco_loss
 
 __all__ = [
     "BalancedSupConLoss",
     "ClassMeanMemory",
     "HyConLoss",
+    "KeyQueue",
     "LDAMLoss",
     "LabelAwareSmoothing",
     "P2PLoss",
@@ -41,6 +44,7 @@ __all__ = [
     "ldam_margins",
     "log_prior",
     "logit_adjusted_ce",
+    "paco_loss",
     "simsiam_loss",
     "smoothing_factors",
     "soft_target_ce",

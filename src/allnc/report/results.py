@@ -32,6 +32,7 @@ METHOD_NAMES: dict[str, str] = {
     "crt": "cRT",
     "mislas": "MiSLAS",
     "glmc": "GLMC",
+    "paco": "PaCo",
     "bbn": "BBN",
     "gbbn_only": "GBBN only",
     "ce_hycon": "CE + HyCon",
