@@ -4,6 +4,7 @@
     python benchmarks/study_fmnist.py trials --only allnc --why "..."   # one method's trials again
     python benchmarks/study_fmnist.py long          # the top methods again at 30 epochs (validation)
     python benchmarks/study_fmnist.py long --only allnc --why "..."    # one method's long run again
+    python benchmarks/study_fmnist.py long --only glmc --add --why "..."  # a method outside the four, added
     python benchmarks/study_fmnist.py final         # every method at its chosen setting, test read once
     python benchmarks/study_fmnist.py posthoc       # tau-norm and post-hoc LA of the final CE runs (two rows)
     python benchmarks/study_fmnist.py records       # rewrite the final results files from their run dirs
@@ -409,9 +410,13 @@ def phase_long_only(args, only: tuple[str, ...]) -> dict:
         raise SystemExit("--only needs --why \"...\": the reason the method's long run runs again goes into the long file")
     data = json.loads(LONG_FILE.read_text())
     unknown = sorted(set(only) - set(data["methods"]))
-    if unknown:
-        raise SystemExit(f"--only {unknown[0]}: not a method of the long phase; choose from {', '.join(data['methods'])}")
+    if unknown and not args.add:
+        raise SystemExit(f"--only {unknown[0]}: not a method of the long phase; choose from {', '.join(data['methods'])} "
+                         f"(or add it: --add)")
     trials = json.loads(TRIALS_FILE.read_text())
+    bad = sorted(m for m in unknown if m not in trials["chosen"] or m in SECOND_STAGE)
+    if bad:
+        raise SystemExit(f"--only {bad[0]} --add: a method with trials of its own and no first stage is needed")
     out = Path(args.out) / "long"
     for m in only:
         move_aside(out / long_name(m))
@@ -420,15 +425,17 @@ def phase_long_only(args, only: tuple[str, ...]) -> dict:
         fig = val_figures(out / long_name(m))
         if fig is None:
             raise SystemExit(f"--only {m}: the run did not finish; the long file is unchanged")
-        data["methods"][m] = long_row(trials, m, fig)
+        added = data["methods"].get(m, {}).get("added") or (args.why if m in unknown else None)
+        data["methods"][m] = {**long_row(trials, m, fig), **({"added": added} if added else {})}
     rows = data["methods"]
     data.update(long_rankings(rows))
     # the methods the phase would pick now (the best four at 12 epochs): a changed set is said, not hidden
     now = set(long_methods(trials))
+    picked = {m for m, r in rows.items() if "added" not in r}
     cmd = "python benchmarks/study_fmnist.py long" + "".join(f" --only {m}" for m in only)
     data.setdefault("reruns", []).append({**provenance(args, cmd), "methods": list(only), "why": args.why,
-                                          "set_unchanged": now == set(rows),
-                                          **({} if now == set(rows) else {"set_now": sorted(now)})})
+                                          "set_unchanged": now == picked,
+                                          **({} if now == picked else {"set_now": sorted(now)})})
     atomic_write_json(LONG_FILE, data)
     print(json.dumps({k: data[k] for k in ("ranking_12", "ranking_30")}))
     return data
@@ -820,7 +827,8 @@ def render_long_table(long: dict | None) -> str:
     rows = ["| method | trial | val top-1, 12 epochs | val top-1, 30 epochs | change | wall s (30 epochs) |",
             "|---|---|---|---|---|---|"]
     def name(m):  # the "ce" method's best trial samples class-balanced: that is the CE + RS row
-        return METHOD_NAMES["ce_rs"] if m == "ce" and "_balanced_" in long["methods"][m]["trial"] else METHOD_NAMES.get(m, m)
+        n = METHOD_NAMES["ce_rs"] if m == "ce" and "_balanced_" in long["methods"][m]["trial"] else METHOD_NAMES.get(m, m)
+        return n + " (added)" if long["methods"][m].get("added") else n
 
     for m in long["ranking_12"]:
         r = long["methods"][m]
@@ -900,6 +908,8 @@ def main(argv=None) -> int:
     p.add_argument("--only", action="append", metavar="METHOD",
                    help="trials, long: run only this method's trials (its long run) again and replace its rows in the "
                         "trials (long) file; repeatable")
+    p.add_argument("--add", action="store_true",
+                   help="long --only M --add: M is not one of the phase's methods; run it and add its row (marked added)")
     p.add_argument("--why", default=None, help="--only: why the method runs again (kept in the file)")
     p.add_argument("--data-root", default=None, help="Fashion-MNIST IDX folder (default: Debian's place)")
     p.add_argument("--trials-file", default=str(TRIALS_FILE), help="render: the trials results file")

@@ -124,6 +124,41 @@ def test_the_long_phase_takes_the_best_four_without_crt_and_always_allnc():
     assert study.long_methods(t) == ["ce", "allnc", "bcl", "la"]  # AllNC among them: not added twice
 
 
+def test_long_only_add_runs_a_method_outside_the_four_and_marks_its_row(tmp_path, monkeypatch):
+    """``long --only M --add``: a method the phase does not pick gets its 30-epoch row, marked
+    added (with the reason); it does not make the phase's own set look changed."""
+    import json
+    from types import SimpleNamespace
+
+    import pytest
+
+    def trial(m):  # a real trial name of the method (the table labels it)
+        return study.TRIALS[m][0][0] if m in study.TRIALS else study.CRT[0][0]
+
+    chosen = {m: {"name": trial(m), "config": f"fmnist_lt_{m}", "overrides": [], "val_top1": v}
+              for m, v in dict(ce=90.0, bcl=89.0, la=88.0, ldam_drw=87.0, allnc=86.0, paco=80.0, crt=95.0).items()}
+    trials, long = tmp_path / "trials.json", tmp_path / "long.json"
+    trials.write_text(json.dumps({"chosen": chosen}))
+    rows = {m: {"trial": trial(m), "val_top1_12": chosen[m]["val_top1"], "val_top1": 90.0} for m in study.long_methods(
+        {"chosen": chosen})}
+    long.write_text(json.dumps({"methods": rows, **study.long_rankings(rows)}))
+    monkeypatch.setattr(study, "TRIALS_FILE", trials)
+    monkeypatch.setattr(study, "LONG_FILE", long)
+    monkeypatch.setattr(study, "run_long", lambda *a, **k: None)
+    monkeypatch.setattr(study, "val_figures", lambda d: {"val_top1": 85.5, "wall_time_s": 100.0})
+    args = SimpleNamespace(why="its authors train 400 epochs", add=False, out=str(tmp_path), parallel=1, deadline=None)
+    with pytest.raises(SystemExit, match="--add"):
+        study.phase_long_only(args, ("paco",))
+    args.add = True
+    with pytest.raises(SystemExit, match="no first stage"):
+        study.phase_long_only(args, ("crt",))
+    data = study.phase_long_only(args, ("paco",))
+    assert data["methods"]["paco"]["added"] == "its authors train 400 epochs"
+    assert data["methods"]["paco"]["val_top1"] == 85.5 and data["ranking_30"][-1] == "paco"
+    assert data["reruns"][-1]["set_unchanged"] is True
+    assert "| PaCo (added) |" in study.render_long_table(data)
+
+
 def test_errors_phase_reads_the_validation_confusion_of_the_imbalance_100_runs(tmp_path, monkeypatch):
     """Seeds 0 and 1 of CE at imbalance 100 count; a post-hoc cell, an imbalance-50 cell and a
     run without a validation confusion do not. The figures are those of allnc.metrics."""
