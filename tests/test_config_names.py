@@ -28,7 +28,7 @@ FMNIST_CHOSEN = {
 
 # the released recipes, checked against each baseline's official code (docs/baselines.md)
 BCL_RELEASED = {"method.bcl.tau": 0.07, "method.bcl.lambda_ce": 1.0, "method.bcl.lambda_scl": 0.35,
-                "method.bcl.proj_dim": 1024, "train.warmup_epochs": 0}
+                "method.bcl.proj_dim": 1024, "train.warmup_epochs": 0, "method.bcl.ce_augment": "randaug"}
 RELEASED = {
     "cifar10_lt_etf_dr": {"train.lr_decay": 0.1}, "cifar100_lt_etf_dr": {"train.lr_decay": 0.1},
     "imagenet_lt_etf_dr": {"train.mixup": 0.2, "train.warmup_epochs": 0},

@@ -442,8 +442,9 @@ def test_fast_path_applicable():
     ok, why = fast_path_applicable(bundle, SimpleNamespace(augment="strong", pipeline="auto"))
     assert ok, why
     assert not fast_path_applicable(bundle, SimpleNamespace(augment="strong", pipeline="conventional"))[0]
-    assert not fast_path_applicable(bundle, SimpleNamespace(augment="randaug", pipeline="auto"))[0]
-    # every preset of allnc.data.augment.PRESETS has a batched implementation, "sim" included
+    ok, why = fast_path_applicable(bundle, SimpleNamespace(augment="randaug", pipeline="auto"))
+    assert not ok and "randaug" in why
+    # every preset of allnc.data.augment.PRESETS but RandAugment has a batched implementation
     assert fast.FAST_PRESETS == ("standard", "strong", "none", "sim")
     ok, why = fast_path_applicable(bundle, SimpleNamespace(augment="standard", pipeline="auto"), view_presets=("sim",))
     assert ok, why

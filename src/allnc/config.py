@@ -62,10 +62,15 @@ class DataConfig:
     # split choices are made on (list files are long-tailed as given: no split can be drawn)
     val_list: Optional[str] = None
     # training augmentation: standard (crop + flip), strong (AutoAugment CIFAR policy + Cutout),
-    # none, or sim (SimAugment: the contrastive views of SimCLR-style methods)
+    # none, sim (SimAugment: the contrastive views of SimCLR-style methods) or randaug (RandAugment:
+    # the ImageNet-LT classification view of BCL and PaCo; conventional data path only)
     augment: str = "standard"
     # Cutout square size in pixels (strong augmentation); 0 = off
     cutout: int = 16
+    # RandAugment (augment randaug): operations per image, their magnitude (0-10) and its noise's std
+    randaug_n: int = 2
+    randaug_m: float = 10.0
+    randaug_mstd: float = 0.5
     # training image size for large-image datasets (random resized crop); small data keeps its size
     image_size: int = 224
     # per-channel normalization; null = dataset default
@@ -508,6 +513,9 @@ BOUNDS: dict[str, str] = {
     "train.ckpt_every": "[1, inf)",
     "train.eval_every": "[1, inf)",
     "data.cutout": "[0, inf)",
+    "data.randaug_n": "[0, inf)",
+    "data.randaug_m": "[0, 10]",
+    "data.randaug_mstd": "[0, inf)",
     "data.image_size": "[1, inf)",
     "data.num_workers": "[0, inf)",
     "model.width": "[1, inf)",

@@ -6,10 +6,16 @@ Small images (CIFAR, Fashion-MNIST, small image folders), training:
 * ``strong``: standard + AutoAugment (CIFAR-10 policy) before ToTensor, and Cutout
   (``data.cutout`` px, one square) *after* Normalize, as in the original Cutout code, so
   the cut square holds 0 = the dataset mean colour;
-* ``none``: ToTensor + Normalize.
+* ``none``: ToTensor + Normalize;
+* ``randaug``: standard + RandAugment (``allnc.data.randaugment``) before ToTensor.
 
 Large images, training: RandomResizedCrop(image_size) + RandomHorizontalFlip (``strong``
-adds AutoAugment, ImageNet policy; ``none`` is the test transform).
+adds AutoAugment, ImageNet policy; ``none`` is the test transform). ``randaug`` is the
+classification view of BCL's and PaCo's released ImageNet-LT code: RandomResizedCrop (scale
+0.08-1) + flip + colour jitter (0.4, 0.4, 0.4, 0; always) + RandAugment.
+
+``sim`` (both sizes): SimAugment, ``sim_ops``. RandAugment's settings are ``data.randaug_n``,
+``data.randaug_m`` and ``data.randaug_mstd``; its fill colour is the normalisation mean.
 Test: ToTensor + Normalize (small), Resize(image_size * 256 / 224) + CenterCrop(image_size)
 + ToTensor + Normalize (large); both are deterministic.
 """
@@ -21,6 +27,7 @@ import torch
 from torchvision import transforms as T
 
 from ..errors import ConfigError
+from .randaugment import RandAugmentMstd, mean_fill
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2023, 0.1994, 0.2010)
@@ -32,9 +39,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGENET_GREY_MEAN = (0.449,)
 IMAGENET_GREY_STD = (0.226,)
 
-# The one list of augmentation presets (data.augment, BCL's view presets). The fast path
-# implements a subset of them: allnc.data.fast.FAST_PRESETS.
-PRESETS = ("standard", "strong", "none", "sim")
+# The one list of augmentation presets (data.augment, BCL's and PaCo's view presets). The fast
+# path implements a subset of them: allnc.data.fast.FAST_PRESETS.
+PRESETS = ("standard", "strong", "none", "sim", "randaug")
 
 
 class Cutout(torch.nn.Module):
@@ -133,6 +140,14 @@ def sim_ops(size: tuple[int, int], channels: int) -> list:
     return ops
 
 
+def randaugment(data_cfg: Any, mean: Sequence[float]) -> RandAugmentMstd:
+    """RandAugment with ``data.randaug_n``, ``randaug_m``, ``randaug_mstd`` (defaults: the released
+    ``rand-n2-m10-mstd0.5``), filling with the mean colour."""
+    fill = mean_fill(tuple(mean))
+    return RandAugmentMstd(n=int(_get(data_cfg, "randaug_n", 2)), m=float(_get(data_cfg, "randaug_m", 10.0)),
+                           mstd=float(_get(data_cfg, "randaug_mstd", 0.5)), fill=fill * (3 // len(fill)))
+
+
 def build_transform(data_cfg: Any, bundle: Any, train: bool) -> Callable:
     """The torchvision transform of the ``data.augment`` preset (``train``) or of testing.
 
@@ -153,6 +168,8 @@ def build_transform(data_cfg: Any, bundle: Any, train: bool) -> Callable:
         ops: list = [T.RandomCrop((h, w), padding=4), T.RandomHorizontalFlip()]
         if preset == "strong":
             ops.append(T.AutoAugment(T.AutoAugmentPolicy.CIFAR10))
+        if preset == "randaug":
+            ops.append(randaugment(data_cfg, mean))
         ops += finish
         cut = int(_get(data_cfg, "cutout", 16))
         if preset == "strong" and cut > 0:
@@ -163,6 +180,10 @@ def build_transform(data_cfg: Any, bundle: Any, train: bool) -> Callable:
         return T.Compose([T.Resize(int(size * 256 / 224)), T.CenterCrop(size)] + finish)
     if preset == "sim":
         return T.Compose(sim_ops((size, size), int(bundle.in_channels)) + finish)
+    if preset == "randaug":
+        jitter = T.ColorJitter(0.4, 0.4, 0.4, 0.0) if int(bundle.in_channels) == 3 else T.ColorJitter(0.4, 0.4)
+        return T.Compose([T.RandomResizedCrop(size, scale=(0.08, 1.0)), T.RandomHorizontalFlip(), jitter,
+                          randaugment(data_cfg, mean)] + finish)
     ops = [T.RandomResizedCrop(size), T.RandomHorizontalFlip()]
     if preset == "strong":
         ops.append(T.AutoAugment(T.AutoAugmentPolicy.IMAGENET))

@@ -13,8 +13,9 @@ from .autoaugment import CIFAR10_POLICY, _policy_tables, _PolicyTables, autoaugm
 from .ops import _stats, crop_flip, cutout
 from .sim import apply_sim, sample_sim
 
-# The presets of allnc.data.augment.PRESETS that the fast path implements: all of them.
-FAST_PRESETS = tuple(PRESETS)
+# The presets of allnc.data.augment.PRESETS that the fast path implements: all but RandAugment
+# (the ImageNet-LT classification view of BCL and PaCo; PIL operations, conventional path only).
+FAST_PRESETS = tuple(p for p in PRESETS if p != "randaug")
 
 
 class BatchAugment:
