@@ -432,7 +432,7 @@ def phase_long_only(args, only: tuple[str, ...]) -> dict:
     # the methods the phase would pick now (the best four at 12 epochs): a changed set is said, not hidden
     now = set(long_methods(trials))
     picked = {m for m, r in rows.items() if "added" not in r}
-    cmd = "python benchmarks/study_fmnist.py long" + "".join(f" --only {m}" for m in only)
+    cmd = "python benchmarks/study_fmnist.py long" + "".join(f" --only {m}" for m in only) + (" --add" if args.add else "")
     data.setdefault("reruns", []).append({**provenance(args, cmd), "methods": list(only), "why": args.why,
                                           "set_unchanged": now == picked,
                                           **({} if now == picked else {"set_now": sorted(now)})})

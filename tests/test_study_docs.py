@@ -156,6 +156,7 @@ def test_long_only_add_runs_a_method_outside_the_four_and_marks_its_row(tmp_path
     assert data["methods"]["paco"]["added"] == "its authors train 400 epochs"
     assert data["methods"]["paco"]["val_top1"] == 85.5 and data["ranking_30"][-1] == "paco"
     assert data["reruns"][-1]["set_unchanged"] is True
+    assert data["reruns"][-1]["command"].endswith("long --only paco --add")
     assert "| PaCo (added) |" in study.render_long_table(data)
 
 
