@@ -421,6 +421,8 @@ def phase_long_only(args, only: tuple[str, ...]) -> dict:
     for m in only:
         move_aside(out / long_name(m))
     run_long(args, trials, only, out)
+    # read the file again: another --only run may have written its row while this one trained
+    data = json.loads(LONG_FILE.read_text())
     for m in only:
         fig = val_figures(out / long_name(m))
         if fig is None:

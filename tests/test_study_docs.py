@@ -144,7 +144,14 @@ def test_long_only_add_runs_a_method_outside_the_four_and_marks_its_row(tmp_path
     long.write_text(json.dumps({"methods": rows, **study.long_rankings(rows)}))
     monkeypatch.setattr(study, "TRIALS_FILE", trials)
     monkeypatch.setattr(study, "LONG_FILE", long)
-    monkeypatch.setattr(study, "run_long", lambda *a, **k: None)
+    other = {"trial": study.TRIALS["glmc"][0][0], "val_top1_12": 79.0, "val_top1": 84.0, "added": "x"}
+
+    def run_long(*a, **k):  # meanwhile another --only run writes its row: it must survive
+        d = json.loads(long.read_text())
+        d["methods"]["glmc"] = other
+        long.write_text(json.dumps(d))
+
+    monkeypatch.setattr(study, "run_long", run_long)
     monkeypatch.setattr(study, "val_figures", lambda d: {"val_top1": 85.5, "wall_time_s": 100.0})
     args = SimpleNamespace(why="its authors train 400 epochs", add=False, out=str(tmp_path), parallel=1, deadline=None)
     with pytest.raises(SystemExit, match="--add"):
@@ -154,7 +161,8 @@ def test_long_only_add_runs_a_method_outside_the_four_and_marks_its_row(tmp_path
         study.phase_long_only(args, ("crt",))
     data = study.phase_long_only(args, ("paco",))
     assert data["methods"]["paco"]["added"] == "its authors train 400 epochs"
-    assert data["methods"]["paco"]["val_top1"] == 85.5 and data["ranking_30"][-1] == "paco"
+    assert data["methods"]["glmc"] == other
+    assert data["methods"]["paco"]["val_top1"] == 85.5 and data["ranking_30"][-2:] == ["paco", "glmc"]
     assert data["reruns"][-1]["set_unchanged"] is True
     assert data["reruns"][-1]["command"].endswith("long --only paco --add")
     assert "| PaCo (added) |" in study.render_long_table(data)
