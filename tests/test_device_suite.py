@@ -130,6 +130,22 @@ def test_a_failed_inductor_check_starts_the_smoke_from_cudagraphs():
     assert after({}, "inductor") == "inductor"
 
 
+def test_an_mps_daemon_that_does_not_quit_is_logged_not_raised(monkeypatch):
+    """On an H200 the daemon's quit timed out and the exception cost the suite its suite.json:
+    stopping MPS now logs the failure, and the MPS variables leave the environment either way."""
+    def no_answer(*a, **k):
+        raise subprocess.TimeoutExpired(cmd="nvidia-cuda-mps-control", timeout=30)
+
+    monkeypatch.setattr(suite_mod.subprocess, "run", no_answer)
+    monkeypatch.setenv("CUDA_MPS_PIPE_DIRECTORY", "/tmp/mps-pipe")
+    said = []
+    fake = type("S", (), {"log": lambda self, msg: said.append(msg), "_drop_mps_env": staticmethod(
+        suite_mod.Suite._drop_mps_env)})()
+    suite_mod.Suite.stop_mps(fake)
+    assert len(said) == 1 and "did not quit" in said[0] and "TimeoutExpired" in said[0]
+    assert "CUDA_MPS_PIPE_DIRECTORY" not in os.environ
+
+
 def test_select_resume_takes_the_most_advanced_runs_that_fit(tmp_path):
     """Runs at epochs 3, 7 and 5 (and one without a checkpoint), a cap that holds two of the
     three: the epoch-7 run first, then the epoch-3 one, since 7 and 5 together are too big."""
