@@ -143,9 +143,8 @@ def sim_ops(size: tuple[int, int], channels: int) -> list:
 def randaugment(data_cfg: Any, mean: Sequence[float]) -> RandAugmentMstd:
     """RandAugment with ``data.randaug_n``, ``randaug_m``, ``randaug_mstd`` (defaults: the released
     ``rand-n2-m10-mstd0.5``), filling with the mean colour."""
-    fill = mean_fill(tuple(mean))
     return RandAugmentMstd(n=int(_get(data_cfg, "randaug_n", 2)), m=float(_get(data_cfg, "randaug_m", 10.0)),
-                           mstd=float(_get(data_cfg, "randaug_mstd", 0.5)), fill=fill * (3 // len(fill)))
+                           mstd=float(_get(data_cfg, "randaug_mstd", 0.5)), fill=mean_fill(tuple(mean)))
 
 
 def build_transform(data_cfg: Any, bundle: Any, train: bool) -> Callable:

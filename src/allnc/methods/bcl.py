@@ -6,11 +6,10 @@ from typing import ClassVar, Optional
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from ..data.augment import PRESETS
 from ..losses import BalancedSupConLoss, log_prior, logit_adjusted_ce
-from ..models import NormedLinear
+from ..models import NormedLinear, ProjectionMLP
 from .base import METHODS, LoaderSpec
 from .single import SingleBranch
 
@@ -40,11 +39,6 @@ class BCLConfig:
     # preset of view 0 (the cross-entropy view); null = data.augment (the released code uses
     # its strong augmentation there: the *_bcl_strong configs)
     ce_augment: Optional[str] = None
-
-
-class ProjectionMLP(nn.Sequential):
-    def __init__(self, d_in: int, hidden: int, d_out: int):
-        super().__init__(nn.Linear(d_in, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True), nn.Linear(hidden, d_out))
 
 
 @METHODS.register("bcl", section="bcl", config=BCLConfig)

@@ -35,10 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError
 from ..losses import class_weight, simsiam_loss, soft_target_ce
 from ..models import build_classifier
-from . import nc_terms
 from .base import METHODS, LoaderSpec, StepState, torch_seeded_rng
 from .gbbn import ADAPTORS, adaptor_alpha
 from .single import SingleBranch
@@ -114,11 +112,8 @@ class GLMC(SingleBranch):
     def __init__(self, cfg, info):
         super().__init__(cfg, info)
         c = cfg.method.glmc
-        if any(nc_terms.switches(cfg)):
-            raise ConfigError("GLMC mixes every image's label, and HyCon and P2P need whole labels; "
-                              "set method.hycon.enabled=false and method.p2p.enabled=false")
-        if float(cfg.train.mixup) > 0:
-            raise ConfigError("GLMC mixes its batches itself; set train.mixup=0")
+        self.refuse_label_mixing(cfg, "GLMC mixes every image's label, and HyCon and P2P need whole labels",
+                                 "GLMC mixes its batches itself")
         power = 1.0 - float(c.resample_weighting)
         self.loaders = (LoaderSpec(cfg.method.sampler, 2), LoaderSpec("power", 2, power=power))
         d = self.backbone.out_dim

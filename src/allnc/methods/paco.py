@@ -24,11 +24,9 @@ import torch
 import torch.nn.functional as F
 
 from ..data.augment import PRESETS
-from ..errors import ConfigError
 from ..losses import KeyQueue, log_prior, paco_loss
-from . import nc_terms
+from ..models import ProjectionMLP
 from .base import METHODS, LoaderSpec, StepState
-from .bcl import ProjectionMLP
 from .single import SingleBranch
 
 
@@ -70,11 +68,7 @@ class PaCo(SingleBranch):
     def __init__(self, cfg, info):
         super().__init__(cfg, info)
         c = cfg.method.paco
-        if any(nc_terms.switches(cfg)):
-            raise ConfigError("PaCo is not built with HyCon or P2P; set method.hycon.enabled=false and "
-                              "method.p2p.enabled=false")
-        if float(cfg.train.mixup) > 0:
-            raise ConfigError("PaCo's positives need whole labels; set train.mixup=0")
+        self.refuse_label_mixing(cfg, "PaCo is not built with HyCon or P2P", "PaCo's positives need whole labels")
         qa = str(c.query_augment or cfg.data.augment)
         self.loaders = (LoaderSpec(cfg.method.sampler, 2, (qa, str(c.key_augment))),)
         d = self.backbone.out_dim
@@ -107,8 +101,8 @@ class PaCo(SingleBranch):
         with torch.no_grad():
             self.momentum_update()
             k = F.normalize(self.key_proj(self.key_backbone(v_k)).float(), dim=1)
-        keys = torch.cat([k, self.queue.keys.detach()], 0)
-        key_labels = torch.cat([y, self.queue.labels.detach()], 0)
+        keys = torch.cat([k, self.queue.keys], 0)  # buffers: no gradient
+        key_labels = torch.cat([y, self.queue.labels], 0)
         loss = paco_loss(q, y, logits, keys, key_labels, self.log_prior, alpha=float(c.alpha), beta=float(c.beta),
                          gamma=float(c.gamma), temperature=float(c.temperature), la_tau=float(c.la_tau))
         self.queue.enqueue(k, y)

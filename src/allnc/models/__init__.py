@@ -18,7 +18,7 @@ from torch import nn
 from ..errors import ConfigError
 from .branched import BranchedNet
 from ..config_io import cfg_get
-from .heads import CLASSIFIERS, ETFClassifier, NormedLinear, build_classifier, simplex_etf
+from .heads import CLASSIFIERS, ETFClassifier, NormedLinear, ProjectionMLP, build_classifier, simplex_etf
 from .resnet_cifar import BACKBONES, SPLIT_MODES, Backbone, CifarResNet, ShortcutA, resnet32, resnet_small
 from .torchvision_nets import TorchvisionResNet, load_backbone_state, resnet50, resnext50
 
@@ -36,6 +36,7 @@ __all__ = [
     "CifarResNet",
     "ETFClassifier",
     "NormedLinear",
+    "ProjectionMLP",
     "ShortcutA",
     "TorchvisionResNet",
     "build_backbone",

@@ -5,6 +5,8 @@
   outputs in [-1, 1]; the scale s is the loss's business.
 - ``etf``: a fixed simplex equiangular tight frame (Papyan et al. 2020; Yang et al. 2022):
   a non-trainable buffer ``weight`` with unit rows and pairwise cosines -1/(K-1); no bias.
+
+``ProjectionMLP`` is the Linear-BN-ReLU-Linear head of the contrastive methods (BCL, PaCo).
 """
 from __future__ import annotations
 
@@ -46,6 +48,13 @@ class NormedLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_dim={self.in_dim}, num_classes={self.num_classes}, scale={self.scale}"
+
+
+class ProjectionMLP(nn.Sequential):
+    """Linear (d_in -> hidden), BatchNorm, ReLU, Linear (hidden -> d_out)."""
+
+    def __init__(self, d_in: int, hidden: int, d_out: int):
+        super().__init__(nn.Linear(d_in, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True), nn.Linear(hidden, d_out))
 
 
 def simplex_etf(num_classes: int, dim: int, seed: int = 0, width: Optional[int] = None) -> torch.Tensor:
