@@ -215,6 +215,121 @@ def test_fallback_to_the_cudagraphs_backend_keeps_the_optimizer_eager(tiny_learn
         assert torch.equal(a[k], b[k]), k
 
 
+# what the H200 said (torch 2.11, 2026-11-29), shortened: Triton could not compile inductor's
+# fused batch-norm backward as a persistent reduction, in either compile mode
+TRITON_PER_FAILURE = ("SubprocException: An exception occurred in a subprocess:\n\n"
+                      "Name=triton_per_fused__native_batch_norm_legit_functional_clamp_min_div_mean_relu_26\n"
+                      "RuntimeError: PassManager::run failed")
+GPU_STAGES = [("inductor", "reduce-overhead"), ("inductor", "default"), ("cudagraphs", "default")]
+
+
+def _recording_compile(monkeypatch, fails):
+    """torch.compile replaced by a stand-in that runs eagerly and records (backend, mode,
+    persistent reductions) of each call; ``fails(backend, persistent)`` gives the error text
+    that the compiled function raises, or None."""
+    made = []
+
+    def fake_compile(fn, backend=None, **kw):
+        persistent = (kw.get("options") or {}).get("triton.persistent_reductions", True)
+        made.append((backend, mode_of(kw), persistent))
+        why = fails(backend, persistent)
+
+        def wrapped(*a, **k):
+            if why:
+                raise RuntimeError(why)
+            return fn(*a, **k)
+
+        return wrapped
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    return made
+
+
+def test_a_persistent_reduction_kernel_triton_cannot_compile_gets_looped_reductions(
+        tiny_learnable_fmnist, tmp_path, monkeypatch):
+    """On a GPU (its stage list, the compiler a stand-in on the CPU) Triton fails on a
+    persistent-reduction kernel whenever they are on: the probe tries the same CUDA-graph mode
+    with them off before giving the mode up, keeps that, gives the optimizer step the same
+    option, says so once and records it; the run is the eager run."""
+    import allnc.engine.stepper as stepper
+
+    extra = ("train.epochs=2", "train.compile_backend=inductor")
+    eager = Trainer(cfg_of(tiny_learnable_fmnist, "fmnist_lt_allnc", *extra, "train.compile=off"), tmp_path / "eager").fit()
+    monkeypatch.setattr(stepper, "compile_stages", lambda dev, b, m: GPU_STAGES)
+    made = _recording_compile(monkeypatch, lambda b, persistent: TRITON_PER_FAILURE if persistent else None)
+    lines = []
+    t = Trainer(cfg_of(tiny_learnable_fmnist, "fmnist_lt_allnc", *extra, "train.compile=on",
+                       "train.compile_mode=reduce-overhead"), tmp_path / "r", log=lines.append)
+    m = t.fit()
+    # step and optimizer step: first as configured, then the same mode with looped reductions
+    assert made == [("inductor", "reduce-overhead", True), ("inductor", "default", True),
+                    ("inductor", "reduce-overhead", False), ("inductor", "default", False)]
+    rec = json.loads((tmp_path / "r" / "metrics.json").read_text())["compile"]
+    assert rec["used"] and rec["backend"] == "inductor" and rec["mode"] == "reduce-overhead"
+    assert rec["persistent_reductions"] is False
+    assert rec["fallback"].startswith("train.compile_mode=reduce-overhead failed (RuntimeError: SubprocException")
+    said = [ln for ln in lines if ln.startswith("compile ")]
+    assert len(said) == 1
+    assert said[0].endswith("using train.compile_mode=reduce-overhead train.compile_persistent_reductions=false instead")
+    assert m["top1"] == eager["top1"] and m["per_class"] == eager["per_class"]
+
+
+def test_looped_reductions_stay_off_down_the_ladder_and_other_failures_skip_them(
+        tiny_learnable_fmnist, tmp_path, monkeypatch):
+    """Inductor fails in every form: after the persistent-reduction failure the later inductor
+    stages keep them off, and the cudagraphs backend is last. A failure that names no
+    persistent-reduction kernel never gets the extra stage."""
+    import allnc.engine.stepper as stepper
+
+    monkeypatch.setattr(stepper, "compile_stages", lambda dev, b, m: GPU_STAGES)
+    made = _recording_compile(monkeypatch, lambda b, persistent: (
+        (TRITON_PER_FAILURE if persistent else "another code-generation failure") if b == "inductor" else None))
+    cfg = cfg_of(tiny_learnable_fmnist, "fmnist_lt_ce", "train.epochs=1", "train.compile=on",
+                 "train.compile_backend=inductor", "train.compile_mode=reduce-overhead")
+    Trainer(cfg, tmp_path / "a").fit()
+    assert made[:6:2] == [
+        ("inductor", "reduce-overhead", True), ("inductor", "reduce-overhead", False), ("inductor", "default", False)]
+    assert made[6:] == [("cudagraphs", "default", True)]  # the step alone
+    rec = json.loads((tmp_path / "a" / "metrics.json").read_text())["compile"]
+    assert rec["backend"] == "cudagraphs" and len(rec["fallback"].split("; ")) == 3
+    made.clear()
+    monkeypatch.setattr(stepper, "compile_stages", lambda dev, b, m: GPU_STAGES)
+    _recording_compile(monkeypatch, lambda b, persistent: "another code-generation failure" if b == "inductor" else None)
+    Trainer(cfg, tmp_path / "b").fit()
+    rec = json.loads((tmp_path / "b" / "metrics.json").read_text())["compile"]
+    assert "persistent" not in rec["fallback"] and len(rec["fallback"].split("; ")) == 2
+
+
+def test_persistent_reductions_off_from_the_start_and_in_the_kwargs():
+    """train.compile_persistent_reductions=false reaches inductor as
+    triton.persistent_reductions=False in every mode (nothing for the other backends); a
+    failure is recognised in the exception's cause chain too."""
+    from allnc.engine.stepper import persistent_reduction_failure
+
+    for mode in ("default", "reduce-overhead"):
+        off = compile_kwargs("inductor", mode, persistent_reductions=False)["options"]
+        on = compile_kwargs("inductor", mode)["options"]
+        assert off == {**on, "triton.persistent_reductions": False} and "triton.persistent_reductions" not in on
+    assert compile_kwargs("cudagraphs", "default", persistent_reductions=False) == {}
+    try:
+        try:
+            raise RuntimeError(TRITON_PER_FAILURE)
+        except RuntimeError as inner:
+            raise ValueError("InductorError: SubprocException") from inner
+    except ValueError as e:
+        assert persistent_reduction_failure(e)
+    assert not persistent_reduction_failure(RuntimeError("Name=triton_red_fused_sum_0 PassManager::run failed"))
+
+
+def test_the_config_key_turns_them_off_from_the_first_compile(tiny_learnable_fmnist, tmp_path, monkeypatch):
+    made = _recording_compile(monkeypatch, lambda b, persistent: None)
+    t = Trainer(cfg_of(tiny_learnable_fmnist, "fmnist_lt_ce", "train.epochs=1", "train.compile=on",
+                       "train.compile_backend=inductor", "train.compile_persistent_reductions=false"), tmp_path / "r")
+    t.fit()
+    assert made == [("inductor", "default", False), ("inductor", "default", False)]
+    assert json.loads((tmp_path / "r" / "metrics.json").read_text())["compile"]["persistent_reductions"] is False
+
+
 def test_cudagraphs_backend_on_the_cpu_is_a_config_error(tiny_learnable_fmnist, tmp_path):
     from allnc.errors import ConfigError
 

@@ -335,6 +335,10 @@ class TrainConfig:
     # torch.compile backend: inductor (generated kernels) | cudagraphs (the step replayed as a
     # CUDA graph, no generated kernels; GPU only) | aot_eager (capture only, for checks)
     compile_backend: str = "inductor"
+    # inductor's persistent reductions on a GPU (a reduction row held in one Triton block);
+    # false: looped reductions instead. The compilation probe turns them off by itself when
+    # Triton fails to compile a persistent-reduction kernel (docs/fast_path.md)
+    compile_persistent_reductions: bool = True
     # batch norm over the global batch under data parallel training
     sync_bn: bool = False
     # write the checkpoint every N epochs (and at the last)

@@ -145,7 +145,7 @@ def check_same_backbone(cfg: DictConfig, source: Any, init_from: str) -> None:
 RUNTIME_TOP = {"device"}
 RUNTIME_KEYS = {"data.root", "data.num_workers", "data.download", "data.cache_dir", "train.progress", "name",
                 "train.logger", "train.wandb_project", "train.wandb_mode", "train.compile", "train.compile_mode",
-                "train.compile_backend"}
+                "train.compile_backend", "train.compile_persistent_reductions"}
 
 
 def is_runtime(key: str) -> bool:

@@ -35,7 +35,8 @@ class Stepper:
     (compilation, CUDA-graph recording, the first replay), puts every value back, and falls
     back along ``compile_stages`` (a CUDA-graph mode, the default mode, on a GPU the
     ``cudagraphs`` backend, then eager) if anything fails, saying so once through ``log`` and
-    recording it in ``info``."""
+    recording it in ``info``. A Triton failure on a persistent-reduction kernel first gets the
+    same stage again with persistent reductions off (``persistent_reduction_failure``)."""
 
     def __init__(self, method: Method, cfg, device: torch.device, amp: bool, compile_: bool, log: Callable = print):
         self.method, self.cfg, self.device, self.amp, self.log = method, cfg, device, amp, log
@@ -61,7 +62,9 @@ class Stepper:
         self.opt_step = self.opt.step
         # what was asked for and what runs: a failed compilation falls back (see probe)
         self.info = {"requested": bool(compile_), "used": False, "backend": backend,
-                     "mode": str(cfg.train.compile_mode), "fallback": None, "probe_s": None}
+                     "mode": str(cfg.train.compile_mode),
+                     "persistent_reductions": bool(cfg.train.compile_persistent_reductions),
+                     "fallback": None, "probe_s": None}
         self._mark_step = False
         self.error_log: Optional[Path] = None  # where the probe writes a compiler failure in full
         if compile_:
@@ -103,7 +106,10 @@ class Stepper:
                 if p.requires_grad and "momentum_buffer" not in self.opt.state[p]:
                     self.opt.state[p]["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
 
-    def compile(self, mode: str, backend: str) -> None:
+    def compile(self, mode: str, backend: str, persistent: Optional[bool] = None) -> None:
+        """Compile the step in ``backend`` and ``mode``; ``persistent``: inductor's persistent
+        reductions (default: as ``info`` says, from ``train.compile_persistent_reductions``)."""
+        persistent = self.info["persistent_reductions"] if persistent is None else bool(persistent)
         if backend == "cudagraphs":
             # no generated kernels: the step's forward and backward are recorded as CUDA graphs
             # and replayed; the optimizer stays eager (its buffers in ordinary memory)
@@ -112,11 +118,11 @@ class Stepper:
             self.opt_step = self.opt.step
             self._float_lr()
         else:
-            self.step_fn = torch.compile(self.step_module, backend=backend, **compile_kwargs(backend, mode))
+            self.step_fn = torch.compile(self.step_module, backend=backend, **compile_kwargs(backend, mode, persistent))
             # the optimizer step is a few fused element-wise kernels: compiled without CUDA graphs,
             # so that its state stays in ordinary memory
-            self.opt_step = torch.compile(self.opt.step, backend=backend, **compile_kwargs(backend, "default"))
-        self.info.update(used=True, backend=backend, mode=mode)
+            self.opt_step = torch.compile(self.opt.step, backend=backend, **compile_kwargs(backend, "default", persistent))
+        self.info.update(used=True, backend=backend, mode=mode, persistent_reductions=persistent)
         # CUDA graph trees want to know where a training iteration begins
         self._mark_step = self.device.type == "cuda" and (
             backend == "cudagraphs" or mode in ("reduce-overhead", "max-autotune"))
@@ -183,17 +189,23 @@ class Stepper:
         """Run the first ``steps`` compiled steps on ``first_batches()`` (batches of epoch
         ``epoch``, already on the device), then put every parameter, buffer and optimizer value
         back: the run is the one it would have been without the probe. On any failure, a
-        CUDA-graph mode falls back to the default mode, then to eager."""
+        CUDA-graph mode falls back to the default mode, then to eager; a persistent-reduction
+        kernel that Triton cannot compile first gets the failed stage again with persistent
+        reductions off (and they stay off for the later stages)."""
         if self.step_fn is self.step_module:
             return
         epochs = int(self.cfg.train.epochs)
-        stages = compile_stages(self.device.type, self.info["backend"], self.info["mode"])
+        persistent = self.info["persistent_reductions"]
+        stages = [(b, m, persistent) for b, m in compile_stages(self.device.type, self.info["backend"], self.info["mode"])]
         errors = []
         t0 = time.time()
-        for i, (backend, mode) in enumerate(stages):
+        i = 0
+        while i < len(stages):
+            backend, mode, persistent = stages[i]
             if i:
                 torch._dynamo.reset()
-                self.compile(mode, backend)
+                self.compile(mode, backend, persistent)
+            i += 1
             snap = self._snapshot()
             try:
                 self.method.on_epoch_start(epoch, epochs)
@@ -207,12 +219,16 @@ class Stepper:
                 self.info["probe_s"] = round(time.time() - t0, 2)
                 if errors:
                     self.info["fallback"] = "; ".join(errors)
-                    self.log(f"compile  {errors[-1]}; using {_stage_name(backend, mode)} instead")
+                    self.log(f"compile  {errors[-1]}; using {_stage_name(backend, mode, persistent)} instead")
                 return
             except Exception as e:  # noqa: BLE001 - any compiler or CUDA-graph failure
                 self._restore(snap)
-                errors.append(f"{_stage_name(backend, mode)} failed ({type(e).__name__}: {_reason(e)})")
-                self._keep_error(_stage_name(backend, mode), e)
+                name = _stage_name(backend, mode, persistent)
+                errors.append(f"{name} failed ({type(e).__name__}: {_reason(e)})")
+                self._keep_error(name, e)
+                if backend == "inductor" and persistent and persistent_reduction_failure(e):
+                    stages = stages[:i] + [(backend, mode, False)] + [
+                        (b, m, False if b == "inductor" else p) for b, m, p in stages[i:]]
         torch._dynamo.reset()
         self.uncompile()
         self.info["fallback"] = "; ".join(errors) + "; trained eagerly"
@@ -231,16 +247,29 @@ INDUCTOR_OPTIONS = {
 }
 
 
-def compile_kwargs(backend: str, mode: str) -> dict:
+def compile_kwargs(backend: str, mode: str, persistent_reductions: bool = True) -> dict:
     """``torch.compile``'s keywords for ``backend`` in ``mode``: for inductor, the mode's own
     options plus those of ``INDUCTOR_OPTIONS`` that this torch knows (torch.compile takes a
-    mode or options, not both, and refuses an option it does not know)."""
+    mode or options, not both, and refuses an option it does not know), and
+    ``triton.persistent_reductions=False`` when ``persistent_reductions`` is false."""
     if backend != "inductor":
         return {}
     from torch._inductor import config as inductor_config, list_mode_options
 
     known = inductor_config.get_config_copy()  # the names torch.compile checks options against ("a.b" too)
-    return {"options": {**list_mode_options(mode), **{k: v for k, v in INDUCTOR_OPTIONS.items() if k in known}}}
+    extra = dict(INDUCTOR_OPTIONS, **({} if persistent_reductions else {"triton.persistent_reductions": False}))
+    return {"options": {**list_mode_options(mode), **{k: v for k, v in extra.items() if k in known}}}
+
+
+def persistent_reduction_failure(e: BaseException) -> bool:
+    """Whether ``e`` is Triton failing to compile one of inductor's persistent-reduction kernels
+    (their names begin ``triton_per_``). On an H200 under torch 2.11 (2026-11-29) the fused
+    batch-norm backward of AllNC (ResNet-32, bf16, normalised features) was such a kernel,
+    ``PassManager::run failed`` in both compile modes; looped reductions (``triton_red_``)
+    come from other code."""
+    import traceback
+
+    return "triton_per_" in "".join(traceback.format_exception(e))
 
 
 def compile_stages(device_type: str, backend: str, mode: str) -> list[tuple[str, str]]:
@@ -256,8 +285,11 @@ def compile_stages(device_type: str, backend: str, mode: str) -> list[tuple[str,
     return stages
 
 
-def _stage_name(backend: str, mode: str) -> str:
-    return "train.compile_backend=cudagraphs" if backend == "cudagraphs" else f"train.compile_mode={mode}"
+def _stage_name(backend: str, mode: str, persistent: bool = True) -> str:
+    if backend == "cudagraphs":
+        return "train.compile_backend=cudagraphs"
+    return f"train.compile_mode={mode}" + ("" if persistent or backend != "inductor"
+                                           else " train.compile_persistent_reductions=false")
 
 
 def _copied_into(dst: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
