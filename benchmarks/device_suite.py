@@ -26,9 +26,12 @@ each logged with the seconds since the start, all bounded by ``--deadline``:
    session's minutes still finish.
 
 Everything to bring back is in OUT, at most 8 files, no sub-folders: ``suite.log``,
-``env.json``, ``speed.json``, ``suite.json``, ``summary.md``, ``results.tar.gz`` (the new results
-files, as ``results/<cell>.json``), ``runs.tar.gz`` (every run directory's small files) and
-``resume.tar`` (the unfinished plan runs to continue, when there are any).
+``env.json``, ``speed.json``, ``suite.json``, ``results.tar.gz`` (the new results files, as
+``results/<cell>.json``), ``runs.tar.gz`` (every run directory's small files, and
+``summary.md``), ``models.tar`` (the finished plan runs as run directories whose checkpoint holds
+the trained model without the optimizer: ``allnc eval``, ``nc``, ``posthoc`` and ``report`` work
+on them on any machine) and ``resume.tar`` (the unfinished plan runs to continue, when there
+are any).
 """
 from __future__ import annotations
 
@@ -38,6 +41,7 @@ import json
 import math
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -52,13 +56,29 @@ from allnc.engine.runtime import git_commit, versions
 from allnc.grid import run_grid
 from allnc.report.results import method_label, posthoc_record, result_record
 
+FIRST_METHODS = ["allnc", "ce", "bbn", "la", "ldam_drw", "etf_dr", "bcl"]
 PLANS = {
     # the first GPU plan: CIFAR-10-LT, IF 100, the standard protocol, seed 0
-    "first": dict(prefix="cifar10_lt", methods=["allnc", "ce", "bbn", "la", "ldam_drw", "etf_dr", "bcl"],
-                  imbalance=[100.0], seeds=[0], epochs=200),
+    "first": dict(prefix="cifar10_lt", methods=FIRST_METHODS, imbalance=[100.0], seeds=[0], epochs=200),
+    # the whole CIFAR-10-LT table, the first plan's cells first (runs go seed by seed, each
+    # seed imbalance factor by imbalance factor): each call continues where the last stopped
+    "table": dict(prefix="cifar10_lt", methods=FIRST_METHODS, imbalance=[100.0, 50.0, 10.0], seeds=[0, 1, 2],
+                  epochs=200),
+    # AllNC's ablations (docs/method.md) beside AllNC, IF 100
+    "ablations": dict(prefix="cifar10_lt", methods=["allnc", "gbbn_only", "allnc_no_hycon", "allnc_no_p2p",
+                                                    "ce_hycon", "ce_p2p"], imbalance=[100.0], seeds=[0], epochs=200),
+    # the first plan's methods with the strong preset (AutoAugment + Cutout), IF 100
+    "strong": dict(prefix="cifar10_lt", methods=[f"{m}_strong" for m in FIRST_METHODS], imbalance=[100.0], seeds=[0],
+                   epochs=200),
 }
+# a smoke run killed by a signal (a crash in generated or compiled code, which no fallback in
+# the process can catch: fixed ETF + DR on the H200, 2026-11-29, exit -11) is tried again in
+# these forms at once; the method's plan runs take the first form that worked
+KILLED_RETRIES = (["train.compile_persistent_reductions=false"], ["train.compile=off"])
 SMALL_FILES = {"config.yaml", "metrics.json", "metrics.jsonl", "log.txt", "nc.json", "compile_error.txt"}
 RESUME_FILES = ("checkpoint.pt", "config.yaml", "metrics.jsonl", "log.txt")  # what --resume needs, and the history
+MODEL_FILES = ("config.yaml", "metrics.json", "metrics.jsonl", "log.txt", "nc.json")  # beside a finished run's model
+SLIM = "model_checkpoint.pt"  # a finished run's checkpoint without the optimizer, written beside it
 PLAN_CKPT_EVERY = 5  # a plan run stopped at the deadline loses at most this many epochs
 TINY = ["model.width=4", "train.batch_size=16", "nc.batch_size=64", "data.num_workers=0", "train.eval_every=1"]
 
@@ -75,6 +95,8 @@ class Suite:
         self.results = Path(args.results)
         self.results.mkdir(parents=True, exist_ok=True)
         self.new_results: list[Path] = []
+        self.finished: list[Path] = []  # run directories of the plan runs finished here, in order
+        self.models_packed: list[str] = []
         self.logf = open(self.out / "suite.log", "a")
         self.summary: dict = {"stages": {}}
         self.device = args.device
@@ -83,6 +105,9 @@ class Suite:
         self.plan_extra: list[str] = []  # set by the smoke when the fast path fails here
         self.method_modes: dict[str, str] = {}  # compile mode per method, from the smoke
         self.method_backends: dict[str, str] = {}  # and backend (inductor, or cudagraphs after its failure)
+        self.method_persistent: dict[str, bool] = {}  # and inductor's persistent reductions
+        self.method_extra: dict[str, list[str]] = {}  # a killed smoke run's retry form that worked
+        self.compile_persistent = True
         self.compile_backend = "inductor"
         self.broken: dict[str, str] = {}  # methods whose smoke run failed: not in the plan
         self.resumed: dict[str, int] = {}  # plan cells continued from --resume-from: their epoch then
@@ -120,7 +145,9 @@ class Suite:
         mode = self.method_modes.get(method, self.compile_mode)
         # inductor on the CPU would need a C++ toolchain: capture only
         backend = self.method_backends.get(method, self.compile_backend) if self.on_gpu else "aot_eager"
-        return [f"train.compile_mode={mode}", f"train.compile_backend={backend}"]
+        persistent = self.method_persistent.get(method, self.compile_persistent)
+        return [f"train.compile_mode={mode}", f"train.compile_backend={backend}",
+                f"train.compile_persistent_reductions={str(persistent).lower()}"]
 
     def grid(self, name: str, runs: list[dict], conc: int, until: float, extra: list[str], on_done=None):
         spec = {"runs": runs, "max_concurrent": conc, "extra_overrides": extra}
@@ -140,11 +167,40 @@ class Suite:
 
         runs = [(p, str(p.relative_to(self.work))) for p in sorted(self.work.rglob("*"))
                 if p.is_file() and p.name in SMALL_FILES]
-        data = tar_bytes(runs)
+        summary = self.work / "summary.md"  # read as it is rewritten here, in runs.tar.gz
+        atomic_write_text(summary, self.render_summary())
+        data = tar_bytes([(summary, "summary.md"), *runs])
         atomic_write_bytes(self.out / "runs.tar.gz", lambda f: f.write(data))
         res = tar_bytes([(p, f"results/{p.name}") for p in self.new_results])
         atomic_write_bytes(self.out / "results.tar.gz", lambda f: f.write(res))
-        atomic_write_text(self.out / "summary.md", self.render_summary())
+        self.pack_models()
+
+    def pack_models(self) -> None:
+        """``OUT/models.tar``: the finished plan runs, in the order they finished, as run
+        directories (``<cell>/checkpoint.pt`` without the optimizer, config, metrics, log), as
+        many as fit in ``--models-cap-mib``; the trained weights come back, not only their
+        figures."""
+        dirs = [d for d in self.finished if (d / SLIM).is_file()]
+        chosen, total = [], 0
+        for d in dirs:
+            size = sum((d / f).stat().st_size for f in (SLIM, *MODEL_FILES) if (d / f).is_file())
+            if total + size <= self.args.models_cap_mib * 2**20:
+                chosen.append(d)
+                total += size
+        self.models_packed = [d.name for d in chosen]
+        target = self.out / "models.tar"
+        if not chosen:
+            target.unlink(missing_ok=True)
+            return
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tf:
+            for d in chosen:
+                tf.add(d / SLIM, arcname=f"{d.name}/checkpoint.pt")
+                for f in MODEL_FILES:
+                    if (d / f).is_file():
+                        tf.add(d / f, arcname=f"{d.name}/{f}")
+        data = buf.getvalue()
+        atomic_write_bytes(target, lambda f: f.write(data))
 
     # ------------------------------------------------------------------ 1. environment
     def environment(self) -> None:
@@ -244,6 +300,7 @@ class Suite:
     # ------------------------------------------------------------------ 3. smoke
     def smoke(self) -> None:
         rows = self._smoke("smoke", [])
+        retries = self.retry_killed(rows)
         if not any(r.get("ok") for r in rows.values()):
             # compilation falls back inside the engine, so this is the fast data path or a
             # method failing on this device: try the conventional path, and let the plan use it
@@ -253,12 +310,21 @@ class Suite:
             if any(r.get("ok") for r in rows2.values()):
                 self.plan_extra = alt + ["train.compile=on"]
             rows.update(rows2)
-        self.summary["stages"]["smoke"] = {"runs": rows, "compile_modes": self.method_modes,
+        self.summary["stages"]["smoke"] = {"runs": rows, "retries": retries, "compile_modes": self.method_modes,
                                            "compile_backends": self.method_backends,
-                                           "plan_extra": self.plan_extra}
+                                           "persistent_reductions": self.method_persistent,
+                                           "method_extra": self.method_extra, "plan_extra": self.plan_extra}
+
+    def smoke_methods(self) -> list[str]:
+        """The smoke's methods: those given, else CE, AllNC and every method with a plan cell
+        still to do (a method whose cells all have results files needs no warm cache)."""
+        if self.args.smoke_methods:
+            return self.args.smoke_methods
+        todo = {c[1][len(self.args.prefix) + 1:] for c in self.plan_cells() if not self.has_result(c[0])}
+        return list(dict.fromkeys(["ce", "allnc", *(m for m in self.args.methods if m in todo)]))
 
     def _smoke(self, name: str, alt: list[str]) -> dict:
-        runs = [{"config": f"{self.args.prefix}_{m}", "name": f"{name}_{m}"} for m in self.args.smoke_methods]
+        runs = [{"config": f"{self.args.prefix}_{m}", "name": f"{name}_{m}"} for m in self.smoke_methods()]
         extra = self.common() + ["train.epochs=1", "train.compile=on", *self.compile_overrides(), *alt]
         until = time.monotonic() + min(self.args.smoke_s, max(self.left() - 60, 10))
         res = self.grid(name, runs, len(runs), until, extra)
@@ -277,22 +343,64 @@ class Suite:
         # each method's plan run starts from the mode that worked for it here (its compiled
         # graphs are then in the inductor cache); eager after all -> default, and the engine
         # falls back again if it must
-        for m in self.args.smoke_methods:
+        for m in self.smoke_methods():
             r = rows.get(f"{name}_{m}", {})
             if r.get("ok"):
-                used = r["compile"].get("used")
-                self.method_modes[m] = r["compile"]["mode"] if used else "default"
-                self.method_backends[m] = r["compile"].get("backend", "inductor") if used else "inductor"
+                self.take_compile(m, r["compile"])
             elif str(r.get("why", "")).startswith("exit status"):
                 self.broken[m] = r["why"]
         ce = rows.get(f"{name}_ce", {})
         if ce.get("ok"):
             self.compile_mode = self.method_modes["ce"]
             self.compile_backend = self.method_backends["ce"]
+            self.compile_persistent = self.method_persistent["ce"]
         for n, r in rows.items():
             self.log(f"smoke {n}: " + (f"ok, compile {r['compile']}, 1 epoch {r['epoch_s']} s, wall {r['wall_s']} s"
                                        if r.get("ok") else f"FAILED ({r['why']})"))
         return rows
+
+    def take_compile(self, m: str, info: dict) -> None:
+        """The plan runs of method ``m`` start in the compile settings its smoke run ended with."""
+        used = info.get("used")
+        self.method_modes[m] = info["mode"] if used else "default"
+        self.method_backends[m] = info.get("backend", "inductor") if used else "inductor"
+        self.method_persistent[m] = bool(info.get("persistent_reductions", True)) if used else True
+
+    def retry_killed(self, rows: dict) -> dict:
+        """Smoke runs killed by a signal get one more try in each of ``KILLED_RETRIES``, all at
+        once; a method whose retry worked is planned in the first form that did (its
+        ``method_extra``), the others stay out of the plan."""
+        killed = [m for m in self.smoke_methods() if signal_death(rows.get(f"smoke_{m}", {}).get("why"))]
+        if not killed:
+            return {}
+        if self.left() < 150:
+            self.log(f"smoke: no time to try {', '.join(killed)} again ({self.left():.0f} s left)")
+            return {}
+        forms = {f"retry_{m}_{i}": (m, form) for m in killed for i, form in enumerate(KILLED_RETRIES)}
+        self.log("smoke: " + ", ".join(f"{m} died ({self.broken[m]})" for m in killed) + "; trying again with "
+                 + " | ".join(" ".join(f) for f in KILLED_RETRIES) + ", at once")
+        runs = [{"config": f"{self.args.prefix}_{m}", "name": name,
+                 "overrides": ["train.compile=on", *self.compile_overrides(m), *form]} for name, (m, form) in forms.items()]
+        extra = self.common() + ["train.epochs=1"]
+        res = self.grid("smoke_retry", runs, len(runs), time.monotonic() + min(self.args.smoke_s, self.left() - 60), extra)
+        out: dict = {}
+        for s in res.runs:
+            m, form = forms[s.name]
+            info = (_read_json(s.run_dir / "metrics.json") or {}).get("compile")
+            out.setdefault(m, {})[" ".join(form)] = (
+                {"ok": True, "compile": info} if info is not None
+                else {"ok": False, "why": res.reasons.get(s.name, "stopped at its time limit")})
+        for m in killed:
+            won = next((f for f in KILLED_RETRIES if out.get(m, {}).get(" ".join(f), {}).get("ok")), None)
+            if won is None:
+                self.broken[m] += "; and in every retry"
+                self.log(f"smoke: {m} failed again in every form: {out.get(m)}")
+                continue
+            del self.broken[m]
+            self.take_compile(m, out[m][" ".join(won)]["compile"])
+            self.method_extra[m] = list(won)
+            self.log(f"smoke: {m} is planned with {' '.join(won)} (compile {out[m][' '.join(won)]['compile']})")
+        return out
 
     # ------------------------------------------------------------------ 4. speed
     def speed(self) -> None:
@@ -342,10 +450,12 @@ class Suite:
 
     # ------------------------------------------------------------------ 5. the plan
     def plan_cells(self) -> list[tuple[str, str, float, int]]:
-        """(cell, config, imbalance factor, seed) of every run of the plan, in its order."""
+        """(cell, config, imbalance factor, seed) of every run of the plan, in its order: seed by
+        seed, each seed's imbalance factors in turn, each with every method (a whole table column
+        before the next)."""
         a = self.args
         return [(cell_name(f"{a.prefix}_{m}", f, a.epochs, s), f"{a.prefix}_{m}", f, s)
-                for m in a.methods for f in a.imbalance for s in a.seeds]
+                for s in a.seeds for f in a.imbalance for m in a.methods]
 
     def has_result(self, cell: str) -> bool:
         return (self.results / f"{cell}.json").is_file()
@@ -397,6 +507,11 @@ class Suite:
                      f"wall {rec['wall_time_s']:.0f} s")
             if spec.name.split("__")[0] == f"{a.prefix}_ce":
                 self.posthoc_rows(spec, secs)
+            try:
+                write_slim(spec.run_dir)
+                self.finished.append(spec.run_dir)
+            except Exception as e:  # noqa: BLE001 - the model not coming back never costs the result
+                self.log(f"models.tar: {spec.name} left out ({type(e).__name__}: {e})")
             self.pack()
 
         res = self.grid("plan", runs, conc, self.deadline - a.pack_reserve_s, extra, on_done=done)
@@ -406,17 +521,22 @@ class Suite:
             "skipped": skipped, "concurrent": conc, "done": [s.name for s in res.done],
             "failed": {s.name: res.reasons.get(s.name) for s in res.failed},
             "unfinished": {s.name: _last_epoch(s.run_dir) for s in res.unfinished},
-            "not_started": [s.name for s in res.not_started], "resumed": self.resumed, "resume_tar": packed}
+            "not_started": [s.name for s in res.not_started], "resumed": self.resumed, "resume_tar": packed,
+            "models_tar": self.models_packed}
 
     def plan_runs(self, todo: list[tuple]) -> tuple[list[dict], list[str]]:
         """The grid's runs for the plan cells ``todo`` and the overrides they share."""
         a = self.args
-        runs = [{"config": cfg, "name": name,
-                 "overrides": [f"data.imbalance_factor={f:g}", f"train.epochs={a.epochs}", f"seed={s}",
-                               *self.compile_overrides(cfg[len(a.prefix) + 1:])]}
+        # the method's own settings last: a killed smoke run's retry form (train.compile=off, say)
+        # wins over the conventional path's train.compile=on
+        def own(cfg: str) -> list[str]:
+            m = cfg[len(a.prefix) + 1:]
+            return [*self.compile_overrides(m), *self.method_extra.get(m, [])]
+
+        runs = [{"config": cfg, "name": name, "overrides": [f"data.imbalance_factor={f:g}", f"train.epochs={a.epochs}",
+                                                            f"seed={s}", *self.plan_extra, *own(cfg)]}
                 for name, cfg, f, s in todo]
-        extra = self.common(imbalance=False) + [f"nc.every={a.epochs}", f"train.ckpt_every={PLAN_CKPT_EVERY}",
-                                                *self.plan_extra]
+        extra = self.common(imbalance=False) + [f"nc.every={a.epochs}", f"train.ckpt_every={PLAN_CKPT_EVERY}"]
         return runs, extra
 
     def unpack_resume(self, tar: Path, cells: set[str]) -> None:
@@ -484,18 +604,21 @@ class Suite:
             self.log(f"RESULT {cell}: tau {r['tau']}, top-1 {r['test']['top1']:.2f}")
 
     def plan_concurrency(self, n: int) -> int:
-        """All at once if concurrent runs scale; else a few at a time, most important first."""
+        """``--concurrency`` runs at once (at most) if concurrent runs scale; else a few at a
+        time, most important first. Never more than ``--concurrency``: a long plan (the table's
+        63 cells) started all at once would share the GPU so thinly that none finished."""
         if self.args.plan_concurrency:
             return min(n, self.args.plan_concurrency)
         d = getattr(self, "speed_figures", {}).get("derived", {})
         gain = d.get(f"throughput_{self.args.concurrency}_over_1")
+        cap = min(n, self.args.concurrency)
         if not self.on_gpu:
             return n
         if gain is None:  # not measured: all at once only where MPS lets the runs share the GPU
-            return n if self.summary["env"]["mps"]["started"] else min(n, 3)
+            return cap if self.summary["env"]["mps"]["started"] else min(n, 3)
         if gain >= 0.6 * self.args.concurrency:
-            return n
-        return max(2, min(n, int(math.ceil(gain)) + 1))
+            return cap
+        return min(cap, max(2, int(math.ceil(gain)) + 1))
 
     # ------------------------------------------------------------------ summary
     def render_summary(self) -> str:
@@ -559,6 +682,16 @@ class Suite:
         return status
 
 
+def write_slim(run_dir: Path) -> None:
+    """``run_dir/SLIM``: the final checkpoint without the optimizer's state (half its size for
+    SGD with momentum), which is all that evaluating, measuring or exporting the model needs."""
+    from allnc.engine.checkpoint import load_checkpoint, save_checkpoint
+
+    ckpt = load_checkpoint(run_dir / "checkpoint.pt")
+    ckpt.pop("optimizer", None)
+    save_checkpoint(run_dir / SLIM, ckpt)
+
+
 def resume_candidates(run_dirs: list[Path]) -> dict[Path, int]:
     """The run directories that have a checkpoint, with the epoch it holds (each read once)."""
     return {d: _ckpt_epoch(d) for d in run_dirs if (d / "checkpoint.pt").is_file()}
@@ -574,6 +707,11 @@ def select_resume(epochs: dict[Path, int], cap_bytes: int) -> list[Path]:
             chosen.append(d)
             total += size
     return chosen
+
+
+def signal_death(why) -> bool:
+    """Whether a grid's failure reason is a process killed by a signal (``exit status -11``)."""
+    return re.match(r"exit status -\d+\b", str(why or "")) is not None
 
 
 def backend_after_check(checks: dict, backend: str) -> str:
@@ -763,8 +901,8 @@ def parse(argv=None):
     p.add_argument("--device", default="cuda")
     p.add_argument("--compile-mode", default="reduce-overhead")
     p.add_argument("--smoke-methods", nargs="+", default=None,
-                   help="methods of the one-epoch smoke (default: the plan's, so that the plan finds every "
-                        "compiled graph in the cache)")
+                   help="methods of the one-epoch smoke (default: CE, AllNC and the methods with plan cells "
+                        "still to do, so that the plan finds every compiled graph in the cache)")
     p.add_argument("--concurrency", type=int, default=None, help="N of the 1-versus-N measurement (default: plan size)")
     p.add_argument("--plan-concurrency", type=int, default=0, help="runs at once in the plan (0: decided from speed)")
     p.add_argument("--workers", type=int, default=8, help="DataLoader workers of the conventional path")
@@ -776,6 +914,7 @@ def parse(argv=None):
     p.add_argument("--pack-reserve-s", type=float, default=10.0)
     p.add_argument("--resume-from", default=None, help="an earlier suite's resume.tar: continue its unfinished runs")
     p.add_argument("--resume-cap-mib", type=float, default=15.0, help="resume.tar holds at most this much")
+    p.add_argument("--models-cap-mib", type=float, default=15.0, help="models.tar holds at most this much")
     p.add_argument("--no-speed", action="store_true")
     p.add_argument("--no-smoke", action="store_true",
                    help="no smoke stage: each plan run starts at --compile-mode and falls back on its own "
@@ -790,7 +929,8 @@ def parse(argv=None):
     a.seeds = a.seeds if a.seeds is not None else plan["seeds"]
     epochs_given = a.epochs
     a.epochs = a.epochs or plan["epochs"]
-    a.smoke_methods = a.smoke_methods or (["ce", "allnc"] if a.tiny else list(dict.fromkeys(["ce", "allnc", *a.methods])))
+    if a.tiny and not a.smoke_methods:
+        a.smoke_methods = ["ce", "allnc"]
     a.work = a.work or str(Path(a.out).resolve().parent / (Path(a.out).name + "-work"))
     if a.tiny:
         a.device = "cpu"

@@ -35,7 +35,7 @@ def test_tiny_suite_runs_every_stage_and_returns_few_flat_files(tiny_suite):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     files = sorted(p.name for p in out.iterdir())
     assert all((out / f).is_file() for f in files) and len(files) <= 8  # the device returns at most 8 flat files
-    assert {"suite.log", "env.json", "speed.json", "summary.md", "results.tar.gz", "runs.tar.gz"} <= set(files)
+    assert {"suite.log", "env.json", "speed.json", "suite.json", "results.tar.gz", "runs.tar.gz", "models.tar"} <= set(files)
     env = json.loads((out / "env.json").read_text())
     assert env["git_commit"] == "0123abc" and env["versions"]["torch"] and env["mps"]["started"] is False
     suite = json.loads((out / "suite.json").read_text())
@@ -69,7 +69,8 @@ def test_tiny_suite_writes_one_results_file_per_plan_cell(tiny_suite):
             assert rec["posthoc"]["run_test"]["top1"] == json.loads(
                 (results / f"{p.stem.split('__posthoc_')[0]}.json").read_text())["top1"]
         assert 0 <= rec["top1"] <= 100 and rec["wall_time_s"] > 0
-    summary = (out / "summary.md").read_text()
+    with tarfile.open(out / "runs.tar.gz") as tf:
+        summary = tf.extractfile("summary.md").read().decode()
     for c in trained:
         e = json.loads((results / f"{c}.json").read_text())["errors"]
         want = "-" if e["headward"] is None else f"{e['headward']:.1f} ({e['headward_if_even']:.1f})"
@@ -81,6 +82,50 @@ def test_tiny_suite_writes_one_results_file_per_plan_cell(tiny_suite):
         names = tf.getnames()
     assert not any(n.endswith(".pt") for n in names)
     assert all(f"plan/{c}/metrics.json" in names for c in trained)
+
+
+def test_models_tar_brings_back_each_trained_model_as_a_run_directory(tiny_suite, tmp_path):
+    """models.tar holds every trained plan cell as a run directory whose checkpoint has the
+    model and no optimizer; `allnc eval` on it, on another machine's folder, gives the test
+    top-1 that the results file recorded."""
+    r, out, results = tiny_suite
+    trained = sorted(f"cifar10_lt_{m}__if10__e1__seed0" for m in PLANS["first"]["methods"])
+    with tarfile.open(out / "models.tar") as tf:
+        assert sorted({n.split("/")[0] for n in tf.getnames()}) == trained
+        tf.extractall(tmp_path, filter="data")
+    plan = json.loads((out / "suite.json").read_text())["stages"]["plan"]
+    assert sorted(plan["models_tar"]) == trained
+    for cell in ("cifar10_lt_allnc__if10__e1__seed0", "cifar10_lt_ldam_drw__if10__e1__seed0"):
+        ckpt = torch.load(tmp_path / cell / "checkpoint.pt", weights_only=True)
+        assert "optimizer" not in ckpt and ckpt["epoch"] == 1 and ckpt["method"]
+        e = subprocess.run([sys.executable, "-m", "allnc", "eval", str(tmp_path / cell), "--json"], capture_output=True,
+                           text=True, timeout=300)
+        assert e.returncode == 0, e.stderr[-2000:]
+        got = json.loads(e.stdout.strip().splitlines()[-1])
+        assert got["top1"] == pytest.approx(json.loads((results / f"{cell}.json").read_text())["top1"], abs=1e-9)
+
+
+def test_models_tar_keeps_to_its_cap_in_finishing_order(tmp_path):
+    from allnc.engine.checkpoint import save_checkpoint
+
+    s = suite_mod.Suite(suite_mod.parse(["--tiny", "--out", str(tmp_path / "out"), "--results", str(tmp_path / "res"),
+                                         "--work", str(tmp_path / "work")]))
+    dirs = []
+    for name, n in (("a", 100_000), ("b", 300_000), ("c", 100_000)):
+        d = tmp_path / "work" / "plan" / name
+        d.mkdir(parents=True)
+        save_checkpoint(d / "checkpoint.pt", {"method": {"w": torch.zeros(n)}, "optimizer": {"m": torch.zeros(n)},
+                                              "epoch": 3})
+        suite_mod.write_slim(d)
+        dirs.append(d)
+    assert (dirs[0] / suite_mod.SLIM).stat().st_size < 0.6 * (dirs[0] / "checkpoint.pt").stat().st_size
+    s.finished = dirs
+    s.args.models_cap_mib = (2 * 400_000 + 10_000) / 2**20  # a and c fit together, b fits with neither
+    s.pack_models()
+    assert s.models_packed == ["a", "c"]  # b does not fit after a; c, after it, still does
+    s.args.models_cap_mib = 1e-3
+    s.pack_models()
+    assert s.models_packed == [] and not (tmp_path / "out" / "models.tar").exists()
 
 
 def test_tiny_suite_skips_cells_with_results(tiny_suite, tmp_path):
@@ -97,6 +142,79 @@ def test_tiny_suite_skips_cells_with_results(tiny_suite, tmp_path):
     stages = json.loads((out2 / "suite.json").read_text())["stages"]
     assert stages["smoke"] == {"skipped": "every plan cell has its results file"}
     assert not (tmp_path / "again-work" / "smoke").exists()
+
+
+def test_a_smoke_run_killed_by_a_signal_is_retried_and_planned_in_the_form_that_worked(tmp_path, monkeypatch):
+    """AllNC's smoke run dies by SIGSEGV (as fixed ETF + DR did on the H200), and so does its
+    first retry form (persistent reductions off); the second form (eager) works, so AllNC is
+    planned eagerly instead of being left out. The crashes are real processes killed by the
+    signal, started through the grid like every run."""
+    import signal
+
+    from allnc.grid.runner import default_command
+
+    crash = [sys.executable, "-c", f"import os; os.kill(os.getpid(), {int(signal.SIGSEGV)})"]
+    real_grid = suite_mod.run_grid
+
+    def grid(spec, **kw):
+        return real_grid(spec, command=lambda s, resume: crash if s.name in ("smoke_allnc", "retry_allnc_0")
+                         else default_command(s, resume), **kw)
+
+    monkeypatch.setattr(suite_mod, "run_grid", grid)
+    args = ["--tiny", "--methods", "allnc", "--smoke-methods", "allnc", "--no-speed", "--out", str(tmp_path / "out"),
+            "--results", str(tmp_path / "res"), "--work", str(tmp_path / "work")]
+    assert suite_mod.Suite(suite_mod.parse(args)).run() == 0
+    smoke = json.loads((tmp_path / "out" / "suite.json").read_text())["stages"]["smoke"]
+    assert smoke["runs"]["smoke_allnc"] == {"ok": False, "why": "exit status -11"}
+    tries = smoke["retries"]["allnc"]
+    assert tries["train.compile_persistent_reductions=false"] == {"ok": False, "why": "exit status -11"}
+    assert tries["train.compile=off"]["ok"] and tries["train.compile=off"]["compile"]["requested"] is False
+    assert smoke["method_extra"] == {"allnc": ["train.compile=off"]}
+    rec = json.loads((tmp_path / "res" / "cifar10_lt_allnc__if10__e1__seed0.json").read_text())
+    assert rec["config"]["train"]["compile"] == "off"
+    log = (tmp_path / "out" / "suite.log").read_text()
+    assert "allnc died (exit status -11)" in log and "allnc is planned with train.compile=off" in log
+
+
+def test_signal_deaths_the_plan_order_and_the_smoke_methods(tmp_path):
+    """Only a negative exit status is a signal. The table plan runs seed by seed, each seed's
+    imbalance factors in turn, and its first cells are the first plan's. The smoke takes CE,
+    AllNC and the methods with cells still to do."""
+    assert suite_mod.signal_death("exit status -11") and suite_mod.signal_death("exit status -6")
+    assert not suite_mod.signal_death("exit status 1") and not suite_mod.signal_death("stopped at its time limit")
+    assert not suite_mod.signal_death(None)
+
+    def suite(*args):
+        return suite_mod.Suite(suite_mod.parse([*args, "--data-root", "x", "--out", str(tmp_path / "out"),
+                                                "--results", str(tmp_path / "res"), "--work", str(tmp_path / "work")]))
+
+    cells = suite("--plan", "table").plan_cells()
+    assert len(cells) == 7 * 3 * 3 and len({c[0] for c in cells}) == len(cells)
+    first = suite()
+    assert [c[0] for c in cells[:7]] == [c[0] for c in first.plan_cells()]
+    assert [(c[3], c[2]) for c in cells[::7]] == [(s_, f) for s_ in (0, 1, 2) for f in (100.0, 50.0, 10.0)]
+    assert first.smoke_methods() == ["ce", "allnc", "bbn", "la", "ldam_drw", "etf_dr", "bcl"]
+    for cell, cfg, _, _ in first.plan_cells():
+        if not cfg.endswith("_etf_dr"):
+            (tmp_path / "res" / f"{cell}.json").write_text("{}")
+    assert first.smoke_methods() == ["ce", "allnc", "etf_dr"]
+    assert suite("--smoke-methods", "la").smoke_methods() == ["la"]
+
+
+def test_plan_concurrency_never_exceeds_the_measured_n(tmp_path):
+    """On a GPU the plan runs at most --concurrency at once, however many cells it has; fewer
+    when the measured gain says runs do not scale (2.8 of 7 on the H200: 4 at once)."""
+    s = suite_mod.Suite(suite_mod.parse(["--plan", "table", "--data-root", "x", "--out", str(tmp_path / "out"),
+                                         "--results", str(tmp_path / "res"), "--work", str(tmp_path / "work")]))
+    assert s.on_gpu and s.args.concurrency == 8
+    s.summary["env"] = {"mps": {"started": True}}
+    assert s.plan_concurrency(57) == 8 and s.plan_concurrency(5) == 5  # not measured, MPS on
+    s.summary["env"] = {"mps": {"started": False}}
+    assert s.plan_concurrency(57) == 3
+    s.speed_figures = {"derived": {"throughput_8_over_1": 6.0}}
+    assert s.plan_concurrency(57) == 8
+    s.speed_figures = {"derived": {"throughput_8_over_1": 2.8}}
+    assert s.plan_concurrency(57) == 4 and s.plan_concurrency(1) == 1
 
 
 def test_throughput_counts_only_the_common_window():
