@@ -505,8 +505,10 @@ class Suite:
             self.log(f"RESULT {spec.name}: top-1 {rec['top1']:.2f} many {_f(g['many'])} medium {_f(g['medium'])} "
                      f"few {_f(g['few'])}; ECE {_f(rec.get('ece'))}; head-ward errors {_headward(rec)}; "
                      f"wall {rec['wall_time_s']:.0f} s")
-            if spec.name.split("__")[0] == f"{a.prefix}_ce":
-                self.posthoc_rows(spec, secs)
+            corrections = posthoc_corrections(spec.name.split("__")[0][len(a.prefix) + 1:],
+                                              (_read_json(spec.run_dir / "metrics.json") or {}).get("config", {}))
+            if corrections:
+                self.posthoc_rows(spec, secs, corrections)
             try:
                 write_slim(spec.run_dir)
                 self.finished.append(spec.run_dir)
@@ -588,10 +590,11 @@ class Suite:
                  + "; continue them with --resume-from")
         return [d.name for d in chosen]
 
-    def posthoc_rows(self, spec, secs) -> None:
-        """tau-norm and post-hoc logit adjustment of a finished CE run: two more rows of the
-        table (tau on a validation split of left-out training images, the test set read once)."""
-        for m in ("tau_norm", "logit_adjust"):
+    def posthoc_rows(self, spec, secs, corrections) -> None:
+        """Post-hoc corrections of a finished run (``posthoc_corrections``), each one more row of
+        the table (its parameter chosen on a validation split of left-out training images, the
+        test set read once)."""
+        for m in corrections:
             try:
                 cell, rec, r = posthoc_record(spec.run_dir, spec.name, m, device="cuda" if self.on_gpu else "cpu", extra={
                     "data_label": self.args.data_label, "process_wall_s": round(secs, 1), "suite": {"plan": self.args.plan}})
@@ -601,7 +604,7 @@ class Suite:
             path = self.results / f"{cell}.json"
             atomic_write_json(path, rec)
             self.new_results.append(path)
-            self.log(f"RESULT {cell}: tau {r['tau']}, top-1 {r['test']['top1']:.2f}")
+            self.log(f"RESULT {cell}: {r.get('parameter', 'tau')} {r['tau']}, top-1 {r['test']['top1']:.2f}")
 
     def plan_concurrency(self, n: int) -> int:
         """``--concurrency`` runs at once (at most) if concurrent runs scale; else a few at a
@@ -680,6 +683,20 @@ class Suite:
             atomic_write_json(self.out / "suite.json", self.summary)
             self.log(f"suite finished in {time.monotonic() - self.t0:.0f} s; output in {self.out}")
         return status
+
+
+def posthoc_corrections(method: str, cfg: dict) -> tuple[str, ...]:
+    """The post-hoc rows a finished plan run gets: tau-norm and logit adjustment for CE (the
+    reference table's rows); the inference mix chosen on validation for a two-branch run whose
+    config leaves that choice to a validation split (``inference_mix: auto``, AllNC and its
+    ablations) but which had none, so that it ran with the adaptor's final mix."""
+    if method.removesuffix("_strong") == "ce":
+        return ("tau_norm", "logit_adjust")
+    m, d = cfg.get("method") or {}, cfg.get("data") or {}
+    if (m.get("name") == "gbbn" and (m.get("gbbn") or {}).get("inference_mix") == "auto"
+            and not d.get("val_per_class") and not d.get("val_list")):
+        return ("inference_mix",)
+    return ()
 
 
 def write_slim(run_dir: Path) -> None:

@@ -52,8 +52,10 @@ def test_tiny_suite_writes_one_results_file_per_plan_cell(tiny_suite):
     r, out, results = tiny_suite
     methods = PLANS["first"]["methods"]
     trained = {f"cifar10_lt_{m}__if10__e1__seed0" for m in methods}
-    # CE's two post-hoc corrections are two more cells (rows) of the table
-    expect = trained | {f"cifar10_lt_ce__if10__e1__seed0__posthoc_{m}" for m in ("tau_norm", "logit_adjust")}
+    # CE's two post-hoc corrections are two more cells (rows) of the table, and AllNC's mix
+    # chosen on validation (its config leaves the mix to a validation split, which it had not) one more
+    expect = trained | {f"cifar10_lt_ce__if10__e1__seed0__posthoc_{m}" for m in ("tau_norm", "logit_adjust")} | {
+        "cifar10_lt_allnc__if10__e1__seed0__posthoc_inference_mix"}
     got = {p.stem for p in results.glob("*.json")}
     assert got == expect
     for p in results.glob("*.json"):
@@ -215,6 +217,17 @@ def test_plan_concurrency_never_exceeds_the_measured_n(tmp_path):
     assert s.plan_concurrency(57) == 8
     s.speed_figures = {"derived": {"throughput_8_over_1": 2.8}}
     assert s.plan_concurrency(57) == 4 and s.plan_concurrency(1) == 1
+
+
+def test_post_hoc_rows_go_to_ce_and_to_mixes_left_to_a_missing_validation_split():
+    gbbn = {"method": {"name": "gbbn", "gbbn": {"inference_mix": "auto"}}, "data": {"val_per_class": 0}}
+    assert suite_mod.posthoc_corrections("ce", {}) == suite_mod.posthoc_corrections("ce_strong", {}) == (
+        "tau_norm", "logit_adjust")
+    assert suite_mod.posthoc_corrections("allnc", gbbn) == ("inference_mix",)
+    assert suite_mod.posthoc_corrections("allnc", {**gbbn, "data": {"val_per_class": 20}}) == ()  # chose it already
+    half = {**gbbn, "method": {"name": "gbbn", "gbbn": {"inference_mix": "half"}}}
+    assert suite_mod.posthoc_corrections("bbn", half) == ()  # BBN's own mix, as published
+    assert suite_mod.posthoc_corrections("la", {"method": {"name": "la"}}) == ()
 
 
 def test_throughput_counts_only_the_common_window():

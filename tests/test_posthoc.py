@@ -206,3 +206,72 @@ def test_a_list_file_run_takes_its_validation_list(tmp_path, capsys):
     d2 = ph.posthoc(tmp_path / "run2", "tau_norm", device="cpu", val_list="other.txt")
     assert d2["validation"]["source"] == "the run's own (data.val_list=test.txt)"
     assert any("--val-list other.txt ignored" in n for n in d2["notes"])
+
+
+# the inference mix of a two-branch run ------------------------------------------------------
+def _train_allnc(root, out, *extra):
+    rc = main(["train", "--config", "fmnist_lt_allnc", "--out", str(out), f"data.root={root}", "device=cpu",
+               "train.progress=false", "model.width=8", "train.batch_size=32", "train.epochs=2", "data.num_workers=0",
+               "data.imbalance_factor=10", *extra])
+    assert rc == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def allnc_run(tiny_learnable_fmnist, tmp_path_factory):
+    """AllNC trained without a validation split: inference_mix auto ran with the adaptor's final
+    mix, 1 - (1/2)^2 = 0.75 after two epochs."""
+    return _train_allnc(tiny_learnable_fmnist, tmp_path_factory.mktemp("mix") / "run")
+
+
+def test_choose_mix_takes_the_best_and_breaks_ties_towards_half():
+    from allnc.methods.gbbn import MIX_GRID, choose_mix
+
+    assert choose_mix({0.0: 50.0, 0.3: 60.0, 0.6: 60.0, 1.0: 55.0}) == 0.6
+    assert choose_mix({0.0: 70.0, 0.5: 60.0}) == 0.0
+    assert MIX_GRID[0] == 0.0 and MIX_GRID[-1] == 1.0 and len(MIX_GRID) == 21
+
+
+def test_the_runs_own_mix_gives_its_own_figures_and_the_test_set_is_read_last(allnc_run, monkeypatch):
+    own = json.loads((allnc_run / "metrics.json").read_text())
+    events = []
+    real_iter = loaders.iter_eval
+
+    def spy_iter(cfg, bundle, split, *a, **k):
+        events.append(split)
+        return real_iter(cfg, bundle, split, *a, **k)
+
+    def own_mix(val):
+        events.append("chosen")
+        assert set(val) == set(ph.MIX_GRID)
+        return 0.75
+
+    monkeypatch.setattr(loaders, "iter_eval", spy_iter)
+    monkeypatch.setattr(ph, "choose_mix", own_mix)
+    r = ph.posthoc(allnc_run, "inference_mix", device="cpu")
+    assert events == ["val", "chosen", "test"]
+    assert r["run_mix"] == 0.75 and r["tau"] == 0.75 and r["parameter"] == "a"
+    assert r["test"]["top1"] == own["top1"] == r["run_test"]["top1"] and r["test"]["groups"] == own["groups"]
+    assert r["test"]["ece"] == pytest.approx(own["ece"], abs=1e-4)
+    assert r["validation"]["source"].startswith("drawn")
+
+
+def test_the_post_hoc_mix_is_the_one_a_validation_run_chooses(tiny_learnable_fmnist, tmp_path, capsys):
+    """A run with its own validation split and inference_mix=val chose a while training; the
+    post-hoc choice on the same split is the same a, and the same test figures."""
+    run = _train_allnc(tiny_learnable_fmnist, tmp_path / "val", "data.val_per_class=3", "method.gbbn.inference_mix=val")
+    own = json.loads((run / "metrics.json").read_text())
+    chosen = own["calibration"]["inference_alpha"]
+    assert main(["posthoc", str(run), "--method", "inference_mix", "--device", "cpu"]) == 0
+    d = json.loads((run / "posthoc_inference_mix.json").read_text())
+    assert d["tau"] == chosen and d["test"]["top1"] == own["top1"]
+    assert {float(k): v for k, v in d["val_top1_by_tau"].items()} == {
+        float(k): pytest.approx(v, abs=1e-3) for k, v in own["calibration"]["val_top1_by_alpha"].items() if k != "final"}
+    assert any("chose its mix on its own validation split" in n for n in d["notes"])
+    assert f"chosen a {chosen:g}" in capsys.readouterr().out
+
+
+def test_a_one_branch_run_has_no_mix_to_choose(run, capsys):
+    assert main(["posthoc", str(run), "--method", "inference_mix", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "two-branch" in err[0] and "tau_norm or logit_adjust" in err[0]

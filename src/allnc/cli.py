@@ -128,9 +128,11 @@ def cmd_posthoc(a) -> int:
     print(f"{r['data']}, checkpoint of epoch {r['checkpoint_epoch']}: {r['row']}")
     v = r["validation"]
     print(f"validation {v['source']}" + (f", {v['per_class']}/class" if v.get("per_class") else ""))
-    print("val top-1 by tau: " + "  ".join(f"{t} {v:.2f}" for t, v in r["val_top1_by_tau"].items()))
-    print(f"chosen tau {r['tau']:g} (best validation top-1 {r['val_top1']:.2f}; ties go to the smaller tau)")
-    for name, m in (("run", r["run_test"]), (f"tau={r['tau']:g}", r["test"])):
+    p = r.get("parameter", "tau")
+    print(f"val top-1 by {p}: " + "  ".join(f"{t} {v:.2f}" for t, v in r["val_top1_by_tau"].items()))
+    tie = "the smaller tau" if p == "tau" else "the a nearest 0.5"
+    print(f"chosen {p} {r['tau']:g} (best validation top-1 {r['val_top1']:.2f}; ties go to {tie})")
+    for name, m in (("run", r["run_test"]), (f"{p}={r['tau']:g}", r["test"])):
         if m is not None:
             g = m["groups"] or {}
             print(f"test {name:<9} top-1 {m['top1']:.2f}  many {_fmt(g.get('many'))}  medium {_fmt(g.get('medium'))}  "
@@ -258,10 +260,10 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("overrides", nargs="*", default=[], help="runtime key=value, e.g. data.root=DIR where the data moved")
     n.set_defaults(fn=cmd_nc)
 
-    ph = sub.add_parser("posthoc", help="tau-norm or post-hoc logit adjustment of a run, tau chosen on a balanced "
-                        "validation split -> RUN_DIR/posthoc_<method>.json")
+    ph = sub.add_parser("posthoc", help="tau-norm or post-hoc logit adjustment of a run, or the inference mix of a "
+                        "two-branch run, chosen on a balanced validation split -> RUN_DIR/posthoc_<method>.json")
     ph.add_argument("run_dir")
-    ph.add_argument("--method", required=True, help="tau_norm | logit_adjust")
+    ph.add_argument("--method", required=True, help="tau_norm | logit_adjust | inference_mix (gbbn runs: BBN, AllNC)")
     ph.add_argument("--device", default="auto")
     ph.add_argument("--val-per-class", type=int, default=None,
                     help="images per class of the validation split drawn when the run has none (default 20)")

@@ -387,7 +387,7 @@ def cell_name(config: str, imbalance_factor: float, epochs: int, seed: int, val_
 
 #: the corrections a post-hoc cell may name (``allnc posthoc --method``; the engine's registry
 #: holds them, a test keeps the two equal)
-POSTHOC_METHODS = ("tau_norm", "logit_adjust")
+POSTHOC_METHODS = ("tau_norm", "logit_adjust", "inference_mix")
 
 
 def cell_posthoc(name: str) -> Optional[str]:

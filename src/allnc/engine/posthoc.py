@@ -10,6 +10,10 @@ split, the test set read once, after the choice.
 - ``logit_adjust`` (Menon et al., ICLR 2021, "Long-tail learning via logit adjustment"):
   ``logits - tau * log(prior)``, prior = the run's training class frequencies; any classifier;
   tau = 0 is the run's model.
+- ``inference_mix`` (two-branch runs: GBBN, BBN, AllNC): the mix a of
+  ``W s [a h_c ; (1 - a) h_r] + b``, chosen from ``MIX_GRID`` by the rule of
+  ``method.gbbn.inference_mix=val`` (ties to the a nearest 0.5), for a run trained without a
+  validation split. The result's ``tau`` is that a (``parameter`` says which it is).
 
 The validation split is the run's own (``data.val_per_class`` or a list file's
 ``data.val_list`` when it was trained) or else one drawn by the same rule (``val_split``) with
@@ -35,6 +39,7 @@ from ..config import from_dict, set_key, to_dict
 from ..data import build_data
 from ..data.sources import load_list_split
 from ..errors import ConfigError, DataError
+from ..methods.gbbn import MIX_GRID, choose_mix
 from ..metrics import AccuracyAccumulator, expected_calibration_error
 from ..models.heads import NormedLinear
 from ..registry import Registry
@@ -46,6 +51,7 @@ from .evaluate import autocast_ctx
 CORRECTIONS = Registry("post-hoc correction")
 CORRECTIONS.register("tau_norm")(([round(0.1 * i, 1) for i in range(21)], "tau-norm (post hoc)"))
 CORRECTIONS.register("logit_adjust")(([0.25 * i for i in range(13)], "post-hoc LA"))
+CORRECTIONS.register("inference_mix")((MIX_GRID, "mix on validation (post hoc)"))
 DEFAULT_VAL_PER_CLASS = 20
 KEEP = ("top1", "class_mean", "groups", "group_sizes", "per_class", "num_samples")
 
@@ -93,17 +99,25 @@ def _accuracy(z: torch.Tensor, y: torch.Tensor, counts) -> dict:
 
 
 @torch.no_grad()
-def _features(ctx: RunContext, bundle, choice, split: str):
-    """(features, labels, (features, logits) of the first batch) of a split: one pass."""
+def _features(ctx: RunContext, bundle, choice, split: str, branches: bool = False):
+    """(features, labels, (features, logits) of the first batch) of a split: one pass. With
+    ``branches`` the features are the pair (h_c, h_r) of a two-branch method."""
     hs, ys, first = [], [], None
     for x, y in loaders.iter_eval(ctx.cfg, bundle, split, choice, ctx.device, shard=False):
         with autocast_ctx(ctx.device, ctx.amp):
-            h, z = ctx.method.features(ctx.prep(x))
-        hs.append(h.float())
-        ys.append(y)
+            x = ctx.prep(x)
+            if branches:
+                h = tuple(t.float() for t in ctx.method.branch_features(x))
+                z = ctx.method.features(x)[1] if first is None else None
+            else:
+                h, z = ctx.method.features(x)
+                h = h.float()
         if first is None:
-            first = (h.float(), z.float())
-    return torch.cat(hs), torch.cat(ys), first
+            first = (h, z.float())
+        hs.append(h)
+        ys.append(y)
+    h = tuple(torch.cat(p) for p in zip(*hs)) if branches else torch.cat(hs)
+    return h, torch.cat(ys), first
 
 
 def _validation(ctx: RunContext, val_per_class: Optional[int], notes: list[str], val_list: Optional[str] = None):
@@ -170,12 +184,14 @@ def _run_figures(run_dir: Path) -> Optional[dict]:
 
 def posthoc(run_dir, method: str, device: str = "auto", val_per_class: Optional[int] = None,
             overrides=(), val_list: Optional[str] = None) -> dict:
-    """Correct a run's classifier with ``method`` (tau_norm | logit_adjust), choose tau on a
-    balanced validation split, read the test set once, write RUN_DIR/posthoc_<method>.json
-    (atomically) and return what it holds."""
+    """Correct a run's classifier with ``method`` (tau_norm | logit_adjust | inference_mix),
+    choose tau on a balanced validation split, read the test set once, write
+    RUN_DIR/posthoc_<method>.json (atomically) and return what it holds."""
     grid, row = CORRECTIONS.get(method)  # unknown names: a one-line error with the closest name
     run_dir = Path(run_dir)
     ctx = load_run(run_dir, device=device, overrides=overrides)
+    if method == "inference_mix":
+        return _posthoc_mix(ctx, run_dir, grid, row, val_per_class, val_list)
     with RunLock(run_dir):
         ctx.method.eval()
         try:
@@ -219,6 +235,7 @@ def posthoc(run_dir, method: str, device: str = "auto", val_per_class: Optional[
         out = {
             "method": method,
             "row": row,
+            "parameter": "tau",
             "tau": tau,
             "tau_grid": [float(t) for t in grid],
             "val_top1_by_tau": {f"{t:g}": a for t, a in val_top1.items()},
@@ -234,4 +251,40 @@ def posthoc(run_dir, method: str, device: str = "auto", val_per_class: Optional[
             "class_counts": [int(c) for c in counts],
         }
         atomic_write_json(run_dir / POSTHOC.format(method=method), out)
+    return out
+
+
+def _posthoc_mix(ctx: RunContext, run_dir: Path, grid, row: str, val_per_class, val_list) -> dict:
+    """``posthoc`` for ``inference_mix``: the mix a of a two-branch run chosen on the validation
+    split (``choose_mix``, the rule of method.gbbn.inference_mix=val), then the test set read
+    once with it."""
+    if not hasattr(ctx.method, "mixed_logits"):
+        raise ConfigError(f"post-hoc inference_mix chooses the mix of a two-branch run (gbbn: BBN, AllNC); method "
+                          f"'{ctx.cfg.method.name}' of {run_dir} has one branch: use --method tau_norm or logit_adjust")
+    with RunLock(run_dir):
+        ctx.method.eval()
+        counts = np.asarray(ctx.bundle.class_counts)
+        notes: list[str] = []
+        own = float(ctx.method.infer_alpha)
+        if ctx.method.inference_mix == "val":
+            notes.append(f"the run chose its mix on its own validation split already (a = {own:g})")
+        vbundle, vchoice, vinfo = _validation(ctx, val_per_class, notes, val_list)
+        (hc, hr), yv, first = _features(ctx, vbundle, vchoice, "val", branches=True)
+        same = ctx.method.mixed_logits(*first[0], own)
+        if not torch.allclose(same, first[1], rtol=5e-2 if ctx.amp else 1e-3, atol=5e-2 if ctx.amp else 1e-3):
+            raise ConfigError(f"method '{ctx.cfg.method.name}': its logits are not mixed_logits() of its "
+                              "branch_features(); the mix cannot be chosen from them")
+        val_top1 = {float(a): _accuracy(ctx.method.mixed_logits(hc, hr, a), yv, counts)["top1"] for a in grid}
+        a = choose_mix(val_top1)
+        (tc, tr), yt, _ = _features(ctx, ctx.bundle, ctx.choice, "test", branches=True)  # the one read of the test set
+        zt = ctx.method.mixed_logits(tc, tr, a).float()
+        out = {
+            "method": "inference_mix", "row": row, "parameter": "a", "tau": a, "tau_grid": [float(t) for t in grid],
+            "val_top1_by_tau": {f"{t:g}": v for t, v in val_top1.items()}, "val_top1": val_top1[a],
+            "run_mix": own, "validation": vinfo,
+            "test": {**_accuracy(zt, yt, counts), "ece": expected_calibration_error(torch.softmax(zt, dim=1), yt)},
+            "run_test": _run_figures(run_dir), "notes": notes, "checkpoint_epoch": ctx.ckpt_epoch,
+            "data": ctx.bundle.label, "class_counts": [int(c) for c in counts],
+        }
+        atomic_write_json(run_dir / POSTHOC.format(method="inference_mix"), out)
     return out

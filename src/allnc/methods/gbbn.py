@@ -61,6 +61,16 @@ def effective_mix(mix: str, has_val: bool) -> str:
     return mix
 
 
+#: the inference mixes a that a validation split chooses from (in training or post hoc)
+MIX_GRID = [round(0.05 * i, 2) for i in range(21)]
+
+
+def choose_mix(acc_by_a: dict[float, float]) -> float:
+    """The mix a with the best validation accuracy; ties go to the a nearest 0.5 (BBN's mix)."""
+    best = max(acc_by_a.values())
+    return min((a for a, v in acc_by_a.items() if v == best), key=lambda a: abs(a - 0.5))
+
+
 @dataclass
 class GBBNConfig:
     choices: ClassVar[dict] = {
@@ -205,6 +215,14 @@ class GBBN(Method):
     def classifier_weight(self):
         return self.classifier.weight, getattr(self.classifier, "bias", None)
 
+    def branch_features(self, x):
+        """``(h_c, h_r)``: both branches' features of the same images, what an inference mix mixes."""
+        return self.net.both_on(x)
+
+    def mixed_logits(self, h_c, h_r, a):
+        """The logits of the inference mix ``a``: W s [a h_c ; (1 - a) h_r] + b."""
+        return self.classifier(self._mix(h_c, h_r, a))
+
     @torch.no_grad()
     def calibrate(self, val_batches) -> dict | None:
         """method.gbbn.inference_mix=val (or auto with a validation split): the mix a in
@@ -215,7 +233,7 @@ class GBBN(Method):
         g = self.cfg.method.gbbn
         final = adaptor_alpha(g.schedule, int(self.cfg.train.epochs) - 1, int(self.cfg.train.epochs), float(g.gamma),
                               float(g.step_at))
-        grid = [round(0.05 * i, 2) for i in range(21)] + [final]  # the last one reported as "final" too
+        grid = [*MIX_GRID, final]  # the last one reported as "final" too
         device = self.infer_alpha.device
         correct = torch.zeros(len(grid), dtype=torch.float64, device=device)
         total = torch.zeros((), dtype=torch.float64, device=device)
@@ -223,15 +241,14 @@ class GBBN(Method):
             h_c, h_r = self.net.both_on(x)
             h_c, h_r = h_c.float(), h_r.float()
             for i, a in enumerate(grid):
-                pred = self.classifier(self._mix(h_c, h_r, a)).argmax(dim=1)
+                pred = self.mixed_logits(h_c, h_r, a).argmax(dim=1)
                 correct[i] += (pred == y).sum()
             total += len(y)
         # under torchrun each rank saw its shard of the split: every rank must choose from the
         # whole split's counts, or the ranks would keep different mixes
         dist.all_reduce_sum(correct, total)
         acc = (100.0 * correct / total.clamp(min=1)).tolist()
-        best = max(acc[:-1])
-        a = min((x for x, v in zip(grid[:-1], acc[:-1]) if v == best), key=lambda x: abs(x - 0.5))
+        a = choose_mix(dict(zip(grid[:-1], acc[:-1])))
         self.infer_alpha.fill_(a)
         table = dict(zip(map(str, grid[:-1]), [round(v, 3) for v in acc[:-1]]))
         table["final"] = round(acc[-1], 3)
