@@ -74,7 +74,7 @@ PLANS = {
 # a smoke run killed by a signal (a crash in generated or compiled code, which no fallback in
 # the process can catch: fixed ETF + DR on the H200, 2026-11-29, exit -11) is tried again in
 # these forms at once; the method's plan runs take the first form that worked
-KILLED_RETRIES = (["train.compile_persistent_reductions=false"], ["train.compile=off"])
+KILLED_RETRIES = (("train.compile_persistent_reductions=false",), ("train.compile=off",))
 SMALL_FILES = {"config.yaml", "metrics.json", "metrics.jsonl", "log.txt", "nc.json", "compile_error.txt"}
 RESUME_FILES = ("checkpoint.pt", "config.yaml", "metrics.jsonl", "log.txt")  # what --resume needs, and the history
 MODEL_FILES = ("config.yaml", "metrics.json", "metrics.jsonl", "log.txt", "nc.json")  # beside a finished run's model
@@ -517,14 +517,54 @@ class Suite:
             self.pack()
 
         res = self.grid("plan", runs, conc, self.deadline - a.pack_reserve_s, extra, on_done=done)
+        retries = self.retry_killed_plan(res, todo, conc, done)
+        rounds = [res, *(r for r, _ in retries)]
+        done_names = [s.name for r in rounds for s in r.done]
+        failed = {s.name: r.reasons.get(s.name) for r in rounds for s in r.failed}  # a later round's word last
+        failed = {n: why for n, why in failed.items() if n not in done_names}
+        unfinished = {s.name: s for r in rounds for s in r.unfinished if s.name not in done_names}
+        not_started = {s.name: s for r in rounds for s in r.not_started
+                       if s.name not in done_names and s.name not in unfinished}
         # a run resumed from --resume-from that never started here (too few slots) goes on too
-        packed = self.pack_resume([s.run_dir for s in (*res.unfinished, *res.not_started)])
+        packed = self.pack_resume([s.run_dir for s in (*unfinished.values(), *not_started.values())])
         self.summary["stages"]["plan"] = {
-            "skipped": skipped, "concurrent": conc, "done": [s.name for s in res.done],
-            "failed": {s.name: res.reasons.get(s.name) for s in res.failed},
-            "unfinished": {s.name: _last_epoch(s.run_dir) for s in res.unfinished},
-            "not_started": [s.name for s in res.not_started], "resumed": self.resumed, "resume_tar": packed,
+            "skipped": skipped, "concurrent": conc, "done": done_names, "failed": failed,
+            "unfinished": {n: _last_epoch(s.run_dir) for n, s in unfinished.items()},
+            "not_started": list(not_started), "resumed": self.resumed, "resume_tar": packed,
+            "retried": [forms for _, forms in retries],
             "models_tar": self.models_packed}
+
+    def retry_killed_plan(self, res, todo: list[tuple], conc: int, done) -> list:
+        """Plan runs killed by a signal go again, from their last checkpoint (or afresh), in the
+        next form of ``KILLED_RETRIES`` that their method has not had, while time is left: a
+        crash the smoke did not show (or one late in training) costs the run a restart, not
+        its place in the table. Returns each retry round's (grid result, {cell: form})."""
+        a, rounds = self.args, []
+        cells = {c[0]: c for c in todo}
+        while True:
+            killed = [s.name for s in res.failed if signal_death(res.reasons.get(s.name)) and s.name in cells]
+            method = {n: cells[n][1][len(a.prefix) + 1:] for n in killed}
+            for m in dict.fromkeys(method.values()):  # each method one step down, however many cells died
+                tried = tuple(self.method_extra.get(m, ()))
+                nxt = KILLED_RETRIES.index(tried) + 1 if tried in KILLED_RETRIES else 0
+                self.method_extra[m] = list(KILLED_RETRIES[nxt]) if nxt < len(KILLED_RETRIES) else None
+            again, forms = [], {}
+            for n in killed:
+                if self.method_extra[method[n]] is None:
+                    self.log(f"plan: {n} died ({res.reasons.get(n)}) in every form; not tried again")
+                    continue
+                again.append(cells[n])
+                forms[n] = " ".join(self.method_extra[method[n]])
+            self.method_extra = {m: f for m, f in self.method_extra.items() if f is not None}
+            if not again:
+                return rounds
+            if self.left() - a.pack_reserve_s < 60:
+                self.log(f"plan: no time to try {', '.join(forms)} again")
+                return rounds
+            self.log("plan: " + "; ".join(f"{n} died ({res.reasons.get(n)}), again with {f}" for n, f in forms.items()))
+            runs, extra = self.plan_runs(again)
+            res = self.grid("plan", runs, min(conc, len(runs)), self.deadline - a.pack_reserve_s, extra, on_done=done)
+            rounds.append((res, forms))
 
     def plan_runs(self, todo: list[tuple]) -> tuple[list[dict], list[str]]:
         """The grid's runs for the plan cells ``todo`` and the overrides they share."""

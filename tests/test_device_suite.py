@@ -178,6 +178,37 @@ def test_a_smoke_run_killed_by_a_signal_is_retried_and_planned_in_the_form_that_
     assert "allnc died (exit status -11)" in log and "allnc is planned with train.compile=off" in log
 
 
+def test_a_plan_run_killed_by_a_signal_goes_again_in_the_next_form(tmp_path, monkeypatch):
+    """No smoke: the plan's AllNC run dies by SIGSEGV until it runs with looped reductions (the
+    first retry form); the suite starts it again in that form and it finishes, while the CE
+    run beside it finishes at the first try."""
+    import signal
+
+    from allnc.grid.runner import default_command
+
+    crash = [sys.executable, "-c", f"import os; os.kill(os.getpid(), {int(signal.SIGSEGV)})"]
+    real_grid = suite_mod.run_grid
+    started = []
+
+    def command(s, resume):
+        started.append(s.name)
+        if s.name.startswith("cifar10_lt_allnc") and "train.compile_persistent_reductions=false" not in s.overrides:
+            return crash
+        return default_command(s, resume)
+
+    monkeypatch.setattr(suite_mod, "run_grid", lambda spec, **kw: real_grid(spec, command=command, **kw))
+    args = ["--tiny", "--methods", "allnc", "ce", "--no-smoke", "--no-speed", "--out", str(tmp_path / "out"),
+            "--results", str(tmp_path / "res"), "--work", str(tmp_path / "work")]
+    assert suite_mod.Suite(suite_mod.parse(args)).run() == 0
+    cell, ce = "cifar10_lt_allnc__if10__e1__seed0", "cifar10_lt_ce__if10__e1__seed0"
+    assert started.count(cell) == 2 and started.count(ce) == 1
+    plan = json.loads((tmp_path / "out" / "suite.json").read_text())["stages"]["plan"]
+    assert plan["retried"] == [{cell: "train.compile_persistent_reductions=false"}]
+    assert sorted(plan["done"]) == sorted([cell, ce]) and plan["failed"] == {}
+    rec = json.loads((tmp_path / "res" / f"{cell}.json").read_text())
+    assert rec["config"]["train"]["compile_persistent_reductions"] is False
+
+
 def test_signal_deaths_the_plan_order_and_the_smoke_methods(tmp_path):
     """Only a negative exit status is a signal. The table plan runs seed by seed, each seed's
     imbalance factors in turn, and its first cells are the first plan's. The smoke takes CE,
