@@ -11,16 +11,19 @@ each logged with the seconds since the start, all bounded by ``--deadline``:
 1. environment: GPU, driver, torch, CUDA, cuDNN, commit, CPU cores -> ``env.json``;
    on a GPU the CUDA MPS daemon is started if it will (recorded either way);
 2. data: the decoded image cache is built once, so that every run loads it;
-3. smoke: one epoch of CE, AllNC and the plan's other methods, compiled, concurrently. The
-   engine falls back from CUDA graphs to the default compile mode to eager on its own; each
-   plan run starts in the mode that worked for its method (and finds its compiled graphs in
-   the inductor cache); a method whose smoke run failed is left out of the plan;
+3. smoke: one epoch of CE, AllNC and the methods with plan cells to do, compiled,
+   concurrently. The engine falls back from CUDA graphs to the default compile mode to eager
+   on its own; each plan run starts in the mode that worked for its method (and finds its
+   compiled graphs in the inductor cache). A smoke run killed by a signal is tried again in
+   the forms of ``KILLED_RETRIES`` at once and its method planned in the first that worked; a
+   method that failed otherwise, or in every form, is left out of the plan;
 4. speed: CE on the conventional path and on the fast path alone, then N fast runs
    concurrently -> ``speed.json`` (images/s, fast/conventional ratio, concurrency gain);
 5. the plan: methods x imbalance factors x seeds, concurrently, most important first. Each
    finished run immediately gets ``RESULTS/<cell>.json`` and the output tarballs are
    rewritten; a run still going at the deadline is stopped and listed as unfinished, never
-   as a result. Cells whose results file exists already are skipped. Unfinished runs that
+   as a result. A run killed by a signal goes again in the next retry form while time is
+   left. Cells whose results file exists already are skipped. Unfinished runs that
    have a checkpoint go into ``resume.tar``, the most advanced first; a later suite given it
    (``--resume-from``) continues them where they stopped, so that runs longer than one
    session's minutes still finish.

@@ -14,8 +14,8 @@ from allnc.engine.context import load_run
 from allnc.engine.evaluate import evaluate_accuracy
 
 
-def _train(root, out, *extra):
-    rc = main(["train", "--config", "fmnist_lt_ce", "--out", str(out), f"data.root={root}", "device=cpu",
+def _train(root, out, *extra, config="fmnist_lt_ce"):
+    rc = main(["train", "--config", config, "--out", str(out), f"data.root={root}", "device=cpu",
                "train.progress=false", "model.width=8", "train.batch_size=32", "train.epochs=2", "data.num_workers=0",
                "data.imbalance_factor=10", *extra])
     assert rc == 0
@@ -210,11 +210,7 @@ def test_a_list_file_run_takes_its_validation_list(tmp_path, capsys):
 
 # the inference mix of a two-branch run ------------------------------------------------------
 def _train_allnc(root, out, *extra):
-    rc = main(["train", "--config", "fmnist_lt_allnc", "--out", str(out), f"data.root={root}", "device=cpu",
-               "train.progress=false", "model.width=8", "train.batch_size=32", "train.epochs=2", "data.num_workers=0",
-               "data.imbalance_factor=10", *extra])
-    assert rc == 0
-    return out
+    return _train(root, out, *extra, config="fmnist_lt_allnc")
 
 
 @pytest.fixture(scope="module")
