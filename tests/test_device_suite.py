@@ -107,6 +107,41 @@ def test_models_tar_brings_back_each_trained_model_as_a_run_directory(tiny_suite
         assert got["top1"] == pytest.approx(json.loads((results / f"{cell}.json").read_text())["top1"], abs=1e-9)
 
 
+def _take(*args):
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / "take_device_output.py"), *map(str, args)],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_take_device_output_puts_each_file_where_it_belongs(tiny_suite, tmp_path):
+    """The record to benchmarks/results/device_runs/NAME, the results into results/, the models
+    under runs/device/NAME, and a stale .data/resume.tar removed (the call left none); a second
+    take of the same call, or a results file with other content, is refused in one line."""
+    r, out, results = tiny_suite
+    root = tmp_path / "checkout"
+    (root / ".data").mkdir(parents=True)
+    (root / ".data" / "resume.tar").write_bytes(b"an earlier call's")
+    t = _take(out, "2026-11-30-h200-a", "--root", root)
+    assert t.returncode == 0, t.stderr
+    record = root / "benchmarks" / "results" / "device_runs" / "2026-11-30-h200-a"
+    assert sorted(p.name for p in record.iterdir()) == ["env.json", "speed.json", "suite.json", "suite.log", "summary.md"]
+    assert (record / "suite.log").read_bytes() == (out / "suite.log").read_bytes()
+    assert sorted(p.name for p in (root / "results").iterdir()) == sorted(p.name for p in results.iterdir())
+    for p in results.iterdir():
+        assert (root / "results" / p.name).read_bytes() == p.read_bytes()
+    assert not (root / ".data" / "resume.tar").exists() and "earlier .data/resume.tar is removed" in t.stdout
+    kept = root / "runs" / "device" / "2026-11-30-h200-a"
+    assert (kept / "runs.tar.gz").is_file() and (kept / "cifar10_lt_allnc__if10__e1__seed0" / "checkpoint.pt").is_file()
+
+    again = _take(out, "2026-11-30-h200-a", "--root", root)
+    assert again.returncode == 2 and len(again.stderr.strip().splitlines()) == 1 and "--overwrite" in again.stderr
+    cell = next((root / "results").iterdir())
+    cell.write_text("{}")
+    other = _take(out, "2026-11-30-h200-b", "--root", root)
+    assert other.returncode == 2 and f"results/{cell.name} exists with other content" in other.stderr
+    assert not (root / "benchmarks" / "results" / "device_runs" / "2026-11-30-h200-b").exists()  # nothing written
+    assert _take(out, "monday", "--root", root).returncode == 2
+
+
 def test_models_tar_keeps_to_its_cap_in_finishing_order(tmp_path):
     from allnc.engine.checkpoint import save_checkpoint
 
