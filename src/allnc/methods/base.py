@@ -8,10 +8,12 @@ one batch from each, and gets back a scalar loss.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from ..registry import Registry
@@ -62,14 +64,33 @@ class StepState:
         return (self.epoch + self.step / max(self.steps_per_epoch, 1)) / self.epochs
 
 
+def plain_config(cfg: Any) -> Any:
+    """``cfg`` as plain Python, read-only by convention: nested ``SimpleNamespace``s, tuples
+    for lists. A method keeps its config this way because a compiled training step reads
+    plain attributes without leaving its graph, while under torch 2.14 OmegaConf's attribute
+    access makes ``torch.compile`` break it (every method of the device plan broke its step's
+    graph there, AllNC seven times: on a GPU each piece is its own CUDA graph, with Python
+    between them; torch 2.11 traced it whole)."""
+    if isinstance(cfg, DictConfig):
+        cfg = OmegaConf.to_container(cfg, resolve=True)
+    if isinstance(cfg, dict):
+        return SimpleNamespace(**{str(k): plain_config(v) for k, v in cfg.items()})
+    if isinstance(cfg, (list, tuple)):
+        return tuple(plain_config(v) for v in cfg)
+    return cfg
+
+
 class Method(nn.Module):
-    """Base class. Subclasses set ``self.loaders`` and implement the abstract parts."""
+    """Base class. Subclasses set ``self.loaders`` and implement the abstract parts.
+
+    ``self.cfg`` is the run's config as plain Python (``plain_config``); the ``cfg`` that
+    ``__init__`` receives is the OmegaConf tree, for the builders that take one."""
 
     loaders: tuple[LoaderSpec, ...] = (LoaderSpec(),)
 
     def __init__(self, cfg: DictConfig, info: DataInfo):
         super().__init__()
-        self.cfg = cfg
+        self.cfg = plain_config(cfg)
         self.info = info
         self.num_classes = info.num_classes
         self.register_buffer(

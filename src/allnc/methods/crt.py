@@ -54,7 +54,7 @@ class FrozenBackbone(SingleBranch):
 
     def load_backbone_from(self, state_dict):
         super().load_backbone_from(state_dict)
-        if not self.cfg.method[self.section].reset_classifier:
+        if not getattr(self.cfg.method, self.section).reset_classifier:
             w = {k[len("classifier."):]: v for k, v in state_dict.items() if k.startswith("classifier.")}
             self.classifier.load_state_dict(w)
 
