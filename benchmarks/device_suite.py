@@ -63,8 +63,8 @@ FIRST_METHODS = ["allnc", "ce", "bbn", "la", "ldam_drw", "etf_dr", "bcl"]
 PLANS = {
     # the first GPU plan: CIFAR-10-LT, IF 100, the standard protocol, seed 0
     "first": dict(prefix="cifar10_lt", methods=FIRST_METHODS, imbalance=[100.0], seeds=[0], epochs=200),
-    # the whole CIFAR-10-LT table, the first plan's cells first (runs go seed by seed, each
-    # seed imbalance factor by imbalance factor): each call continues where the last stopped
+    # the whole CIFAR-10-LT table, the first plan's cells first (runs go imbalance factor by
+    # imbalance factor, each one seed by seed): each call continues where the last stopped
     "table": dict(prefix="cifar10_lt", methods=FIRST_METHODS, imbalance=[100.0, 50.0, 10.0], seeds=[0, 1, 2],
                   epochs=200),
     # AllNC's ablations (docs/method.md) beside AllNC, IF 100
@@ -453,12 +453,12 @@ class Suite:
 
     # ------------------------------------------------------------------ 5. the plan
     def plan_cells(self) -> list[tuple[str, str, float, int]]:
-        """(cell, config, imbalance factor, seed) of every run of the plan, in its order: seed by
-        seed, each seed's imbalance factors in turn, each with every method (a whole table column
-        before the next)."""
+        """(cell, config, imbalance factor, seed) of every run of the plan, in its order:
+        imbalance factor by imbalance factor, each one seed by seed, each seed with every method
+        (the headline IF 100 table gets its three seeds, mean and spread, before the next)."""
         a = self.args
         return [(cell_name(f"{a.prefix}_{m}", f, a.epochs, s), f"{a.prefix}_{m}", f, s)
-                for s in a.seeds for f in a.imbalance for m in a.methods]
+                for f in a.imbalance for s in a.seeds for m in a.methods]
 
     def has_result(self, cell: str) -> bool:
         return (self.results / f"{cell}.json").is_file()

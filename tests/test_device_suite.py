@@ -245,8 +245,8 @@ def test_a_plan_run_killed_by_a_signal_goes_again_in_the_next_form(tmp_path, mon
 
 
 def test_signal_deaths_the_plan_order_and_the_smoke_methods(tmp_path):
-    """Only a negative exit status is a signal. The table plan runs seed by seed, each seed's
-    imbalance factors in turn, and its first cells are the first plan's. The smoke takes CE,
+    """Only a negative exit status is a signal. The table plan runs imbalance factor by
+    imbalance factor, each one seed by seed, and its first cells are the first plan's. The smoke takes CE,
     AllNC and the methods with cells still to do."""
     assert suite_mod.signal_death("exit status -11") and suite_mod.signal_death("exit status -6")
     assert not suite_mod.signal_death("exit status 1") and not suite_mod.signal_death("stopped at its time limit")
@@ -260,7 +260,7 @@ def test_signal_deaths_the_plan_order_and_the_smoke_methods(tmp_path):
     assert len(cells) == 7 * 3 * 3 and len({c[0] for c in cells}) == len(cells)
     first = suite()
     assert [c[0] for c in cells[:7]] == [c[0] for c in first.plan_cells()]
-    assert [(c[3], c[2]) for c in cells[::7]] == [(s_, f) for s_ in (0, 1, 2) for f in (100.0, 50.0, 10.0)]
+    assert [(c[2], c[3]) for c in cells[::7]] == [(f, s_) for f in (100.0, 50.0, 10.0) for s_ in (0, 1, 2)]
     assert first.smoke_methods() == ["ce", "allnc", "bbn", "la", "ldam_drw", "etf_dr", "bcl"]
     for cell, cfg, _, _ in first.plan_cells():
         if not cfg.endswith("_etf_dr"):
