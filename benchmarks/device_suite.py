@@ -323,7 +323,7 @@ class Suite:
         still to do (a method whose cells all have results files needs no warm cache)."""
         if self.args.smoke_methods:
             return self.args.smoke_methods
-        todo = {c[1][len(self.args.prefix) + 1:] for c in self.plan_cells() if not self.has_result(c[0])}
+        todo = {self.method_of(c[1]) for c in self.plan_cells() if not self.has_result(c[0])}
         return list(dict.fromkeys(["ce", "allnc", *(m for m in self.args.methods if m in todo)]))
 
     def _smoke(self, name: str, alt: list[str]) -> dict:
@@ -460,6 +460,10 @@ class Suite:
         return [(cell_name(f"{a.prefix}_{m}", f, a.epochs, s), f"{a.prefix}_{m}", f, s)
                 for f in a.imbalance for s in a.seeds for m in a.methods]
 
+    def method_of(self, config: str) -> str:
+        """The method part of a plan config name: ``cifar10_lt_etf_dr`` -> ``etf_dr``."""
+        return config[len(self.args.prefix) + 1:]
+
     def has_result(self, cell: str) -> bool:
         return (self.results / f"{cell}.json").is_file()
 
@@ -508,8 +512,7 @@ class Suite:
             self.log(f"RESULT {spec.name}: top-1 {rec['top1']:.2f} many {_f(g['many'])} medium {_f(g['medium'])} "
                      f"few {_f(g['few'])}; ECE {_f(rec.get('ece'))}; head-ward errors {_headward(rec)}; "
                      f"wall {rec['wall_time_s']:.0f} s")
-            corrections = posthoc_corrections(spec.name.split("__")[0][len(a.prefix) + 1:],
-                                              (_read_json(spec.run_dir / "metrics.json") or {}).get("config", {}))
+            corrections = posthoc_corrections(self.method_of(rec["config_name"]), rec.get("config") or {})
             if corrections:
                 self.posthoc_rows(spec, secs, corrections)
             try:
@@ -546,7 +549,7 @@ class Suite:
         cells = {c[0]: c for c in todo}
         while True:
             killed = [s.name for s in res.failed if signal_death(res.reasons.get(s.name)) and s.name in cells]
-            method = {n: cells[n][1][len(a.prefix) + 1:] for n in killed}
+            method = {n: self.method_of(cells[n][1]) for n in killed}
             for m in dict.fromkeys(method.values()):  # each method one step down, however many cells died
                 tried = tuple(self.method_extra.get(m, ()))
                 nxt = KILLED_RETRIES.index(tried) + 1 if tried in KILLED_RETRIES else 0
@@ -575,7 +578,7 @@ class Suite:
         # the method's own settings last: a killed smoke run's retry form (train.compile=off, say)
         # wins over the conventional path's train.compile=on
         def own(cfg: str) -> list[str]:
-            m = cfg[len(a.prefix) + 1:]
+            m = self.method_of(cfg)
             return [*self.compile_overrides(m), *self.method_extra.get(m, [])]
 
         runs = [{"config": cfg, "name": name, "overrides": [f"data.imbalance_factor={f:g}", f"train.epochs={a.epochs}",

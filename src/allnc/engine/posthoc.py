@@ -190,60 +190,36 @@ def posthoc(run_dir, method: str, device: str = "auto", val_per_class: Optional[
     grid, row = CORRECTIONS.get(method)  # unknown names: a one-line error with the closest name
     run_dir = Path(run_dir)
     ctx = load_run(run_dir, device=device, overrides=overrides)
-    if method == "inference_mix":
-        return _posthoc_mix(ctx, run_dir, grid, row, val_per_class, val_list)
     with RunLock(run_dir):
         ctx.method.eval()
-        try:
-            W, b = ctx.method.classifier_weight()
-        except (NotImplementedError, AttributeError):
-            W = None
-        if not isinstance(W, torch.Tensor) or W.dim() != 2:
-            raise ConfigError(f"method '{ctx.cfg.method.name}' of {run_dir} exposes no classifier weight (K x d); "
-                              "post-hoc corrections need one")
-        W = W.detach().float()
-        b = None if b is None else b.detach().float()
-        scale = cosine_logit_scale(ctx.method)
         counts = np.asarray(ctx.bundle.class_counts)
-        log_prior = torch.log(torch.as_tensor(counts / counts.sum(), dtype=torch.float32, device=W.device)
-                              .clamp_min(1e-12))
         notes: list[str] = []
-        if method == "tau_norm":
-            norms = W.norm(dim=1)
-            if scale is not None or float(norms.max() / norms.min().clamp_min(1e-12)) - 1 < 1e-5:
-                why = ("a cosine classifier normalises every w_k itself" if scale is not None
-                       else "every w_k has the same norm (a fixed ETF has unit rows), so tau scales all logits alike")
-                notes.append(f"tau-norm is the identity here: {why}; no tau is searched (tau = 0)")
-                grid = [0.0]
-            if b is not None and scale is None:
-                notes.append("the classifier's bias is dropped, as in Kang et al.'s tau-norm: tau = 0 is the run's "
-                             "classifier without its bias")
-
-        def logits(h, tau):
-            return corrected_logits(h, W, b, method, tau, log_prior, scale)
-
+        mix = method == "inference_mix"
+        corr = _mix_correction(ctx, run_dir, notes) if mix else _classifier_correction(ctx, run_dir, method, counts, notes)
+        grid = corr.get("grid", grid)
+        choose = choose_mix if mix else choose_tau  # looked up now: a test may stand in for either
         vbundle, vchoice, vinfo = _validation(ctx, val_per_class, notes, val_list)
-        hv, yv, first = _features(ctx, vbundle, vchoice, "val")
-        # the model's outputs come before the loss's own factor (LDAM's s; 1 elsewhere)
-        same = corrected_logits(first[0], W, b, "logit_adjust", 0.0, log_prior, scale) / ctx.method.loss_logit_scale()
-        if not torch.allclose(same, first[1], rtol=5e-2 if ctx.amp else 1e-3, atol=5e-2 if ctx.amp else 1e-3):
-            raise ConfigError(f"method '{ctx.cfg.method.name}': its logits are not its classifier_weight() applied to "
-                              "its features(); post-hoc corrections cannot be computed from them")
+        hv, yv, first = _features(ctx, vbundle, vchoice, "val", branches=mix)
+        if not torch.allclose(corr["same"](first[0]), first[1], rtol=5e-2 if ctx.amp else 1e-3,
+                              atol=5e-2 if ctx.amp else 1e-3):
+            raise ConfigError(f"method '{ctx.cfg.method.name}': {corr['mismatch']}")
+        logits = corr["logits"]
         val_top1 = {float(t): _accuracy(logits(hv, t), yv, counts)["top1"] for t in grid}
-        tau = choose_tau(val_top1)
-        ht, yt, _ = _features(ctx, ctx.bundle, ctx.choice, "test")  # the one read of the test set
+        tau = choose(val_top1)
+        ht, yt, _ = _features(ctx, ctx.bundle, ctx.choice, "test", branches=mix)  # the one read of the test set
+        zt = logits(ht, tau).float()
         out = {
             "method": method,
             "row": row,
-            "parameter": "tau",
+            "parameter": "a" if mix else "tau",
             "tau": tau,
             "tau_grid": [float(t) for t in grid],
             "val_top1_by_tau": {f"{t:g}": a for t, a in val_top1.items()},
             "val_top1": val_top1[tau],
+            **corr.get("extra", {}),
             "validation": vinfo,
             # the corrected classifier's calibration too: tau-norm and LA move the logits' scale and offsets
-            "test": {**_accuracy(zt := logits(ht, tau), yt, counts),
-                     "ece": expected_calibration_error(torch.softmax(zt.float(), dim=1), yt)},
+            "test": {**_accuracy(zt, yt, counts), "ece": expected_calibration_error(torch.softmax(zt, dim=1), yt)},
             "run_test": _run_figures(run_dir),
             "notes": notes,
             "checkpoint_epoch": ctx.ckpt_epoch,
@@ -254,37 +230,48 @@ def posthoc(run_dir, method: str, device: str = "auto", val_per_class: Optional[
     return out
 
 
-def _posthoc_mix(ctx: RunContext, run_dir: Path, grid, row: str, val_per_class, val_list) -> dict:
-    """``posthoc`` for ``inference_mix``: the mix a of a two-branch run chosen on the validation
-    split (``choose_mix``, the rule of method.gbbn.inference_mix=val), then the test set read
-    once with it."""
+def _classifier_correction(ctx: RunContext, run_dir: Path, method: str, counts, notes: list[str]) -> dict:
+    """tau-norm or logit adjustment: logits from the features and ``classifier_weight()``;
+    ``same`` rebuilds the run's own logits (tau 0 of logit adjustment)."""
+    try:
+        W, b = ctx.method.classifier_weight()
+    except (NotImplementedError, AttributeError):
+        W = None
+    if not isinstance(W, torch.Tensor) or W.dim() != 2:
+        raise ConfigError(f"method '{ctx.cfg.method.name}' of {run_dir} exposes no classifier weight (K x d); "
+                          "post-hoc corrections need one")
+    W = W.detach().float()
+    b = None if b is None else b.detach().float()
+    scale = cosine_logit_scale(ctx.method)
+    log_prior = torch.log(torch.as_tensor(counts / counts.sum(), dtype=torch.float32, device=W.device).clamp_min(1e-12))
+    c: dict = {}
+    if method == "tau_norm":
+        norms = W.norm(dim=1)
+        if scale is not None or float(norms.max() / norms.min().clamp_min(1e-12)) - 1 < 1e-5:
+            why = ("a cosine classifier normalises every w_k itself" if scale is not None
+                   else "every w_k has the same norm (a fixed ETF has unit rows), so tau scales all logits alike")
+            notes.append(f"tau-norm is the identity here: {why}; no tau is searched (tau = 0)")
+            c["grid"] = [0.0]
+        if b is not None and scale is None:
+            notes.append("the classifier's bias is dropped, as in Kang et al.'s tau-norm: tau = 0 is the run's "
+                         "classifier without its bias")
+    c["logits"] = lambda h, tau: corrected_logits(h, W, b, method, tau, log_prior, scale)
+    # the model's outputs come before the loss's own factor (LDAM's s; 1 elsewhere)
+    c["same"] = lambda h: corrected_logits(h, W, b, "logit_adjust", 0.0, log_prior, scale) / ctx.method.loss_logit_scale()
+    c["mismatch"] = ("its logits are not its classifier_weight() applied to its features(); post-hoc corrections "
+                     "cannot be computed from them")
+    return c
+
+
+def _mix_correction(ctx: RunContext, run_dir: Path, notes: list[str]) -> dict:
+    """The inference mix a of a two-branch run: logits ``mixed_logits(h_c, h_r, a)`` of both
+    branches' features; ``same`` rebuilds the run's own logits (its own a)."""
     if not hasattr(ctx.method, "mixed_logits"):
         raise ConfigError(f"post-hoc inference_mix chooses the mix of a two-branch run (gbbn: BBN, AllNC); method "
                           f"'{ctx.cfg.method.name}' of {run_dir} has one branch: use --method tau_norm or logit_adjust")
-    with RunLock(run_dir):
-        ctx.method.eval()
-        counts = np.asarray(ctx.bundle.class_counts)
-        notes: list[str] = []
-        own = float(ctx.method.infer_alpha)
-        if ctx.method.inference_mix == "val":
-            notes.append(f"the run chose its mix on its own validation split already (a = {own:g})")
-        vbundle, vchoice, vinfo = _validation(ctx, val_per_class, notes, val_list)
-        (hc, hr), yv, first = _features(ctx, vbundle, vchoice, "val", branches=True)
-        same = ctx.method.mixed_logits(*first[0], own)
-        if not torch.allclose(same, first[1], rtol=5e-2 if ctx.amp else 1e-3, atol=5e-2 if ctx.amp else 1e-3):
-            raise ConfigError(f"method '{ctx.cfg.method.name}': its logits are not mixed_logits() of its "
-                              "branch_features(); the mix cannot be chosen from them")
-        val_top1 = {float(a): _accuracy(ctx.method.mixed_logits(hc, hr, a), yv, counts)["top1"] for a in grid}
-        a = choose_mix(val_top1)
-        (tc, tr), yt, _ = _features(ctx, ctx.bundle, ctx.choice, "test", branches=True)  # the one read of the test set
-        zt = ctx.method.mixed_logits(tc, tr, a).float()
-        out = {
-            "method": "inference_mix", "row": row, "parameter": "a", "tau": a, "tau_grid": [float(t) for t in grid],
-            "val_top1_by_tau": {f"{t:g}": v for t, v in val_top1.items()}, "val_top1": val_top1[a],
-            "run_mix": own, "validation": vinfo,
-            "test": {**_accuracy(zt, yt, counts), "ece": expected_calibration_error(torch.softmax(zt, dim=1), yt)},
-            "run_test": _run_figures(run_dir), "notes": notes, "checkpoint_epoch": ctx.ckpt_epoch,
-            "data": ctx.bundle.label, "class_counts": [int(c) for c in counts],
-        }
-        atomic_write_json(run_dir / POSTHOC.format(method="inference_mix"), out)
-    return out
+    own = float(ctx.method.infer_alpha)
+    if ctx.method.inference_mix == "val":
+        notes.append(f"the run chose its mix on its own validation split already (a = {own:g})")
+    return {"logits": lambda h, a: ctx.method.mixed_logits(*h, a), "same": lambda h: ctx.method.mixed_logits(*h, own),
+            "mismatch": "its logits are not mixed_logits() of its branch_features(); the mix cannot be chosen from them",
+            "extra": {"run_mix": own}}

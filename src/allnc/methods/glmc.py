@@ -112,7 +112,7 @@ class GLMC(SingleBranch):
     def __init__(self, cfg, info):
         super().__init__(cfg, info)
         c = cfg.method.glmc
-        self.refuse_label_mixing(cfg, "GLMC mixes every image's label, and HyCon and P2P need whole labels",
+        self.refuse_label_mixing("GLMC mixes every image's label, and HyCon and P2P need whole labels",
                                  "GLMC mixes its batches itself")
         power = 1.0 - float(c.resample_weighting)
         self.loaders = (LoaderSpec(cfg.method.sampler, 2), LoaderSpec("power", 2, power=power))

@@ -68,7 +68,7 @@ class PaCo(SingleBranch):
     def __init__(self, cfg, info):
         super().__init__(cfg, info)
         c = cfg.method.paco
-        self.refuse_label_mixing(cfg, "PaCo is not built with HyCon or P2P", "PaCo's positives need whole labels")
+        self.refuse_label_mixing("PaCo is not built with HyCon or P2P", "PaCo's positives need whole labels")
         qa = str(c.query_augment or cfg.data.augment)
         self.loaders = (LoaderSpec(cfg.method.sampler, 2, (qa, str(c.key_augment))),)
         d = self.backbone.out_dim

@@ -38,12 +38,12 @@ class SingleBranch(Method):
         if self.use_p2p:
             self.p2p = nc_terms.make_p2p(cfg)
 
-    def refuse_label_mixing(self, cfg, nc_terms_why: str, mixup_why: str) -> None:
+    def refuse_label_mixing(self, nc_terms_why: str, mixup_why: str) -> None:
         """For a method built without HyCon/P2P and without train.mixup: a ConfigError naming
         the setting to turn off, with the method's reason."""
         if self.use_hycon or self.use_p2p:
             raise ConfigError(f"{nc_terms_why}; set method.hycon.enabled=false and method.p2p.enabled=false")
-        if float(cfg.train.mixup) > 0:
+        if float(self.cfg.train.mixup) > 0:
             raise ConfigError(f"{mixup_why}; set train.mixup=0")
 
     def nc_terms(self, h: torch.Tensor, y: torch.Tensor, logs: dict) -> torch.Tensor | None:
