@@ -39,6 +39,26 @@ def test_inference_mix_is_the_stated_feature(mix, scale):
     assert torch.allclose(logits, want @ m.classifier.weight.T + m.classifier.bias, atol=1e-5)
 
 
+@pytest.mark.parametrize("mix", ["half", "final", "val"])
+def test_evaluations_during_training_use_the_epochs_alpha_except_with_the_half_mix(mix):
+    """With final and val the model predicts, epoch by epoch, with the alpha its classifier is
+    learning in that epoch (the last one's is the final mix); BBN's half mix is 0.5 throughout."""
+    m = make("fmnist_lt_allnc", f"method.gbbn.inference_mix={mix}", *(["data.val_per_class=2"] * (mix == "val")))
+    x = batch()["x"]
+    built = float(m.infer_alpha)
+    seen = []
+    for epoch in range(10):
+        m.on_epoch_start(epoch, 10)
+        m.eval()
+        a = 0.5 if mix == "half" else adaptor_alpha("parabolic", epoch, 10)
+        _, logits = m.features(x)
+        assert torch.allclose(logits, m.mixed_logits(*m.branch_features(x), a), atol=1e-5)
+        seen.append(float(m.infer_alpha))
+    assert len(set(seen)) == (1 if mix == "half" else 10)
+    if mix != "val":  # what a model built for the finished run holds: the end of training gives the same
+        assert seen[-1] == pytest.approx(built)
+
+
 def test_inference_mix_val_picks_the_best_validation_mix_and_keeps_it():
     m = make("fmnist_lt_allnc", "method.gbbn.inference_mix=val", "data.val_per_class=2")
     m.eval()

@@ -97,10 +97,11 @@ class GBBNConfig:
     # inference; BBN's released code uses 2 (then the bias weighs half as much against W h), and
     # so does AllNC's config (chosen on validation, docs/method.md "Defaults")
     mix_scale: float = 1.0
-    # inference mix [a h_c ; (1 - a) h_r]: half (a = 0.5, BBN), final (a = the adaptor's last
-    # alpha: progressive decoupling ends with the re-balancing branch in charge), val (a chosen
-    # after training on the validation split, data.val_per_class), auto (val when the run has
-    # a validation split, else final)
+    # inference mix [a h_c ; (1 - a) h_r]: half (a = 0.5, BBN, in every evaluation), final (a =
+    # the adaptor's last alpha: progressive decoupling ends with the re-balancing branch in
+    # charge), val (a chosen after training on the validation split, data.val_per_class), auto
+    # (val when the run has a validation split, else final); with final and val the evaluations
+    # during training use the epoch's own alpha, the mix the classifier is learning
     inference_mix: str = "half"
 
 
@@ -148,6 +149,11 @@ class GBBN(Method):
     def on_epoch_start(self, epoch, epochs):
         g = self.cfg.method.gbbn
         self.alpha.fill_(adaptor_alpha(g.schedule, epoch, epochs, float(g.gamma), float(g.step_at)))
+        if self.inference_mix != "half":
+            # until the run ends (final) or a validation split chooses (val), the model predicts
+            # with the mix its classifier is learning: the epochs' evaluations describe the model
+            # as trained, and the last epoch's alpha is the final mix
+            self.infer_alpha.fill_(self.alpha)
 
     def cls_loss(self, logits, y):
         kind = self.cfg.method.gbbn.cls_loss
