@@ -62,13 +62,15 @@ def test_every_builtin_config_loads_and_follows_its_protocol():
     names = builtin_names()
     datasets = ["fmnist_lt", "cifar10_lt", "cifar100_lt", "imagenet_lt", "inat2018", "places_lt"]
     methods = ["ce", "la", "bsce", "ldam_drw", "etf_dr", "etf_ce", "bcl", "bbn", "allnc", "ce_hycon", "ce_p2p",
-               "gbbn_only", "allnc_no_hycon", "allnc_no_p2p", "crt", "ce_mixup", "mislas", "glmc", "paco"]
+               "gbbn_only", "allnc_no_hycon", "allnc_no_p2p", "crt", "ce_mixup", "mislas", "glmc", "paco", "maxnorm",
+               "glmc_maxnorm"]
     for ds in datasets:
         for m in methods:
             # MiSLAS's Places-LT recipe (an ImageNet-pretrained ResNet-152 whose last block learns in
             # the second stage) is not one this package builds; GLMC released no Places-LT recipe, and
-            # PaCo's (an ImageNet-pretrained ResNet-152) is not built either
-            assert (f"{ds}_{m}" in names) != (ds == "places_lt" and m in ("ce_mixup", "mislas", "glmc", "paco")), (ds, m)
+            # PaCo's (an ImageNet-pretrained ResNet-152) is not built either (nor GLMC's second stage)
+            places_less = ("ce_mixup", "mislas", "glmc", "paco", "glmc_maxnorm")
+            assert (f"{ds}_{m}" in names) != (ds == "places_lt" and m in places_less), (ds, m)
     for n in names:
         cfg = load_config(n)
         # every schedule fits: the warm-up ends and every step decay happens inside the run
@@ -77,7 +79,8 @@ def test_every_builtin_config_loads_and_follows_its_protocol():
             assert all(0 < m < cfg.train.epochs for m in cfg.train.milestones), n
         # the fast preset alone changes the backbone's stem, so the study's names keep their model
         assert cfg.model.stem_stride == (2 if n.endswith("_fast") else 1), n
-        if n.startswith("cifar") and not n.endswith(("_crt", "_mislas")) and "_glmc" not in n and "_paco" not in n:
+        second_stage = n.endswith(("_crt", "_mislas", "_maxnorm"))  # their own short recipes
+        if n.startswith("cifar") and not second_stage and "_glmc" not in n and "_paco" not in n:
             # the standard CIFAR-LT protocol of docs/reference.md (GLMC's own released recipe,
             # a width-64 ResNet-32 at batch 64, and PaCo's, 400 epochs, are checked in
             # tests/test_glmc.py and tests/test_paco.py)

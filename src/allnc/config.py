@@ -554,6 +554,8 @@ BOUNDS: dict[str, str] = {
     "method.mislas.smooth_head": "[0, 1]",
     "method.mislas.smooth_tail": "[0, 1]",
     "method.mislas.lr_factor": "(0, inf)",
+    "method.maxnorm.thresh": "[0, 1]",
+    "method.maxnorm.cb_beta": "[0, 1)",
     "method.glmc.resample_weighting": "[0, inf)",
     "method.glmc.label_weighting": "[0, inf)",
     "method.glmc.contrast_weight": "[0, inf)",

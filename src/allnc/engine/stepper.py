@@ -90,6 +90,7 @@ class Stepper:
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt_step()
+        self.method.after_step(state)
         return loss, logs
 
     # ------------------------------------------------------------------ compilation

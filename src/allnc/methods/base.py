@@ -104,6 +104,10 @@ class Method(nn.Module):
     def on_epoch_start(self, epoch: int, epochs: int) -> None:
         """Hook for epoch-level schedules (deferred re-weighting, adaptors)."""
 
+    def after_step(self, state: StepState) -> None:
+        """Hook after each optimizer step, run eagerly outside any compiled code: a constraint
+        kept by projection (weight balancing's max-norm). No-op by default."""
+
     def parameter_groups(self, weight_decay: float) -> list[dict]:
         """The optimizer's parameter groups; a group's optional ``lr_mult`` scales the
         learning rate the schedule gives it (MiSLAS's classifier learns at a fraction of it)."""
