@@ -198,3 +198,70 @@ def test_the_released_recipes_are_in_the_dataset_fragments(name, want):
         for part in key.split("."):
             node = node[part]
         assert (list(node) if key.endswith("milestones") else node) == value, key
+
+
+# ---------------------------------------------------------------- shuffling BN under torchrun
+def _keys_problem():
+    g = torch.Generator().manual_seed(5)
+    return torch.randn(8, 1, 28, 28, generator=g)  # the global batch of second views: 4 per rank
+
+
+def _shuffle_worker(rank, init_file, out_dir, extra):
+    import datetime
+
+    import torch.distributed as tdist
+
+    torch.set_num_threads(1)
+    tdist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2,
+                             timeout=datetime.timedelta(seconds=60))
+    try:
+        m = make("seed=3", *extra)
+        m.train()
+        k = m.encode_keys(_keys_problem()[rank * 4:(rank + 1) * 4], StepState(2, 10, 7, 20))
+        torch.save(k, f"{out_dir}/keys{rank}.pt")
+    finally:
+        tdist.destroy_process_group()
+
+
+def _two_ranks(tmp_path, *extra):
+    import time
+
+    import torch.multiprocessing as mp
+
+    tmp_path.mkdir()
+    ctx = mp.spawn(_shuffle_worker, args=(str(tmp_path / "init"), str(tmp_path), list(extra)), nprocs=2, join=False)
+    deadline = time.monotonic() + 120
+    while not ctx.join(timeout=5):
+        assert time.monotonic() < deadline, "the two-process run did not finish in 120 s"
+    return torch.cat([torch.load(tmp_path / "keys0.pt"), torch.load(tmp_path / "keys1.pt")])
+
+
+def test_under_two_ranks_each_key_is_computed_in_a_shuffled_batch_and_returned_in_order(tmp_path):
+    got = _two_ranks(tmp_path / "shuffled")
+    x = _keys_problem()
+    m = make("seed=3")
+    m.train()
+    enc = lambda v: m.key_proj(m.key_backbone(v))  # noqa: E731
+    # the definition: the global batch permuted (seed 3, epoch 2, step 7), each rank's half of
+    # it through the key encoder as one batch, the outputs put back in the global order
+    g = torch.Generator().manual_seed((3 * 1_000_003 + 2) * 1_000_003 + 7)
+    perm = torch.randperm(8, generator=g)
+    with torch.no_grad():
+        out = torch.cat([enc(x[perm[:4]]), enc(x[perm[4:]])])
+        want = out[torch.argsort(perm)]
+        unshuffled = torch.cat([enc(x[:4]), enc(x[4:])])
+    assert torch.allclose(got, want, atol=1e-5)
+    # and the shuffle mattered: the batch norm saw other batches than the queries' own
+    assert not torch.allclose(got, unshuffled, atol=1e-3)
+    # shuffle_bn=false: each rank's keys from its own images
+    plain = _two_ranks(tmp_path / "plain", "method.paco.shuffle_bn=false")
+    assert torch.allclose(plain, unshuffled, atol=1e-5)
+
+
+def test_in_one_process_the_keys_are_the_key_encoders_output():
+    m = make()
+    m.train()
+    x = _keys_problem()
+    with torch.no_grad():
+        want = m.key_proj(m.key_backbone(x))
+        assert torch.equal(m.encode_keys(x, StepState(0, 1, 0, 1)), want)

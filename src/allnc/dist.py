@@ -88,6 +88,23 @@ def all_gather_cat(t: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts, 0)
 
 
+@torch.no_grad()
+def shuffled_forward(fn, x: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
+    """MoCo's shuffling BN: ``fn`` on this rank's rows ``x``, each computed in a batch of other
+    ranks' images. The global batch (every rank's rows in rank order, the same size on every
+    rank) is permuted by ``perm`` (a permutation of its rows, the same on every rank); each
+    rank runs ``fn`` on its share of the permuted batch, the outputs are gathered and put back
+    in the global order, and this rank keeps those of its own rows. So a network whose batch
+    norm reads its input batch's statistics cannot use the statistics of the batch it is
+    compared with. ``fn(x)`` in one process."""
+    if not is_dist():
+        return fn(x)
+    b, r = x.shape[0], rank()
+    everything = all_gather_cat(x)
+    out = all_gather_cat(fn(everything[perm[r * b:(r + 1) * b]]))
+    return out[torch.argsort(perm)][r * b:(r + 1) * b]
+
+
 def broadcast_object(obj):
     if not is_dist():
         return obj

@@ -23,6 +23,7 @@ from typing import ClassVar, Optional
 import torch
 import torch.nn.functional as F
 
+from .. import dist
 from ..data.augment import PRESETS
 from ..losses import KeyQueue, log_prior, paco_loss
 from ..models import ProjectionMLP
@@ -57,6 +58,11 @@ class PaCoConfig:
     query_augment: Optional[str] = None
     # preset of the second view (the keys): sim, SimAugment (the released code's SimCLR-style view)
     key_augment: str = "sim"
+    # under torchrun, the key encoder reads a global batch shuffled across the processes and the
+    # keys are put back in order (MoCo's shuffling BN, as released), so its batch norm does not
+    # see the statistics of the queries' own images; no effect in one process or with
+    # train.sync_bn (batch norm over the global batch)
+    shuffle_bn: bool = True
 
 
 @METHODS.register("paco", section="paco", config=PaCoConfig)
@@ -100,13 +106,28 @@ class PaCo(SingleBranch):
         q = F.normalize(self.proj(h).float(), dim=1)
         with torch.no_grad():
             self.momentum_update()
-            k = F.normalize(self.key_proj(self.key_backbone(v_k)).float(), dim=1)
+            k = F.normalize(self.encode_keys(v_k, state).float(), dim=1)
         keys = torch.cat([k, self.queue.keys], 0)  # buffers: no gradient
         key_labels = torch.cat([y, self.queue.labels], 0)
         loss = paco_loss(q, y, logits, keys, key_labels, self.log_prior, alpha=float(c.alpha), beta=float(c.beta),
                          gamma=float(c.gamma), temperature=float(c.temperature), la_tau=float(c.la_tau))
         self.queue.enqueue(k, y)
         return loss, {"loss_cls": loss.detach()}
+
+    @torch.no_grad()
+    def encode_keys(self, v_k: torch.Tensor, state: StepState) -> torch.Tensor:
+        """The key encoder's projections of the second views; under torchrun with
+        ``shuffle_bn`` (and no global-batch BN) computed in shuffled batches
+        (``dist.shuffled_forward``), the permutation drawn from the seed, epoch and step, so
+        every process draws the same one without a message."""
+        def enc(v):
+            return self.key_proj(self.key_backbone(v))
+
+        if not (dist.is_dist() and self.cfg.method.paco.shuffle_bn and not self.cfg.train.sync_bn):
+            return enc(v_k)
+        g = torch.Generator().manual_seed((int(self.cfg.seed) * 1_000_003 + state.epoch) * 1_000_003 + state.step)
+        perm = torch.randperm(v_k.shape[0] * dist.world_size(), generator=g).to(v_k.device)
+        return dist.shuffled_forward(enc, v_k, perm)
 
     def load_backbone_from(self, state_dict: dict) -> None:
         super().load_backbone_from(state_dict)
