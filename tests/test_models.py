@@ -38,7 +38,7 @@ def _seed():
 
 # ------------------------------------------------------------------------- backbones
 def test_registries_hold_every_name():
-    assert BACKBONES.names() == ["resnet32", "resnet50", "resnet_small", "resnext50"]
+    assert BACKBONES.names() == ["resnet152", "resnet32", "resnet50", "resnet_small", "resnext50"]
     assert CLASSIFIERS.names() == ["etf", "linear", "normed"]
     with pytest.raises(ConfigError, match="did you mean 'resnet32'"):
         build_backbone(_cfg(name="resnet23"), 3)
@@ -184,6 +184,38 @@ def test_pretrained_local_state_dict_round_trip(tmp_path):
     torch.save(resnet32(width=8).state_dict(), tmp_path / "narrow.pt")
     with pytest.raises(ConfigError, match="wrong shape"):
         build_backbone(_cfg(name="resnet32", pretrained=str(tmp_path / "narrow.pt")), 3)
+
+
+def test_resnet152_takes_a_torchvision_checkpoints_keys():
+    from torchvision.models import resnet152 as tv_resnet152
+
+    ours = build_backbone(_cfg(name="resnet152"), 3)
+    theirs = tv_resnet152(weights=None).state_dict()
+    want = {k: v.shape for k, v in theirs.items() if not k.startswith("fc.")}
+    assert {k: v.shape for k, v in ours.state_dict().items()} == want and ours.out_dim == 2048
+
+
+def test_frozen_convs_learn_only_in_the_last_block():
+    bb = build_backbone(_cfg(name="resnet32", frozen="convs_but_last_block"), 3)
+    last = bb.stages()[-1][-1]
+    in_last = {id(p) for p in last.parameters()}
+    convs = [m for m in bb.modules() if isinstance(m, nn.Conv2d)]
+    assert all(m.weight.requires_grad == (id(m.weight) in in_last) for m in convs)
+    assert sum(m.weight.requires_grad for m in convs) == 2  # the last BasicBlock's two convolutions
+    bns = [p for m in bb.modules() if isinstance(m, nn.BatchNorm2d) for p in m.parameters()]
+    assert bns and all(p.requires_grad for p in bns)
+    # one SGD step over the trainable parameters: exactly those move
+    before = {k: v.clone() for k, v in bb.state_dict().items()}
+    opt = torch.optim.SGD([p for p in bb.parameters() if p.requires_grad], lr=0.1)
+    bb(torch.randn(4, 3, 32, 32)).pow(2).sum().backward()
+    opt.step()
+    moved = {k for k, v in bb.state_dict().items() if not torch.equal(v, before[k]) and "running" not in k
+             and "num_batches" not in k}
+    conv_keys = {f"{n}.weight" for n, m in bb.named_modules() if isinstance(m, nn.Conv2d)}
+    assert moved & conv_keys == {k for k in conv_keys if k.startswith("layers.2.4.")}  # the last stage's fifth block
+    assert any(k.startswith("bn") or ".bn" in k for k in moved)
+    with pytest.raises(ConfigError, match="model.frozen"):
+        build_backbone(_cfg(name="resnet32", frozen="all"), 3)
 
 
 # --------------------------------------------------------------------------- heads

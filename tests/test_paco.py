@@ -190,6 +190,13 @@ def test_bad_settings_are_refused(override, match):
                           "train.weight_decay": 5e-4, "method.paco.alpha": 0.05, "method.paco.temperature": 0.2,
                           "method.paco.queue_size": 8192, "method.paco.proj_dim": 128}),
     ("inat2018_paco", {"train.weight_decay": 1e-4, "train.lr": 0.02, "method.paco.queue_size": 8192}),
+    ("places_lt_paco", {"model.name": "resnet152", "model.pretrained": "resnet152-394f9c45.pth",
+                        "model.frozen": "convs_but_last_block", "train.epochs": 30, "train.batch_size": 128,
+                        "train.lr": 0.02, "train.warmup_epochs": 5, "train.schedule": "cosine",
+                        "train.weight_decay": 5e-4, "method.paco.alpha": 0.05, "method.paco.beta": 1.0,
+                        "method.paco.gamma": 1.0, "method.paco.temperature": 0.2, "method.paco.queue_size": 8192,
+                        "method.paco.proj_dim": 128, "method.paco.proj_hidden": 0, "method.paco.momentum": 0.999,
+                        "method.paco.query_augment": "sim", "method.paco.key_augment": "sim"}),
 ])
 def test_the_released_recipes_are_in_the_dataset_fragments(name, want):
     cfg = load_config(name)

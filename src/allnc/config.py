@@ -30,7 +30,7 @@ from .data.build import has_validation
 from .data.samplers import MODES
 from .errors import ConfigError
 from .methods import METHODS, SECTIONS
-from .models import BACKBONES, CLASSIFIERS
+from .models import BACKBONES, CLASSIFIERS, FROZEN
 
 # ----------------------------------------------------------------------------- data
 @dataclass
@@ -91,8 +91,9 @@ class DataConfig:
 # ---------------------------------------------------------------------------- model
 @dataclass
 class ModelConfig:
-    choices: ClassVar[dict] = {"name": lambda: tuple(BACKBONES.names()), "classifier": lambda: tuple(CLASSIFIERS.names())}
-    # resnet32 | resnet_small | resnet50 | resnext50
+    choices: ClassVar[dict] = {"name": lambda: tuple(BACKBONES.names()), "classifier": lambda: tuple(CLASSIFIERS.names()),
+                               "frozen": FROZEN}
+    # resnet32 | resnet_small | resnet50 | resnet152 | resnext50
     name: str = "resnet32"
     # base width of the CIFAR/small ResNets (16 = the standard ResNet-32)
     width: int = 16
@@ -107,6 +108,10 @@ class ModelConfig:
     etf_seed: int = 0
     # torchvision weights are never downloaded; a local state_dict path may be given
     pretrained: Optional[str] = None
+    # none | convs_but_last_block: every convolution's weights frozen except those of the last
+    # residual block (batch norm and the heads learn): PaCo's Places-LT fine-tuning of an
+    # ImageNet-pretrained ResNet-152
+    frozen: str = "none"
 
 
 # --------------------------------------------------------------------------- method

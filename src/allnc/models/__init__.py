@@ -6,7 +6,8 @@
   ``weight`` (K x d) and ``bias`` (tensor or None).
 - ``BranchedNet(backbone, mode, share_branch)``: trunk + branches c and r.
 - ``BACKBONES`` / ``CLASSIFIERS``: the registries (resnet32, resnet_small, resnet50,
-  resnext50; linear, normed, etf).
+  resnet152, resnext50; linear, normed, etf).
+- ``freeze_convs(backbone, rule)``: ``model.frozen`` (``FROZEN``), which convolutions learn.
 """
 from __future__ import annotations
 
@@ -20,9 +21,12 @@ from .branched import BranchedNet
 from ..config_io import cfg_get
 from .heads import CLASSIFIERS, ETFClassifier, NormedLinear, ProjectionMLP, build_classifier, simplex_etf
 from .resnet_cifar import BACKBONES, SPLIT_MODES, Backbone, CifarResNet, ShortcutA, resnet32, resnet_small
-from .torchvision_nets import TorchvisionResNet, load_backbone_state, resnet50, resnext50
+from .torchvision_nets import TorchvisionResNet, load_backbone_state, resnet50, resnet152, resnext50
 
 log = logging.getLogger(__name__)
+
+#: model.frozen: which convolutions learn
+FROZEN = ("none", "convs_but_last_block")
 
 # Backbones whose size is set by model.width (and whose stem stride by model.stem_stride).
 _WIDTH_BACKBONES = ("resnet32", "resnet_small")
@@ -30,6 +34,7 @@ _WIDTH_BACKBONES = ("resnet32", "resnet_small")
 __all__ = [
     "BACKBONES",
     "CLASSIFIERS",
+    "FROZEN",
     "SPLIT_MODES",
     "Backbone",
     "BranchedNet",
@@ -42,9 +47,11 @@ __all__ = [
     "build_backbone",
     "build_classifier",
     "count_parameters",
+    "freeze_convs",
     "load_backbone_state",
     "resnet32",
     "resnet50",
+    "resnet152",
     "resnet_small",
     "resnext50",
     "simplex_etf",
@@ -75,6 +82,23 @@ def build_backbone(model_cfg: Any, in_channels: int) -> Backbone:
     pretrained = cfg_get(model_cfg, "pretrained", None)
     if pretrained:
         load_backbone_state(backbone, str(pretrained))
+    freeze_convs(backbone, str(cfg_get(model_cfg, "frozen", "none")))
     n = count_parameters(backbone)
     log.info("backbone %s: %d-d features, %d parameters (%.3fM)", name, backbone.out_dim, n, n / 1e6)
     return backbone
+
+
+def freeze_convs(backbone: Backbone, rule: str) -> None:
+    """``convs_but_last_block``: every convolution's parameters stop learning except those of
+    the last residual block (the last stage's last block); batch norm keeps learning, and so
+    does everything outside the backbone. ``none``: nothing changes."""
+    if rule == "none":
+        return
+    if rule != "convs_but_last_block":
+        raise ConfigError(f"model.frozen={rule!r} is not one of {', '.join(FROZEN)}")
+    keep = {id(p) for p in backbone.stages()[-1][-1].parameters()}
+    for m in backbone.modules():
+        if isinstance(m, nn.Conv2d):
+            for p in m.parameters(recurse=False):
+                if id(p) not in keep:
+                    p.requires_grad_(False)

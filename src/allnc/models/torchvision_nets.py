@@ -1,4 +1,4 @@
-"""torchvision ResNet-50 and ResNeXt-50 (32x4d) without their fc: 2048-d features.
+"""torchvision ResNet-50, ResNet-152 and ResNeXt-50 (32x4d) without their fc: 2048-d features.
 
 Weights are never downloaded. ``model.pretrained`` may name a local ``state_dict`` file
 (a torchvision checkpoint, with or without its ``fc``); it is loaded with a strict check of
@@ -31,7 +31,8 @@ class TorchvisionResNet(Backbone):
 
     def __init__(self, arch: str, in_channels: int = 3):
         super().__init__()
-        ctor = {"resnet50": tv_resnet.resnet50, "resnext50": tv_resnet.resnext50_32x4d}[arch]
+        ctor = {"resnet50": tv_resnet.resnet50, "resnet152": tv_resnet.resnet152,
+                "resnext50": tv_resnet.resnext50_32x4d}[arch]
         net = ctor(weights=None)  # never downloads
         self.arch = arch
         self.in_channels = int(in_channels)
@@ -70,6 +71,11 @@ class TorchvisionResNet(Backbone):
 @BACKBONES.register("resnet50")
 def resnet50(in_channels: int = 3) -> TorchvisionResNet:
     return TorchvisionResNet("resnet50", in_channels)
+
+
+@BACKBONES.register("resnet152")
+def resnet152(in_channels: int = 3) -> TorchvisionResNet:
+    return TorchvisionResNet("resnet152", in_channels)
 
 
 @BACKBONES.register("resnext50")
