@@ -26,7 +26,11 @@ each logged with the seconds since the start, all bounded by ``--deadline``:
    left. Cells whose results file exists already are skipped. Unfinished runs that
    have a checkpoint go into ``resume.tar``, the most advanced first; a later suite given it
    (``--resume-from``) continues them where they stopped, so that runs longer than one
-   session's minutes still finish.
+   session's minutes still finish. Second stages (``SECOND_STAGES``: cRT, MiSLAS, MaxNorm, GLMC
+   + MaxNorm) run after the first round, each on the frozen backbone of its source cell (same
+   imbalance factor and seed) finished in this suite; a source whose results file exists but
+   whose run is not here is trained again for its backbone only (its results file stands; the
+   new run's figures stay in its run directory).
 
 Everything to bring back is in OUT, at most 8 files, no sub-folders: ``suite.log``,
 ``env.json``, ``speed.json``, ``suite.json``, ``results.tar.gz`` (the new results files, as
@@ -53,7 +57,7 @@ import threading
 import time
 from pathlib import Path
 
-from allnc.config import cell_name
+from allnc.config import cell_name, load_config
 from allnc.rundir import atomic_write_bytes, atomic_write_json, atomic_write_text
 from allnc.engine.runtime import git_commit, versions
 from allnc.grid import run_grid
@@ -74,6 +78,12 @@ PLANS = {
     "strong": dict(prefix="cifar10_lt", methods=[f"{m}_strong" for m in FIRST_METHODS], imbalance=[100.0], seeds=[0],
                    epochs=200),
 }
+# second stages: a method trained on the frozen backbone of a source method's run of the same
+# imbalance factor and seed (init_from), run when that source has finished in the suite
+SECOND_STAGES = {"crt": "ce", "mislas": "ce_mixup", "maxnorm": "ce", "glmc_maxnorm": "glmc"}
+PLANS["stages"] = dict(  # the two-stage baselines and GLMC + MaxNorm beside their sources, IF 100
+    prefix="cifar10_lt", methods=["ce", "crt", "ce_mixup", "mislas", "glmc", "glmc_maxnorm"], imbalance=[100.0],
+    seeds=[0, 1, 2], epochs=200)
 # a smoke run killed by a signal (a crash in generated or compiled code, which no fallback in
 # the process can catch: fixed ETF + DR on the H200, 2026-11-29, exit -11) is tried again in
 # these forms at once; the method's plan runs take the first form that worked
@@ -114,6 +124,7 @@ class Suite:
         self.compile_backend = "inductor"
         self.broken: dict[str, str] = {}  # methods whose smoke run failed: not in the plan
         self.resumed: dict[str, int] = {}  # plan cells continued from --resume-from: their epoch then
+        self.backbone_only: set[str] = set()  # plan cells trained again for their second stages only
         self._compile_thread: threading.Thread | None = None  # the environment stage's compile check (GPU)
         self._compile_check: dict = {}
 
@@ -324,6 +335,7 @@ class Suite:
         if self.args.smoke_methods:
             return self.args.smoke_methods
         todo = {self.method_of(c[1]) for c in self.plan_cells() if not self.has_result(c[0])}
+        todo -= set(SECOND_STAGES)  # they need a source run; a smoke run has none
         return list(dict.fromkeys(["ce", "allnc", *(m for m in self.args.methods if m in todo)]))
 
     def _smoke(self, name: str, alt: list[str]) -> dict:
@@ -457,8 +469,25 @@ class Suite:
         imbalance factor by imbalance factor, each one seed by seed, each seed with every method
         (the headline IF 100 table gets its three seeds, mean and spread, before the next)."""
         a = self.args
-        return [(cell_name(f"{a.prefix}_{m}", f, a.epochs, s), f"{a.prefix}_{m}", f, s)
+        return [(cell_name(f"{a.prefix}_{m}", f, self.cell_epochs(m), s), f"{a.prefix}_{m}", f, s)
                 for f in a.imbalance for s in a.seeds for m in a.methods]
+
+    def cell_epochs(self, method: str) -> int:
+        """The plan's epochs; a second stage keeps its own short schedule (at most the plan's)."""
+        if method not in SECOND_STAGES:
+            return self.args.epochs
+        return min(int(load_config(f"{self.args.prefix}_{method}").train.epochs), self.args.epochs)
+
+    def source_cell(self, cell: tuple) -> tuple[str, str, float, int]:
+        """The plan cell whose run a second stage's cell starts from (same imbalance factor and seed)."""
+        src = SECOND_STAGES[self.method_of(cell[1])]
+        return (cell_name(f"{self.args.prefix}_{src}", cell[2], self.args.epochs, cell[3]), f"{self.args.prefix}_{src}",
+                cell[2], cell[3])
+
+    def finished_here(self, cell: str) -> bool:
+        """A run of ``cell`` finished in this suite's work folder (its model is here)."""
+        d = self.work / "plan" / cell
+        return (d / "metrics.json").is_file() and (d / "checkpoint.pt").is_file()
 
     def method_of(self, config: str) -> str:
         """The method part of a plan config name: ``cifar10_lt_etf_dr`` -> ``etf_dr``."""
@@ -486,7 +515,20 @@ class Suite:
         skipped = [c[0] for c in cells if c not in todo]
         for name in skipped:
             self.log(f"plan: {name} has a results file already; skipped")
-        if not todo:
+        # second stages wait for their sources; a source with a results file but no run here is
+        # trained again for its backbone only (its results file is not replaced)
+        second = [c for c in todo if self.method_of(c[1]) in SECOND_STAGES]
+        todo = [c for c in todo if c not in second]
+        for c in second:
+            src = self.source_cell(c)
+            if src in todo or self.finished_here(src[0]):
+                continue
+            todo.append(src)
+            if self.has_result(src[0]):
+                self.backbone_only.add(src[0])
+                self.log(f"plan: {src[0]} has its results file but no run here; trained again as the backbone of "
+                         f"{c[0]} (its results file stands: the new run's figures stay in its run directory)")
+        if not todo and not second:
             self.summary["stages"]["plan"] = {"skipped": skipped, "done": [], "unfinished": [], "not_started": [],
                                               "failed": []}
             return
@@ -494,17 +536,24 @@ class Suite:
             self.unpack_resume(Path(a.resume_from), {c[0] for c in todo})
         # the most advanced resumed runs first, then the plan's order
         todo.sort(key=lambda c: -self.resumed.get(c[0], -1))
-        conc = self.plan_concurrency(len(todo))
+        conc = self.plan_concurrency(max(len(todo), len(second), 1))
         runs, extra = self.plan_runs(todo)
-        self.log(f"plan: {len(todo)} runs, {conc} at once, compile modes {self.method_modes or self.compile_mode}, "
+        self.log(f"plan: {len(todo)} runs (then {len(second)} second stages), {conc} at once, compile modes {self.method_modes or self.compile_mode}, "
                  f"{self.left() - a.pack_reserve_s:.0f} s left for them")
 
+        stage_of = {c[0]: self.source_cell(c)[0] for c in second}
+
         def done(spec, secs):
+            if spec.name in self.backbone_only:
+                self.log(f"plan: {spec.name} finished as a backbone for its second stages")
+                return
             suite = {"plan": a.plan, "concurrent_runs": conc, "mps": self.summary["env"]["mps"]["started"]}
             if spec.name in self.resumed:  # begun in an earlier suite (see its suite.log), continued here
                 suite["resumed_from_epoch"] = self.resumed[spec.name]
-            rec = result_record(spec.run_dir, spec.name, {
-                "data_label": a.data_label, "process_wall_s": round(secs, 1), "suite": suite})
+            extra = {"data_label": a.data_label, "process_wall_s": round(secs, 1), "suite": suite}
+            if spec.name in stage_of:  # the run its backbone came from (its table: result_record)
+                extra["source_cell"] = stage_of[spec.name]
+            rec = result_record(spec.run_dir, spec.name, extra)
             path = self.results / f"{spec.name}.json"
             atomic_write_json(path, rec)
             self.new_results.append(path)
@@ -522,9 +571,19 @@ class Suite:
                 self.log(f"models.tar: {spec.name} left out ({type(e).__name__}: {e})")
             self.pack()
 
-        res = self.grid("plan", runs, conc, self.deadline - a.pack_reserve_s, extra, on_done=done)
-        retries = self.retry_killed_plan(res, todo, conc, done)
-        rounds = [res, *(r for r, _ in retries)]
+        res = self.grid("plan", runs, conc, self.deadline - a.pack_reserve_s, extra, on_done=done) if todo else None
+        retries = self.retry_killed_plan(res, todo, conc, done) if todo else []
+        rounds = [r for r in (res, *(r for r, _ in retries)) if r is not None]
+        ready = [c for c in second if self.finished_here(self.source_cell(c)[0])]
+        for c in second:
+            if c not in ready:
+                self.log(f"plan: {c[0]} not run: its source {self.source_cell(c)[0]} did not finish here")
+        if ready and self.left() - a.pack_reserve_s > 30:
+            runs, extra = self.plan_runs(ready)
+            self.log(f"plan: second stages {', '.join(c[0] for c in ready)}")
+            rounds.append(self.grid("plan", runs, min(conc, len(runs)), self.deadline - a.pack_reserve_s, extra,
+                                    on_done=done))
+            todo = todo + ready
         done_names = [s.name for r in rounds for s in r.done]
         failed = {s.name: r.reasons.get(s.name) for r in rounds for s in r.failed}  # a later round's word last
         failed = {n: why for n, why in failed.items() if n not in done_names}
@@ -581,9 +640,15 @@ class Suite:
             m = self.method_of(cfg)
             return [*self.compile_overrides(m), *self.method_extra.get(m, [])]
 
-        runs = [{"config": cfg, "name": name, "overrides": [f"data.imbalance_factor={f:g}", f"train.epochs={a.epochs}",
-                                                            f"seed={s}", *self.plan_extra, *own(cfg)]}
-                for name, cfg, f, s in todo]
+        def stage(c: tuple) -> list[str]:
+            m = self.method_of(c[1])
+            if m in SECOND_STAGES:
+                return [f"init_from={(self.work / 'plan' / self.source_cell(c)[0]).resolve()}"]
+            return []
+
+        runs = [{"config": c[1], "name": c[0], "overrides": [
+            f"data.imbalance_factor={c[2]:g}", f"train.epochs={self.cell_epochs(self.method_of(c[1]))}", f"seed={c[3]}",
+            *self.plan_extra, *own(c[1]), *stage(c)]} for c in todo]
         extra = self.common(imbalance=False) + [f"nc.every={a.epochs}", f"train.ckpt_every={PLAN_CKPT_EVERY}"]
         return runs, extra
 

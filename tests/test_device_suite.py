@@ -412,6 +412,45 @@ def test_an_unfinished_run_is_carried_to_the_next_suite_and_finished_there(tmp_p
     assert smoke == {"skipped": "--no-smoke"} and not (tmp_path / "work2" / "smoke").exists()
 
 
+def test_second_stages_follow_their_sources_and_a_source_with_results_is_trained_again_for_its_backbone(tmp_path):
+    """cRT starts from the CE run of its own imbalance factor and seed once that has finished;
+    a later suite that finds CE's results file but not its run trains CE again for cRT's sake,
+    without touching CE's results file."""
+    from allnc.config import cell_name
+    from allnc.report.results import table_id
+
+    ce, crt = cell_name("cifar10_lt_ce", 10.0, 2, 0), cell_name("cifar10_lt_crt", 10.0, 2, 0)
+    args = ["--tiny", "--plan", "stages", "--methods", "ce", "crt", "--seeds", "0", "--epochs", "2", "--no-smoke",
+            "--no-speed", "--results", str(tmp_path / "res")]
+    stages = suite_mod.Suite(suite_mod.parse(["--plan", "stages", "--data-root", "x", "--out", str(tmp_path / "o0"),
+                                              "--results", str(tmp_path / "r0"), "--work", str(tmp_path / "w0")]))
+    assert not set(stages.smoke_methods()) & set(suite_mod.SECOND_STAGES)  # no source run to start from
+
+    def suite(n):
+        env = dict(os.environ, PYTHON=sys.executable, ALLNC_COMMIT="0123abc")
+        r = subprocess.run(["bash", str(ROOT / "scripts" / "device_suite.sh"), *args[:1], str(tmp_path / f"out{n}"),
+                            *args[1:], "--work", str(tmp_path / f"work{n}")], capture_output=True, text=True, env=env,
+                           timeout=600)
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+        return (tmp_path / f"out{n}" / "suite.log").read_text()
+
+    suite(1)
+    rec = json.loads((tmp_path / "res" / f"{crt}.json").read_text())
+    assert rec["config"]["init_from"] == str((tmp_path / "work1" / "plan" / ce).resolve())
+    assert rec["source_cell"] == ce and rec["config"]["train"]["epochs"] == 2
+    ce_rec = json.loads((tmp_path / "res" / f"{ce}.json").read_text())
+    assert table_id(rec) == table_id(ce_rec)  # a second stage sits in its source's table
+
+    (tmp_path / "res" / f"{crt}.json").unlink()
+    ce_bytes = (tmp_path / "res" / f"{ce}.json").read_bytes()
+    log = suite(2)
+    assert "trained again as the backbone" in log and f"RESULT {ce}:" not in log and f"RESULT {crt}:" in log
+    assert (tmp_path / "res" / f"{ce}.json").read_bytes() == ce_bytes
+    assert (tmp_path / "work2" / "plan" / ce / "checkpoint.pt").is_file()
+    rec2 = json.loads((tmp_path / "res" / f"{crt}.json").read_text())
+    assert rec2["config"]["init_from"] == str((tmp_path / "work2" / "plan" / ce).resolve())
+
+
 def test_resumed_runs_that_got_no_slot_are_carried_on(tmp_path, monkeypatch):
     """Two runs resumed from resume.tar, one slot and no time: the one stopped unfinished and the
     one that never started both go into the next resume.tar (neither checkpoint is dropped)."""

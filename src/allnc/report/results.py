@@ -32,6 +32,8 @@ METHOD_NAMES: dict[str, str] = {
     "crt": "cRT",
     "mislas": "MiSLAS",
     "glmc": "GLMC",
+    "glmc_maxnorm": "GLMC + MaxNorm",
+    "maxnorm": "MaxNorm + WD (second stage)",
     "paco": "PaCo",
     "bbn": "BBN",
     "gbbn_only": "GBBN only",
@@ -94,9 +96,8 @@ def result_record(run_dir: Path, cell: str, extra: Optional[dict] = None) -> dic
         rec["errors"] = error_summary(metrics["confusion"], metrics["class_counts"])
     base = (metrics.get("config") or {}).get("init_from")
     if base and (Path(base) / "metrics.json").is_file():
-        # a run that starts from another (cRT and MiSLAS train a classifier on a finished run's
-        # backbone) belongs to
-        # the table of the run it starts from
+        # a run that starts from another (cRT, MiSLAS and MaxNorm train a classifier on a
+        # finished run's backbone) belongs to the table of the run it starts from
         b = json.loads((Path(base) / "metrics.json").read_text())
         rec["table_epochs"] = int(b["config"]["train"]["epochs"])
     method = cell_posthoc(cell)
