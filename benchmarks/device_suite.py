@@ -538,8 +538,8 @@ class Suite:
         todo.sort(key=lambda c: -self.resumed.get(c[0], -1))
         conc = self.plan_concurrency(max(len(todo), len(second), 1))
         runs, extra = self.plan_runs(todo)
-        self.log(f"plan: {len(todo)} runs (then {len(second)} second stages), {conc} at once, compile modes {self.method_modes or self.compile_mode}, "
-                 f"{self.left() - a.pack_reserve_s:.0f} s left for them")
+        self.log(f"plan: {len(todo)} runs (then {len(second)} second stages), {conc} at once, compile modes "
+                 f"{self.method_modes or self.compile_mode}, {self.left() - a.pack_reserve_s:.0f} s left for them")
 
         stage_of = {c[0]: self.source_cell(c)[0] for c in second}
 
@@ -583,7 +583,6 @@ class Suite:
             self.log(f"plan: second stages {', '.join(c[0] for c in ready)}")
             rounds.append(self.grid("plan", runs, min(conc, len(runs)), self.deadline - a.pack_reserve_s, extra,
                                     on_done=done))
-            todo = todo + ready
         done_names = [s.name for r in rounds for s in r.done]
         failed = {s.name: r.reasons.get(s.name) for r in rounds for s in r.failed}  # a later round's word last
         failed = {n: why for n, why in failed.items() if n not in done_names}

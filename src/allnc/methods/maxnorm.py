@@ -60,7 +60,8 @@ class MaxNormStage(FrozenBackbone):
             raise ConfigError("method.maxnorm.reset_classifier=true leaves no first-stage classifier to take the "
                               "max-norm radius from; set it to false")
         self.register_buffer("cb_weights", drw_weights(self.class_counts, float(c.cb_beta)))
-        # NaN until the first stage's classifier is loaded (init_from): a run without one fails
+        # set when the first stage's classifier is loaded (init_from); a resumed or evaluated run
+        # takes it from its checkpoint
         self.register_buffer("maxnorm_radius", torch.tensor(float("nan")))
 
     def load_backbone_from(self, state_dict):
