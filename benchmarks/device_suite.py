@@ -43,6 +43,7 @@ are any).
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import json
 import math
@@ -476,7 +477,7 @@ class Suite:
         """The plan's epochs; a second stage keeps its own short schedule (at most the plan's)."""
         if method not in SECOND_STAGES:
             return self.args.epochs
-        return min(int(load_config(f"{self.args.prefix}_{method}").train.epochs), self.args.epochs)
+        return min(_config_epochs(f"{self.args.prefix}_{method}"), self.args.epochs)
 
     def source_cell(self, cell: tuple) -> tuple[str, str, float, int]:
         """The plan cell whose run a second stage's cell starts from (same imbalance factor and seed)."""
@@ -807,6 +808,12 @@ def posthoc_corrections(method: str, cfg: dict) -> tuple[str, ...]:
             and not d.get("val_per_class") and not d.get("val_list")):
         return ("inference_mix",)
     return ()
+
+
+@functools.lru_cache(maxsize=None)
+def _config_epochs(config: str) -> int:
+    """A built-in config's ``train.epochs`` (composed once: the plan asks for it cell by cell)."""
+    return int(load_config(config).train.epochs)
 
 
 def write_slim(run_dir: Path) -> None:

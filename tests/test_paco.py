@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from allnc.config import load_config
+from allnc.data.fast import mix_seed
 from allnc.errors import ConfigError
 from allnc.losses import KeyQueue, log_prior, logit_adjusted_ce, paco_loss
 from allnc.methods.base import DataInfo, StepState, build_method
@@ -251,7 +252,7 @@ def test_under_two_ranks_each_key_is_computed_in_a_shuffled_batch_and_returned_i
     enc = lambda v: m.key_proj(m.key_backbone(v))  # noqa: E731
     # the definition: the global batch permuted (seed 3, epoch 2, step 7), each rank's half of
     # it through the key encoder as one batch, the outputs put back in the global order
-    g = torch.Generator().manual_seed((3 * 1_000_003 + 2) * 1_000_003 + 7)
+    g = torch.Generator().manual_seed(mix_seed(3, 2, 7))
     perm = torch.randperm(8, generator=g)
     with torch.no_grad():
         out = torch.cat([enc(x[perm[:4]]), enc(x[perm[4:]])])

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from .. import dist
 from ..data.augment import PRESETS
+from ..data.fast import mix_seed
 from ..losses import KeyQueue, log_prior, paco_loss
 from ..models import ProjectionMLP
 from .base import METHODS, LoaderSpec, StepState
@@ -125,7 +126,7 @@ class PaCo(SingleBranch):
 
         if not (dist.is_dist() and self.cfg.method.paco.shuffle_bn and not self.cfg.train.sync_bn):
             return enc(v_k)
-        g = torch.Generator().manual_seed((int(self.cfg.seed) * 1_000_003 + state.epoch) * 1_000_003 + state.step)
+        g = torch.Generator().manual_seed(mix_seed(int(self.cfg.seed), state.epoch, state.step))
         perm = torch.randperm(v_k.shape[0] * dist.world_size(), generator=g).to(v_k.device)
         return dist.shuffled_forward(enc, v_k, perm)
 

@@ -15,7 +15,7 @@ FAST_PRESETS), ``loader`` (FastLoader, fast_path_applicable).
 from .augment import FAST_PRESETS, BatchAugment, slice_params
 from .autoaugment import CIFAR10_POLICY, apply_op, autoaugment, magnitude_bins
 from .images import DeviceImages, eval_batches
-from .loader import FastLoader, fast_path_applicable
+from .loader import FastLoader, fast_path_applicable, mix_seed
 from .sim import color_jitter, random_grayscale, resized_crop_boxes, resized_crop_flip
 from .ops import (
     OPS,
@@ -40,6 +40,7 @@ __all__ = [
     "DeviceImages",
     "BatchAugment",
     "FastLoader",
+    "mix_seed",
     "eval_batches",
     "fast_path_applicable",
     "normalize",

@@ -13,8 +13,9 @@ from .augment import FAST_PRESETS, BatchAugment, slice_params
 from .images import DeviceImages
 
 
-def _mix_seed(*parts: int) -> int:
-    """A well-mixed 63-bit seed from a tuple of ints (NumPy's SeedSequence)."""
+def mix_seed(*parts: int) -> int:
+    """A well-mixed 63-bit seed from a tuple of ints (NumPy's SeedSequence): every stream that
+    must be the same on every process (a batch's augmentation, PaCo's shuffle) seeds from it."""
     state = np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(2, np.uint32)
     return (int(state[0]) << 31) ^ int(state[1])
 
@@ -88,7 +89,7 @@ class FastLoader:
         return len(self.sampler) // self.batch_size
 
     def generator(self, epoch: int, step: int) -> torch.Generator:
-        return self._gen.manual_seed(_mix_seed(self.seed, epoch, step))
+        return self._gen.manual_seed(mix_seed(self.seed, epoch, step))
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         epoch, bs = self.epoch, self.batch_size
