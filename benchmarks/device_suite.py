@@ -30,7 +30,7 @@ each logged with the seconds since the start, all bounded by ``--deadline``:
    + MaxNorm) run after the first round, each on the frozen backbone of its source cell (same
    imbalance factor and seed) finished in this suite; a source whose results file exists but
    whose run is not here is trained again for its backbone only (its results file stands; the
-   new run's figures stay in its run directory).
+   new run reads no test image: ``train.eval_test=false``).
 
 Everything to bring back is in OUT, at most 8 files, no sub-folders: ``suite.log``,
 ``env.json``, ``speed.json``, ``suite.json``, ``results.tar.gz`` (the new results files, as
@@ -528,7 +528,7 @@ class Suite:
             if self.has_result(src[0]):
                 self.backbone_only.add(src[0])
                 self.log(f"plan: {src[0]} has its results file but no run here; trained again as the backbone of "
-                         f"{c[0]} (its results file stands: the new run's figures stay in its run directory)")
+                         f"{c[0]} (its results file stands; this run reads no test image)")
         if not todo and not second:
             self.summary["stages"]["plan"] = {"skipped": skipped, "done": [], "unfinished": [], "not_started": [],
                                               "failed": []}
@@ -644,6 +644,8 @@ class Suite:
             m = self.method_of(c[1])
             if m in SECOND_STAGES:
                 return [f"init_from={(self.work / 'plan' / self.source_cell(c)[0]).resolve()}"]
+            if c[0] in self.backbone_only:  # its figures are on record already: the test set stays unread
+                return ["train.eval_test=false"]
             return []
 
         runs = [{"config": c[1], "name": c[0], "overrides": [

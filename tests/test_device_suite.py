@@ -447,6 +447,8 @@ def test_second_stages_follow_their_sources_and_a_source_with_results_is_trained
     assert "trained again as the backbone" in log and f"RESULT {ce}:" not in log and f"RESULT {crt}:" in log
     assert (tmp_path / "res" / f"{ce}.json").read_bytes() == ce_bytes
     assert (tmp_path / "work2" / "plan" / ce / "checkpoint.pt").is_file()
+    again = json.loads((tmp_path / "work2" / "plan" / ce / "metrics.json").read_text())
+    assert again["test_evaluated"] is False and "top1" not in again  # the backbone run read no test image
     rec2 = json.loads((tmp_path / "res" / f"{crt}.json").read_text())
     assert rec2["config"]["init_from"] == str((tmp_path / "work2" / "plan" / ce).resolve())
 

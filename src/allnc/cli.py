@@ -18,6 +18,8 @@ def _fmt(v) -> str:
 
 
 def _print_result(m: dict) -> None:
+    if m.get("val") is None and "top1" not in m:
+        print("nothing evaluated (train.eval_test=false and no validation split)")
     for name, r in (("validation", m.get("val")), ("test", m if "top1" in m else None)):
         if r is None:
             continue

@@ -350,7 +350,8 @@ class TrainConfig:
     ckpt_every: int = 10
     # evaluate on the test set every N epochs (the last epoch always)
     eval_every: int = 10
-    # false: never read the test set (model selection on data.val_per_class's split only)
+    # false: never read the test set (model selection on data.val_per_class's split only; with
+    # no validation split the run evaluates nothing: a backbone for a second stage)
     eval_test: bool = True
     # on a GPU, check the loss for NaN every N steps (every step on the CPU)
     log_every_steps: int = 50
@@ -642,8 +643,6 @@ def validate(cfg: DictConfig) -> None:
     give = "data.val_list=FILE" if cfg.data.name == "listfile" else "data.val_per_class=N"
     if cfg.method.gbbn.inference_mix == "val" and not has_validation(cfg) and cfg.method.name == "gbbn":
         raise ConfigError(f"method.gbbn.inference_mix=val picks the mix on a validation split; give {give}")
-    if not cfg.train.eval_test and not has_validation(cfg):
-        raise ConfigError(f"train.eval_test=false leaves nothing to evaluate; give {give} for a validation split")
     if not is_device_name(cfg.device):
         raise ConfigError(f"device={cfg.device!r} is not auto, cpu, cuda or cuda:N")
 
