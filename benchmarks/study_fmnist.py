@@ -135,8 +135,15 @@ MISLAS_GRID = [(h, bn) for h in (0.1, 0.2, 0.3) for bn in (False, True)]  # (smo
 MISLAS = [(f"mislas_h{h}_{'shift' if bn else 'fixed'}", "fmnist_lt_mislas",
            [f"method.mislas.smooth_head={h}", f"method.mislas.shift_bn={'true' if bn else 'false'}"])
           for h, bn in MISLAS_GRID]
+# GLMC + MaxNorm, the variant GLMC's authors report: weight balancing's second stage on the
+# best GLMC trial's backbone. Its six trials vary the stage's own knob, weight decay (the
+# released 0.1 and two weaker), with the released class-balanced BCE and with class-balanced CE
+# (its other keys at the released demo's: lr 0.01, 10 epochs, thresh 0.1)
+MAXNORM_GRID = [(loss, wd) for loss in ("cb_bce", "cb_ce") for wd in (0.1, 0.01, 0.001)]
+GLMC_MAXNORM = [(f"glmc_maxnorm_{loss}_wd{wd:g}", "fmnist_lt_glmc_maxnorm",
+                 [f"method.maxnorm.loss={loss}", f"train.weight_decay={wd}"]) for loss, wd in MAXNORM_GRID]
 # the methods that train a classifier on another run's backbone, and that run's config
-SECOND_STAGE = {"crt": "fmnist_lt_ce", "mislas": "fmnist_lt_ce_mixup"}
+SECOND_STAGE = {"crt": "fmnist_lt_ce", "mislas": "fmnist_lt_ce_mixup", "glmc_maxnorm": "fmnist_lt_glmc"}
 SECOND_STAGE_CONFIGS = {f"fmnist_lt_{m}" for m in SECOND_STAGE}
 ABLATION = ["ce_hycon", "ce_p2p", "gbbn_only", "allnc_no_hycon", "allnc_no_p2p"]
 
@@ -163,6 +170,8 @@ TRIAL_LABELS: dict[str, str] = {
     **{f"mislas_h{h}_{'shift' if bn else 'fixed'}": f"smoothing {h} (head) to 0 (tail), BN statistics "
        + ("shifted" if bn else "kept") for h, bn in MISLAS_GRID},
     MISLAS_STAGE1: "first stage: CE + mixup 1.0, lr 0.1",
+    **{f"glmc_maxnorm_{loss}_wd{wd:g}": f"{'class-balanced BCE' if loss == 'cb_bce' else 'class-balanced CE'}, "
+       f"weight decay {wd:g}" for loss, wd in MAXNORM_GRID},
 }
 
 
@@ -251,6 +260,8 @@ def phase_trials(args) -> dict:
     if ce_inst:
         rows["crt"] = second_stage_trials(args, out, CRT, best(ce_inst)["name"])
         rows["mislas"], stages["mislas"] = mislas_trials(args, rows["ce"], out)
+    if any("val_top1" in r for r in rows["glmc"]):
+        rows["glmc_maxnorm"] = glmc_maxnorm_trials(args, out, rows["glmc"])
     chosen = {m: best([r for r in rs if "val_top1" in r]) for m, rs in rows.items() if any("val_top1" in r for r in rs)}
     cmd = "python benchmarks/study_fmnist.py trials" + "".join(f" --cut {m}" for m in cut)
     data = {**provenance(args, cmd), "val_per_class": VAL, "epochs": EPOCHS, "stages": stages,
@@ -277,6 +288,11 @@ def second_stage_trials(args, out: Path, trials: list[tuple[str, str, list[str]]
             for n, c, o in trials]
 
 
+def glmc_maxnorm_trials(args, out: Path, glmc_rows: list[dict]) -> list[dict]:
+    """GLMC + MaxNorm's six trials on the backbone of the best finished GLMC trial."""
+    return second_stage_trials(args, out, GLMC_MAXNORM, best([r for r in glmc_rows if "val_top1" in r])["name"])
+
+
 def mislas_trials(args, ce_rows: list[dict], out: Path) -> tuple[list[dict], dict]:
     """MiSLAS's first stage (``MISLAS_STAGE1``: CE + mixup at the best instance-sampled CE
     trial's rate), then its six second-stage trials on that backbone. Returns the trial rows
@@ -298,7 +314,7 @@ def phase_trials_only(args, only: tuple[str, ...], out: Path) -> dict:
     executes) and replace its rows and its chosen setting in the trials file; every other
     method's rows stay as they are. The file's ``reruns`` list says which methods ran again,
     at which commit and why (``--why``)."""
-    methods = (*TRIALS, "mislas")
+    methods = (*TRIALS, "mislas", "glmc_maxnorm")
     unknown = sorted(set(only) - set(methods))
     if unknown:
         raise SystemExit(f"--only {unknown[0]}: not a method with trials; choose from {', '.join(methods)}")
@@ -316,6 +332,10 @@ def phase_trials_only(args, only: tuple[str, ...], out: Path) -> dict:
             for name in (MISLAS_STAGE1, *(n for n, _, _ in MISLAS)):
                 move_aside(out / name)
             rows, data.setdefault("stages", {})["mislas"] = mislas_trials(args, data["trials"]["ce"], out)
+        elif method == "glmc_maxnorm":  # on the GLMC trial chosen now (a method added later starts here)
+            for name, _, _ in GLMC_MAXNORM:
+                move_aside(out / name)
+            rows = glmc_maxnorm_trials(args, out, data["trials"]["glmc"])
         else:
             rows = trial_rows(out, TRIALS[method], {"missing": True})
         if not any("val_top1" in r for r in rows):
@@ -448,7 +468,7 @@ def phase_long_only(args, only: tuple[str, ...]) -> dict:
 ROWS = {"allnc": "fmnist_lt_allnc", "ce": "fmnist_lt_ce", "ce_rs": "fmnist_lt_ce_rs", "la": "fmnist_lt_la",
         "ldam_drw": "fmnist_lt_ldam_drw", "etf_dr": "fmnist_lt_etf_dr", "bcl": "fmnist_lt_bcl", "bbn": "fmnist_lt_bbn",
         "crt": "fmnist_lt_crt", "ce_mixup": "fmnist_lt_ce_mixup", "mislas": "fmnist_lt_mislas",
-        "glmc": "fmnist_lt_glmc", "paco": "fmnist_lt_paco"}
+        "glmc": "fmnist_lt_glmc", "glmc_maxnorm": "fmnist_lt_glmc_maxnorm", "paco": "fmnist_lt_paco"}
 SECTIONS = ("data", "model", "train", "method")
 
 
@@ -727,7 +747,8 @@ LONG_FILE = HERE / "results" / "fmnist_study_long.json"
 DOCS = (ROOT / "docs" / "study_fmnist.md", ROOT / "docs" / "method.md")
 # a trial that is also the setting of a results row other than its method's own
 ROW_NOTES = {"ce": "the plain CE row", "ce_rs": "the CE + class-balanced sampling row"}
-METHOD_CELLS = {"crt": "cRT (on the plain CE trial's backbone)", "mislas": "MiSLAS (on its first stage's backbone)"}
+METHOD_CELLS = {"crt": "cRT (on the plain CE trial's backbone)", "mislas": "MiSLAS (on its first stage's backbone)",
+                "glmc_maxnorm": "GLMC + MaxNorm (on the chosen GLMC trial's backbone)"}
 # the docs' blocks: <!-- trials:ID --> ... <!-- /trials -->, apart from the README's results blocks
 TAG = "trials"
 
