@@ -121,19 +121,23 @@ TRIALS: dict[str, list[tuple[str, str, list[str]]]] = {
               ("allnc_bal_centre_both_eqn_x2", "fmnist_lt_allnc",
                _al(*AL_BEST, "method.p2p.equinorm=1.0", "method.gbbn.mix_scale=2.0"))],
 }
-# cRT re-trains the classifier of a finished instance-sampled CE trial
-CRT_GRID = ((4, 0.1, "balanced"), (4, 0.02, "balanced"), (8, 0.1, "balanced"), (8, 0.02, "balanced"),
+# cRT re-trains the classifier of a finished instance-sampled CE trial, with the released
+# code's BN shift and class-aware sampler (each stated), and the square-root sampler beside it
+CRT_GRID = ((4, 0.1, "class_aware"), (4, 0.02, "class_aware"), (8, 0.1, "class_aware"), (8, 0.02, "class_aware"),
             (4, 0.1, "sqrt"), (4, 0.02, "sqrt"))  # (epochs, lr, sampler)
-CRT = [(f"crt_e{e}_lr{lr}_{s}", "fmnist_lt_crt", [f"train.epochs={e}", f"train.lr={lr}", f"method.crt.sampler={s}"])
+CRT = [(f"crt_e{e}_lr{lr}_{s}", "fmnist_lt_crt",
+        [f"train.epochs={e}", f"train.lr={lr}", f"method.crt.sampler={s}", "method.crt.shift_bn=true"])
        for e, lr, s in CRT_GRID]
 # MiSLAS trains its second stage on a first stage of its own: CE with mixup (alpha 1, the
 # released recipe) at the rate of the best instance-sampled CE trial. Its six trials vary the
 # second stage's keys over the range of its released configs: the head class's smoothing
-# factor and whether BN statistics shift (the CIFAR-10 configs' lr_factor 0.5 and 10 epochs)
+# factor and whether BN statistics shift (the CIFAR-10 configs' lr_factor 0.5 and 10 epochs),
+# with the released class-aware sampler (stated, as the two-branch trials state their keys)
 MISLAS_STAGE1 = "mislas_stage1"
 MISLAS_GRID = [(h, bn) for h in (0.1, 0.2, 0.3) for bn in (False, True)]  # (smooth_head, shift_bn)
 MISLAS = [(f"mislas_h{h}_{'shift' if bn else 'fixed'}", "fmnist_lt_mislas",
-           [f"method.mislas.smooth_head={h}", f"method.mislas.shift_bn={'true' if bn else 'false'}"])
+           [f"method.mislas.smooth_head={h}", f"method.mislas.shift_bn={'true' if bn else 'false'}",
+            "method.mislas.sampler=class_aware"])
           for h, bn in MISLAS_GRID]
 # GLMC + MaxNorm, the variant GLMC's authors report: weight balancing's second stage on the
 # best GLMC trial's backbone. Its six trials vary the stage's own knob, weight decay (the
@@ -145,6 +149,7 @@ GLMC_MAXNORM = [(f"glmc_maxnorm_{loss}_wd{wd:g}", "fmnist_lt_glmc_maxnorm",
 # the methods that train a classifier on another run's backbone, and that run's config
 SECOND_STAGE = {"crt": "fmnist_lt_ce", "mislas": "fmnist_lt_ce_mixup", "glmc_maxnorm": "fmnist_lt_glmc"}
 SECOND_STAGE_CONFIGS = {f"fmnist_lt_{m}" for m in SECOND_STAGE}
+BACKBONE = "__backbone"  # a source's final run trained again for a second stage (``final``)
 ABLATION = ["ce_hycon", "ce_p2p", "gbbn_only", "allnc_no_hycon", "allnc_no_p2p"]
 
 # trial name -> what the docs' tables call it (``render``); every trial of TRIALS and CRT has one
@@ -166,9 +171,10 @@ TRIAL_LABELS: dict[str, str] = {
     "allnc_default": "the earlier defaults (reversed sampler)", "allnc_bal": "+ balanced sampler",
     "allnc_bal_centre": "+ HyCon centred", "allnc_bal_centre_both": "+ HyCon anchors on both branches",
     "allnc_bal_centre_both_eqn": "+ P2P equinorm 1.0", "allnc_bal_centre_both_eqn_x2": "+ mix scale 2",
-    **{f"crt_e{e}_lr{lr}_{s}": f"{e} epochs, lr {lr}, {'square-root' if s == 'sqrt' else s}" for e, lr, s in CRT_GRID},
+    **{f"crt_e{e}_lr{lr}_{s}": f"{e} epochs, lr {lr}, {'square-root' if s == 'sqrt' else 'class-aware'} sampler, "
+       "BN statistics shifted" for e, lr, s in CRT_GRID},
     **{f"mislas_h{h}_{'shift' if bn else 'fixed'}": f"smoothing {h} (head) to 0 (tail), BN statistics "
-       + ("shifted" if bn else "kept") for h, bn in MISLAS_GRID},
+       + ("shifted" if bn else "kept") + ", class-aware batches" for h, bn in MISLAS_GRID},
     MISLAS_STAGE1: "first stage: CE + mixup 1.0, lr 0.1",
     **{f"glmc_maxnorm_{loss}_wd{wd:g}": f"{'class-balanced BCE' if loss == 'cb_bce' else 'class-balanced CE'}, "
        f"weight decay {wd:g}" for loss, wd in MAXNORM_GRID},
@@ -281,7 +287,15 @@ def ce_trials(ce_rows: list[dict], sampler: str) -> list[dict]:
 
 def second_stage_trials(args, out: Path, trials: list[tuple[str, str, list[str]]], source: str) -> list[dict]:
     """Run ``trials`` on the backbone of the finished run ``out/source`` (validation only) and
-    give their rows, ``init_from`` recorded as ``<source>``."""
+    give their rows, ``init_from`` recorded as ``<source>``. A source trial whose run directory
+    is not here (an earlier sitting's machine) is trained again first, as its trial ran; its row
+    in the trials file stays as recorded."""
+    if not (out / source / "metrics.json").is_file():
+        spec = [{"config": c, "name": n, "overrides": list(o)} for rows in TRIALS.values() for n, c, o in rows if n == source]
+        if not spec:
+            raise SystemExit(f"{source}: no finished run in {out} and not a trial this script can run again")
+        print(f"{source}: not finished in {out}; trained again as the trials' backbone")
+        run(spec, out, args, common(args) + [f"train.epochs={EPOCHS}", "train.eval_test=false"])
     specs = [{"config": c, "name": n, "overrides": o + [f"init_from={out / source}"]} for n, c, o in trials]
     run(specs, out, args, common(args) + ["train.eval_test=false"])
     return [dict(name=n, config=c, overrides=o + [f"init_from=<{source}>"], **(val_figures(out / n) or {"missing": True}))
@@ -314,7 +328,7 @@ def phase_trials_only(args, only: tuple[str, ...], out: Path) -> dict:
     executes) and replace its rows and its chosen setting in the trials file; every other
     method's rows stay as they are. The file's ``reruns`` list says which methods ran again,
     at which commit and why (``--why``)."""
-    methods = (*TRIALS, "mislas", "glmc_maxnorm")
+    methods = (*TRIALS, "crt", "mislas", "glmc_maxnorm")
     unknown = sorted(set(only) - set(methods))
     if unknown:
         raise SystemExit(f"--only {unknown[0]}: not a method with trials; choose from {', '.join(methods)}")
@@ -332,6 +346,10 @@ def phase_trials_only(args, only: tuple[str, ...], out: Path) -> dict:
             for name in (MISLAS_STAGE1, *(n for n, _, _ in MISLAS)):
                 move_aside(out / name)
             rows, data.setdefault("stages", {})["mislas"] = mislas_trials(args, data["trials"]["ce"], out)
+        elif method == "crt":  # on the best instance-sampled CE trial
+            for name, _, _ in CRT:
+                move_aside(out / name)
+            rows = second_stage_trials(args, out, CRT, best(ce_trials(data["trials"]["ce"], "instance"))["name"])
         elif method == "glmc_maxnorm":  # on the GLMC trial chosen now (a method added later starts here)
             for name, _, _ in GLMC_MAXNORM:
                 move_aside(out / name)
@@ -526,7 +544,19 @@ def phase_final(args) -> None:
             return
         o = [f"data.imbalance_factor={imb}", f"seed={seed}"]
         if source is not None:
-            o.append(f"init_from={out / cell_name(source, imb, EPOCHS, seed, VAL)}")
+            src = cell_name(source, imb, EPOCHS, seed, VAL)
+            src_dir = out / src
+            if not (src_dir / "metrics.json").is_file() and (results / f"{src}.json").is_file():
+                # the source's results stand but its run is not on this machine: trained again
+                # for its backbone only, the test set unread, in a directory of its own
+                src_dir = out / (src + BACKBONE)
+                if src_dir.name not in order:
+                    order[src_dir.name] = plan.index((imb, seed))
+                    specs.append({"config": source, "name": src_dir.name,
+                                  "overrides": [f"data.imbalance_factor={imb}", f"seed={seed}", "train.eval_test=false"]})
+                what = {**what, "source_run": f"{src_dir.name} (the source's final run trained again for its "
+                                              "backbone, test set unread; its results file stands)"}
+            o.append(f"init_from={src_dir}")
         cells[cell] = what
         order[cell] = plan.index((imb, seed))
         specs.append({"config": row_cfg, "name": cell, "overrides": o})
@@ -549,6 +579,8 @@ def phase_final(args) -> None:
     stop = time.monotonic() + args.deadline if args.deadline else None
 
     def done(spec, secs):
+        if spec.name.endswith(BACKBONE):
+            return
         rec = result_record(spec.run_dir, spec.name, {
             "data_label": "Fashion-MNIST (lossless, Debian's dataset-fashion-mnist)", "process_wall_s": round(secs, 1),
             "study": {**cells[spec.name], "trials_file": "benchmarks/results/fmnist_study_trials.json", **prov}})
@@ -585,7 +617,7 @@ def phase_posthoc(args) -> None:
     prov = provenance(args, "python benchmarks/study_fmnist.py posthoc")
     for cfg in POSTHOC_ON:
         for run_dir in sorted(out.glob(f"{cfg}__if*__val{VAL}__seed*")):
-            if not (run_dir / "metrics.json").is_file():
+            if not (run_dir / "metrics.json").is_file() or run_dir.name.endswith(BACKBONE):
                 continue
             for method in ("tau_norm", "logit_adjust"):
                 cell = f"{run_dir.name}__posthoc_{method}"
