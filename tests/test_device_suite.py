@@ -207,6 +207,8 @@ def test_a_smoke_run_killed_by_a_signal_is_retried_and_planned_in_the_form_that_
     assert tries["train.compile_persistent_reductions=false"] == {"ok": False, "why": "exit status -11"}
     assert tries["train.compile=off"]["ok"] and tries["train.compile=off"]["compile"]["requested"] is False
     assert smoke["method_extra"] == {"allnc": ["train.compile=off"]}
+    # a retry worked: the data path is not to blame, so the conventional path is not tried
+    assert smoke["plan_extra"] == [] and not (tmp_path / "work" / "smoke_conventional").exists()
     rec = json.loads((tmp_path / "res" / "cifar10_lt_allnc__if10__e1__seed0.json").read_text())
     assert rec["config"]["train"]["compile"] == "off"
     log = (tmp_path / "out" / "suite.log").read_text()
@@ -413,44 +415,43 @@ def test_an_unfinished_run_is_carried_to_the_next_suite_and_finished_there(tmp_p
 
 
 def test_second_stages_follow_their_sources_and_a_source_with_results_is_trained_again_for_its_backbone(tmp_path):
-    """cRT starts from the CE run of its own imbalance factor and seed once that has finished;
-    a later suite that finds CE's results file but not its run trains CE again for cRT's sake,
-    without touching CE's results file."""
+    """cRT starts from the CE run of its own imbalance factor and seed once that has finished
+    (seed 0); a CE cell whose results file exists but whose run is not here (seed 1) is trained
+    again for cRT's sake, reading no test image and leaving CE's results file as it was."""
     from allnc.config import cell_name
     from allnc.report.results import table_id
 
-    ce, crt = cell_name("cifar10_lt_ce", 10.0, 2, 0), cell_name("cifar10_lt_crt", 10.0, 2, 0)
-    args = ["--tiny", "--plan", "stages", "--methods", "ce", "crt", "--seeds", "0", "--epochs", "2", "--no-smoke",
-            "--no-speed", "--results", str(tmp_path / "res")]
+    ce0, crt0 = cell_name("cifar10_lt_ce", 10.0, 2, 0), cell_name("cifar10_lt_crt", 10.0, 2, 0)
+    ce1, crt1 = cell_name("cifar10_lt_ce", 10.0, 2, 1), cell_name("cifar10_lt_crt", 10.0, 2, 1)
     stages = suite_mod.Suite(suite_mod.parse(["--plan", "stages", "--data-root", "x", "--out", str(tmp_path / "o0"),
                                               "--results", str(tmp_path / "r0"), "--work", str(tmp_path / "w0")]))
     assert not set(stages.smoke_methods()) & set(suite_mod.SECOND_STAGES)  # no source run to start from
 
-    def suite(n):
-        env = dict(os.environ, PYTHON=sys.executable, ALLNC_COMMIT="0123abc")
-        r = subprocess.run(["bash", str(ROOT / "scripts" / "device_suite.sh"), *args[:1], str(tmp_path / f"out{n}"),
-                            *args[1:], "--work", str(tmp_path / f"work{n}")], capture_output=True, text=True, env=env,
-                           timeout=600)
-        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-        return (tmp_path / f"out{n}" / "suite.log").read_text()
+    res, work = tmp_path / "res", tmp_path / "work"
+    res.mkdir()
+    (res / f"{ce1}.json").write_text('{"cell": "an earlier call\'s CE result"}')
+    ce1_bytes = (res / f"{ce1}.json").read_bytes()
+    env = dict(os.environ, PYTHON=sys.executable, ALLNC_COMMIT="0123abc")
+    r = subprocess.run(["bash", str(ROOT / "scripts" / "device_suite.sh"), "--tiny", str(tmp_path / "out"), "--plan",
+                        "stages", "--methods", "ce", "crt", "--seeds", "0", "1", "--epochs", "2", "--no-smoke",
+                        "--no-speed", "--results", str(res), "--work", str(work)],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    log = (tmp_path / "out" / "suite.log").read_text()
 
-    suite(1)
-    rec = json.loads((tmp_path / "res" / f"{crt}.json").read_text())
-    assert rec["config"]["init_from"] == str((tmp_path / "work1" / "plan" / ce).resolve())
-    assert rec["source_cell"] == ce and rec["config"]["train"]["epochs"] == 2
-    ce_rec = json.loads((tmp_path / "res" / f"{ce}.json").read_text())
+    rec = json.loads((res / f"{crt0}.json").read_text())
+    assert rec["config"]["init_from"] == str((work / "plan" / ce0).resolve())
+    assert rec["source_cell"] == ce0 and rec["config"]["train"]["epochs"] == 2
+    ce_rec = json.loads((res / f"{ce0}.json").read_text())
     assert table_id(rec) == table_id(ce_rec)  # a second stage sits in its source's table
 
-    (tmp_path / "res" / f"{crt}.json").unlink()
-    ce_bytes = (tmp_path / "res" / f"{ce}.json").read_bytes()
-    log = suite(2)
-    assert "trained again as the backbone" in log and f"RESULT {ce}:" not in log and f"RESULT {crt}:" in log
-    assert (tmp_path / "res" / f"{ce}.json").read_bytes() == ce_bytes
-    assert (tmp_path / "work2" / "plan" / ce / "checkpoint.pt").is_file()
-    again = json.loads((tmp_path / "work2" / "plan" / ce / "metrics.json").read_text())
+    assert f"plan: {ce1} has its results file but no run here; trained again as the backbone" in log
+    assert f"RESULT {ce1}:" not in log and f"RESULT {crt1}:" in log and f"RESULT {ce0}:" in log
+    assert (res / f"{ce1}.json").read_bytes() == ce1_bytes
+    again = json.loads((work / "plan" / ce1 / "metrics.json").read_text())
     assert again["test_evaluated"] is False and "top1" not in again  # the backbone run read no test image
-    rec2 = json.loads((tmp_path / "res" / f"{crt}.json").read_text())
-    assert rec2["config"]["init_from"] == str((tmp_path / "work2" / "plan" / ce).resolve())
+    rec1 = json.loads((res / f"{crt1}.json").read_text())
+    assert rec1["config"]["init_from"] == str((work / "plan" / ce1).resolve()) and rec1["source_cell"] == ce1
 
 
 def test_resumed_runs_that_got_no_slot_are_carried_on(tmp_path, monkeypatch):
