@@ -2,6 +2,7 @@
 
     python benchmarks/study_fmnist.py trials [--out runs/study] [--parallel 2]
     python benchmarks/study_fmnist.py trials --only allnc --why "..."   # one method's trials again
+    python benchmarks/study_fmnist.py trials --only crt --why "..."     # a second stage's (crt, mislas, glmc_maxnorm)
     python benchmarks/study_fmnist.py long          # the top methods again at 30 epochs (validation)
     python benchmarks/study_fmnist.py long --only allnc --why "..."    # one method's long run again
     python benchmarks/study_fmnist.py long --only glmc --add --why "..."  # a method outside the four, added
@@ -25,7 +26,10 @@ validation that the ranking of the top methods holds at 30 epochs. ``final`` run
 at its setting with seeds 0, 1, 2 at imbalance 100 and seed 0 at 50 and 10 (``--other-seeds``
 for more), the AllNC ablation at AllNC's setting (seed 0; ``--ablation-seeds`` for more),
 reading the test set once per run (at its end), and writes one results file per run
-(``results/<cell>.json``). Finished runs are never run again.
+(``results/<cell>.json``). Finished runs are never run again. A second stage (cRT, MiSLAS,
+GLMC + MaxNorm) starts from its source's final run of the same imbalance factor and seed; where
+that run's results file exists but its directory is not on this machine, the source is trained
+again for its backbone only (``<cell>__backbone``, test set unread).
 
 Results: ``benchmarks/results/fmnist_study_trials.json``, ``..._long.json``; ``results/``.
 
