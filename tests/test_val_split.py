@@ -63,8 +63,10 @@ def test_bundle_with_validation(tiny_learnable_fmnist):
     assert "validation 4/class" in b.label
 
 
-def test_a_run_without_the_test_set_never_reads_it(tiny_learnable_fmnist, tmp_path, monkeypatch, capsys):
-    seen = []
+@pytest.fixture
+def splits_read(monkeypatch) -> list[str]:
+    """The evaluated splits, in order: every call of the evaluator's split iterator."""
+    seen: list[str] = []
     orig = loaders.iter_eval
 
     def spy(cfg, bundle, split_name, *a, **k):
@@ -72,6 +74,11 @@ def test_a_run_without_the_test_set_never_reads_it(tiny_learnable_fmnist, tmp_pa
         return orig(cfg, bundle, split_name, *a, **k)
 
     monkeypatch.setattr("allnc.engine.evaluate.iter_eval", spy)
+    return seen
+
+
+def test_a_run_without_the_test_set_never_reads_it(tiny_learnable_fmnist, tmp_path, splits_read, capsys):
+    seen = splits_read
     cfg = load_config("fmnist_lt_ce", [f"data.root={tiny_learnable_fmnist}", "data.imbalance_factor=10", "device=cpu",
                                        "train.progress=false", "model.width=8", "train.batch_size=32", "train.epochs=2",
                                        "train.eval_every=1", "data.val_per_class=4", "train.eval_test=false"])
@@ -91,19 +98,12 @@ def test_a_run_without_the_test_set_never_reads_it(tiny_learnable_fmnist, tmp_pa
     assert err.count("allnc: note: the run was trained with train.eval_test=false") == 1
 
 
-def test_eval_test_off_without_a_validation_split_evaluates_nothing(tiny_learnable_fmnist, tmp_path, monkeypatch, capsys):
+def test_eval_test_off_without_a_validation_split_evaluates_nothing(tiny_learnable_fmnist, tmp_path, splits_read, capsys):
     """A backbone trained for a second stage only (the device suite's rerun of a source that
     has its results file): no split is read, the run says so, and its metrics hold no figure."""
     from allnc.cli import main as cli_main
 
-    seen = []
-    orig = loaders.iter_eval
-
-    def spy(cfg, bundle, split_name, *a, **k):
-        seen.append(split_name)
-        return orig(cfg, bundle, split_name, *a, **k)
-
-    monkeypatch.setattr("allnc.engine.evaluate.iter_eval", spy)
+    seen = splits_read
     assert cli_main(["train", "--config", "fmnist_lt_ce", "--out", str(tmp_path / "r"), f"data.root={tiny_learnable_fmnist}",
                      "data.imbalance_factor=10", "device=cpu", "train.progress=false", "model.width=8",
                      "train.batch_size=32", "train.epochs=1", "train.eval_test=false"]) == 0
