@@ -265,13 +265,15 @@ def phase_trials(args) -> dict:
         miss = {"cut": "not run: the study's time ran out (--cut)"} if method in cut else {"missing": True}
         rows[method] = trial_rows(out, trials, miss)
     # cRT on the best instance-sampled CE trial's backbone; MiSLAS on a first stage at its rate
-    ce_inst = ce_trials(rows["ce"], "instance")
     stages = {}
-    if ce_inst:
-        rows["crt"] = second_stage_trials(args, out, CRT, best(ce_inst)["name"])
-        rows["mislas"], stages["mislas"] = mislas_trials(args, rows["ce"], out)
-    if any("val_top1" in r for r in rows["glmc"]):
-        rows["glmc_maxnorm"] = glmc_maxnorm_trials(args, out, rows["glmc"])
+    for method in SECOND_STAGE:  # cRT, MiSLAS (on a first stage of its own), GLMC + MaxNorm
+        if method == "mislas":
+            if ce_trials(rows["ce"], "instance"):
+                rows["mislas"], stages["mislas"] = mislas_trials(args, rows["ce"], out)
+            continue
+        source = stage_source(method, rows)
+        if source is not None:
+            rows[method] = second_stage_trials(args, out, STAGE_TRIALS[method][0], source)
     chosen = {m: best([r for r in rs if "val_top1" in r]) for m, rs in rows.items() if any("val_top1" in r for r in rs)}
     cmd = "python benchmarks/study_fmnist.py trials" + "".join(f" --cut {m}" for m in cut)
     data = {**provenance(args, cmd), "val_per_class": VAL, "epochs": EPOCHS, "stages": stages,
@@ -306,9 +308,18 @@ def second_stage_trials(args, out: Path, trials: list[tuple[str, str, list[str]]
             for n, c, o in trials]
 
 
-def glmc_maxnorm_trials(args, out: Path, glmc_rows: list[dict]) -> list[dict]:
-    """GLMC + MaxNorm's six trials on the backbone of the best finished GLMC trial."""
-    return second_stage_trials(args, out, GLMC_MAXNORM, best([r for r in glmc_rows if "val_top1" in r])["name"])
+# the second stages whose trials start from another method's best finished trial (MiSLAS has a
+# first stage of its own: mislas_trials): method -> (its trials, the source method, the source's
+# sampler among that method's trials, or None for any)
+STAGE_TRIALS = {"crt": (CRT, "ce", "instance"), "glmc_maxnorm": (GLMC_MAXNORM, "glmc", None)}
+
+
+def stage_source(method: str, rows: dict) -> str | None:
+    """The trial a second stage's trials start from: the best finished trial of its source
+    method (cRT: of the instance-sampled CE trials); None if none finished."""
+    _, src, sampler = STAGE_TRIALS[method]
+    done = ce_trials(rows[src], sampler) if sampler else [r for r in rows[src] if "val_top1" in r]
+    return best(done)["name"] if done else None
 
 
 def mislas_trials(args, ce_rows: list[dict], out: Path) -> tuple[list[dict], dict]:
@@ -332,7 +343,7 @@ def phase_trials_only(args, only: tuple[str, ...], out: Path) -> dict:
     executes) and replace its rows and its chosen setting in the trials file; every other
     method's rows stay as they are. The file's ``reruns`` list says which methods ran again,
     at which commit and why (``--why``)."""
-    methods = (*TRIALS, "crt", "mislas", "glmc_maxnorm")
+    methods = (*TRIALS, "mislas", *STAGE_TRIALS)
     unknown = sorted(set(only) - set(methods))
     if unknown:
         raise SystemExit(f"--only {unknown[0]}: not a method with trials; choose from {', '.join(methods)}")
@@ -350,14 +361,14 @@ def phase_trials_only(args, only: tuple[str, ...], out: Path) -> dict:
             for name in (MISLAS_STAGE1, *(n for n, _, _ in MISLAS)):
                 move_aside(out / name)
             rows, data.setdefault("stages", {})["mislas"] = mislas_trials(args, data["trials"]["ce"], out)
-        elif method == "crt":  # on the best instance-sampled CE trial
-            for name, _, _ in CRT:
+        elif method in STAGE_TRIALS:  # on its source method's best trial now (a method added later starts here)
+            trials = STAGE_TRIALS[method][0]
+            for name, _, _ in trials:
                 move_aside(out / name)
-            rows = second_stage_trials(args, out, CRT, best(ce_trials(data["trials"]["ce"], "instance"))["name"])
-        elif method == "glmc_maxnorm":  # on the GLMC trial chosen now (a method added later starts here)
-            for name, _, _ in GLMC_MAXNORM:
-                move_aside(out / name)
-            rows = glmc_maxnorm_trials(args, out, data["trials"]["glmc"])
+            source = stage_source(method, data["trials"])
+            if source is None:
+                raise SystemExit(f"--only {method}: its source method has no finished trial")
+            rows = second_stage_trials(args, out, trials, source)
         else:
             rows = trial_rows(out, TRIALS[method], {"missing": True})
         if not any("val_top1" in r for r in rows):

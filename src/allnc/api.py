@@ -18,6 +18,7 @@ from typing import Any, Optional
 from omegaconf import DictConfig
 
 from .config import plugin_list, load_config, set_key, validate
+from .data import validation_key
 from .errors import ConfigError
 from .engine.context import RunContext
 from .engine.context import load_run as _load_run
@@ -81,8 +82,7 @@ class Run:
         if split not in ("test", "val"):
             raise ConfigError(f"split {split!r} is not 'test' or 'val'")
         if split == "val" and self.ctx.bundle.val is None:
-            give = "data.val_list=FILE" if self.cfg.data.name == "listfile" else "data.val_per_class=N"
-            raise ConfigError(f"the run has no validation split; evaluate 'test', or train with {give}")
+            raise ConfigError(f"the run has no validation split; evaluate 'test', or train with {validation_key(self.cfg)}")
         return evaluate_accuracy(self.ctx, split=split)
 
     def neural_collapse(self, splits=("train", "test"), max_samples: int = 0) -> dict:

@@ -26,7 +26,7 @@ from . import compose, plugins as plugin_imports
 from .config_io import flatten, load_yaml, parse_override, read_yaml_mapping  # noqa: F401 (public here too)
 from .data.augment import PRESETS
 from .data.sources import SOURCES
-from .data.build import has_validation
+from .data.build import has_validation, validation_key
 from .data.samplers import MODES
 from .errors import ConfigError
 from .methods import METHODS, SECTIONS
@@ -640,9 +640,8 @@ def validate(cfg: DictConfig) -> None:
                           "remove it and give data.val_per_class=N to draw a validation split")
     if cfg.data.val_list and cfg.data.val_per_class:
         raise ConfigError("data.val_list and data.val_per_class both give a validation split; keep one of them")
-    give = "data.val_list=FILE" if cfg.data.name == "listfile" else "data.val_per_class=N"
     if cfg.method.gbbn.inference_mix == "val" and not has_validation(cfg) and cfg.method.name == "gbbn":
-        raise ConfigError(f"method.gbbn.inference_mix=val picks the mix on a validation split; give {give}")
+        raise ConfigError(f"method.gbbn.inference_mix=val picks the mix on a validation split; give {validation_key(cfg)}")
     if not is_device_name(cfg.device):
         raise ConfigError(f"device={cfg.device!r} is not auto, cpu, cuda or cuda:N")
 

@@ -3,7 +3,7 @@
 See docs/architecture.md for the contracts.
 """
 from .augment import Cutout, MultiView, build_transform
-from .build import DataBundle, build_data, has_validation, make_dataset
+from .build import DataBundle, build_data, has_validation, make_dataset, validation_key
 from .longtail import groups, lt_counts, lt_indices
 from .samplers import ClassAwareSampler
 from .sources import Split
@@ -18,6 +18,7 @@ __all__ = [
     "build_transform",
     "groups",
     "has_validation",
+    "validation_key",
     "lt_counts",
     "lt_indices",
     "make_dataset",

@@ -50,6 +50,11 @@ def has_validation(cfg: Any) -> bool:
     return bool(d.val_per_class) or (d.name == "listfile" and bool(getattr(d, "val_list", None)))
 
 
+def validation_key(cfg: Any) -> str:
+    """The override that gives these data a validation split (for messages that ask for one)."""
+    return "data.val_list=FILE" if section(cfg, "data").name == "listfile" else "data.val_per_class=N"
+
+
 def _load(d: Any) -> Source:
     name = d.name
     if not isinstance(name, str) or name not in SOURCES:

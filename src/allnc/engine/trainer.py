@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 
 from .. import dist
 from ..config import from_dict, to_dict, to_yaml
-from ..data import groups as class_groups
+from ..data import groups as class_groups, validation_key
 from ..errors import ConfigError, RunDirError, TrainingDiverged
 from ..methods import StepState
 from ..metrics import nc_summary
@@ -175,9 +175,8 @@ class Trainer:
             self.log(f"warning  train.milestones {list(c.train.milestones)} reach beyond train.epochs="
                      f"{c.train.epochs}: those decays never happen")
         if not c.train.eval_test and b.val is None:
-            give = "data.val_list=FILE" if c.data.name == "listfile" else "data.val_per_class=N"
             self.log("warning  train.eval_test=false and no validation split: this run evaluates nothing (a backbone "
-                     f"for a second stage, say); give {give} to measure it")
+                     f"for a second stage, say); give {validation_key(c)} to measure it")
         if c.train.warmup_epochs >= c.train.epochs:
             self.log(f"warning  train.warmup_epochs={c.train.warmup_epochs} is not shorter than train.epochs="
                      f"{c.train.epochs}: the learning rate never reaches train.lr={c.train.lr}")
