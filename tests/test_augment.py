@@ -129,6 +129,29 @@ def test_large_image_presets():
     assert torch.equal(te(img), te(img)) and te(img).shape == (3, 48, 48)
 
 
+
+def test_jitter_changes_a_grey_image_by_a_brightness_factor_in_range():
+    # on a grey image of one colour, resized crops and flips change nothing and colour jitter's
+    # contrast and saturation neither: what remains is brightness, a factor in [0.6, 1.4]
+    grey = Image.new("RGB", (300, 300), (100, 100, 100))
+    cfg = replace(DataConfig(), augment="jitter", image_size=224, mean=[0.0] * 3, std=[1.0] * 3)
+    big = _bundle(small=False, hw=(300, 300))
+    ratios = []
+    torch.manual_seed(0)
+    for _ in range(40):
+        t = build_transform(cfg, big, train=True)(grey)
+        v = float(t.max())
+        assert torch.all(t == v)  # still one grey
+        ratios.append(v * 255 / 100)
+    assert 0.6 - 0.02 <= min(ratios) < 0.8 and 1.2 < max(ratios) <= 1.4 + 0.02
+    plain = build_transform(replace(cfg, augment="standard"), big, train=True)(grey)
+    assert torch.allclose(plain, torch.full_like(plain, 100 / 255))
+    # small images: the standard crop and flip, then the same jitter
+    ops = build_transform(cfg, _bundle(), train=True).transforms
+    assert [type(op).__name__ for op in ops] == ["RandomCrop", "RandomHorizontalFlip", "ColorJitter", "ToTensor",
+                                                 "Normalize"]
+    assert (ops[2].brightness, ops[2].contrast, ops[2].saturation, ops[2].hue) == ((0.6, 1.4),) * 3 + (None,)
+
 def test_mean_override_and_mismatch():
     t = build_transform(DataConfig(mean=[0.0, 0.0, 0.0], std=[1.0, 1.0, 1.0]), _bundle(), train=False)
     img = _img()

@@ -66,10 +66,8 @@ def test_every_builtin_config_loads_and_follows_its_protocol():
                "glmc_maxnorm"]
     for ds in datasets:
         for m in methods:
-            # MiSLAS's Places-LT recipe (an ImageNet-pretrained ResNet-152 whose last block learns in
-            # the second stage) is not one this package builds; GLMC released no Places-LT recipe
-            # (nor, so, GLMC's second stage)
-            places_less = ("ce_mixup", "mislas", "glmc", "glmc_maxnorm")
+            # GLMC released no Places-LT recipe (nor, so, GLMC's second stage)
+            places_less = ("glmc", "glmc_maxnorm")
             assert (f"{ds}_{m}" in names) != (ds == "places_lt" and m in places_less), (ds, m)
     for n in names:
         cfg = load_config(n)

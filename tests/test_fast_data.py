@@ -444,7 +444,10 @@ def test_fast_path_applicable():
     assert not fast_path_applicable(bundle, SimpleNamespace(augment="strong", pipeline="conventional"))[0]
     ok, why = fast_path_applicable(bundle, SimpleNamespace(augment="randaug", pipeline="auto"))
     assert not ok and "randaug" in why
-    # every preset of allnc.data.augment.PRESETS but RandAugment has a batched implementation
+    ok, why = fast_path_applicable(bundle, SimpleNamespace(augment="jitter", pipeline="auto"))
+    assert not ok and "jitter" in why
+    # every preset of allnc.data.augment.PRESETS but RandAugment and colour jitter has a batched
+    # implementation
     assert fast.FAST_PRESETS == ("standard", "strong", "none", "sim")
     ok, why = fast_path_applicable(bundle, SimpleNamespace(augment="standard", pipeline="auto"), view_presets=("sim",))
     assert ok, why

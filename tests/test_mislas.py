@@ -1,5 +1,6 @@
 """MiSLAS (Zhong et al. CVPR 2021): label-aware smoothing's factors and loss, the per-group
 learning rate of its second stage, and what that stage may and may not change."""
+import json
 import math
 
 import numpy as np
@@ -137,3 +138,79 @@ def test_an_export_of_stage_two_predicts_what_the_run_does(stage1, tmp_path):
     scale = run.method.logit_scale.detach()
     with torch.no_grad():
         assert torch.allclose(run.logits(x), run.method.classifier(run.method.backbone(x)) * scale, atol=1e-5)
+
+
+def test_a_fixed_trunk_under_a_fresh_block_in_both_stages(tiny_learnable_fmnist, tmp_path):
+    # MiSLAS's Places-LT model in miniature: a pretrained network fixed whole but for a new last
+    # block. Stage 1 trains that block and the classifier; stage 2 neither reads the pretrained
+    # file (gone by then) nor moves a backbone weight, and with shift_bn only the new block's BN
+    # statistics move (the fixed trunk's are constants)
+    from allnc.errors import ConfigError
+    from allnc.models import build_backbone
+
+    src = build_backbone(load_config("fmnist_lt_ce", ["model.width=8"]).model, 1)
+    g = torch.Generator().manual_seed(1)
+    for k, v in src.state_dict().items():
+        if k.endswith("running_mean"):
+            v.copy_(torch.randn(v.shape, generator=g) * 0.1)
+    pre = tmp_path / "pre.pt"
+    torch.save(src.state_dict(), pre)
+    theirs = src.state_dict()
+    block = next(n for n, m in src.named_modules() if m is src.stages()[-1][-1])
+    last = {k for k in theirs if k.startswith(f"{block}.")}
+    trunk = [k for k in theirs if k not in last and not k.endswith("num_batches_tracked")]
+    model = [f"model.pretrained={pre}", "model.frozen=all_but_last_block", "model.fresh_last_block=true"]
+    base = [f"data.root={tiny_learnable_fmnist}", "data.imbalance_factor=10", *FAST, *model]
+    Trainer(load_config("fmnist_lt_ce_mixup", base + ["train.epochs=2"]), tmp_path / "s1").fit()
+    s1 = load_checkpoint(tmp_path / "s1" / "checkpoint.pt")["method"]
+    assert trunk and all(torch.equal(s1[f"backbone.{k}"], theirs[k]) for k in trunk)
+    convs = [k for k in last if k.endswith("conv1.weight") or k.endswith("conv2.weight")]
+    assert convs and all(not torch.allclose(s1[f"backbone.{k}"], theirs[k], atol=1e-3) for k in convs)
+
+    pre.unlink()
+    Trainer(load_config("fmnist_lt_mislas", base + ["train.epochs=2", f"init_from={tmp_path / 's1'}",
+                                                    "method.mislas.shift_bn=true"]), tmp_path / "s2").fit()
+    s2 = load_checkpoint(tmp_path / "s2" / "checkpoint.pt")["method"]
+    stats = {k for k in s1 if k.startswith("backbone.") and k.endswith(("running_mean", "running_var"))}
+    moved = {k for k in s1 if k.startswith("backbone.") and not k.endswith("num_batches_tracked")
+             and not torch.equal(s1[k], s2[k])}
+    assert moved and moved == {k for k in stats if k[len("backbone."):] in last}  # the new block's BN statistics
+    assert not torch.equal(s1["classifier.weight"], s2["classifier.weight"])
+    # the finished run evaluates without the pretrained file too, as it scored at its end
+    top1 = load_run(tmp_path / "s2", device="cpu").evaluate()["top1"]
+    assert top1 == pytest.approx(json.loads((tmp_path / "s2" / "metrics.json").read_text())["top1"])
+    # a second stage whose model has another frozen rule names the key to give
+    with pytest.raises(ConfigError, match="model.frozen=all_but_last_block"):
+        Trainer(load_config("fmnist_lt_mislas", base[:-3] + ["train.epochs=1", f"init_from={tmp_path / 's1'}"]),
+                tmp_path / "s3")
+
+
+INAT_STATS = {"data.mean": [0.466, 0.471, 0.380], "data.std": [0.195, 0.194, 0.192]}
+PLACES_MODEL = {"model.name": "resnet152", "model.pretrained": "resnet152-394f9c45.pth",
+                "model.frozen": "all_but_last_block", "model.fresh_last_block": True}
+
+
+@pytest.mark.parametrize("name,want", [
+    ("imagenet_lt_ce_mixup", {"data.augment": "jitter", "train.epochs": 180, "train.mixup": 0.2, "train.lr": 0.1,
+                              "train.batch_size": 256, "train.weight_decay": 5e-4, "train.warmup_epochs": 0}),
+    ("inat2018_ce_mixup", {"data.augment": "jitter", **INAT_STATS, "train.epochs": 200, "train.mixup": 0.2,
+                           "train.weight_decay": 1e-4, "train.warmup_epochs": 0}),
+    ("places_lt_ce_mixup", {"data.augment": "jitter", **PLACES_MODEL, "train.epochs": 90, "train.batch_size": 256,
+                            "train.lr": 0.1, "train.schedule": "cosine", "train.warmup_epochs": 0,
+                            "train.weight_decay": 5e-4, "train.mixup": 0.2}),
+    ("imagenet_lt_mislas", {"data.augment": "jitter", "method.mislas.smooth_head": 0.3, "method.mislas.smooth_tail": 0.0,
+                            "method.mislas.shift_bn": True, "method.mislas.lr_factor": 0.05}),
+    ("inat2018_mislas", {"data.augment": "jitter", **INAT_STATS, "method.mislas.lr_factor": 0.05}),
+    ("places_lt_mislas", {"data.augment": "jitter", **PLACES_MODEL, "train.epochs": 10, "train.lr": 0.1,
+                          "train.batch_size": 256, "train.weight_decay": 5e-4, "train.mixup": 0.0,
+                          "method.mislas.smooth_head": 0.4, "method.mislas.smooth_tail": 0.1,
+                          "method.mislas.shift_bn": True, "method.mislas.lr_factor": 0.05,
+                          "method.mislas.sampler": "class_aware", "method.mislas.reset_classifier": False}),
+])
+def test_the_released_large_image_recipes_are_in_the_dataset_fragments(name, want):
+    cfg = load_config(name)
+    for key, value in want.items():
+        node = cfg
+        for part in key.split("."):
+            node = node[part]
+        assert (list(node) if isinstance(value, list) else node) == value, key

@@ -218,6 +218,73 @@ def test_frozen_convs_learn_only_in_the_last_block():
         build_backbone(_cfg(name="resnet32", frozen="all"), 3)
 
 
+def _pretrained_file(tmp_path, width=8):
+    """A resnet32's state_dict with BN statistics and affine maps away from their defaults."""
+    src = resnet32(width=width)
+    g = torch.Generator().manual_seed(3)
+    for m in src.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g))
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(m.num_features, generator=g))
+    path = tmp_path / "pre.pt"
+    torch.save(src.state_dict(), path)
+    return src, path
+
+
+def test_a_fixed_trunk_computes_what_the_loaded_network_computes_in_eval_mode(tmp_path):
+    src, path = _pretrained_file(tmp_path)
+    bb = build_backbone(_cfg(name="resnet32", width=8, pretrained=str(path), frozen="all_but_last_block"), 3)
+    last = bb.stages()[-1][-1]
+    # only the last block learns: its parameters are the only ones left
+    assert {id(p) for p in bb.parameters() if p.requires_grad} == {id(p) for p in last.parameters()}
+    n_last = sum(p.numel() for p in last.parameters())
+    assert count_parameters(bb, trainable_only=True) == n_last > 0
+    # the trunk's batch norms are fixed maps, the last block's are batch norms still
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in bb.modules()) == 2
+    # in training mode the trunk normalises with the loaded statistics: it equals the source
+    # network's trunk in eval mode, and a forward pass moves none of its buffers
+    trunk, _ = bb.split("last_block")
+    src_trunk, _ = src.split("last_block")
+    x = torch.randn(6, 3, 32, 32)
+    bb.train(), src.eval()
+    before = {k: v.clone() for k, v in bb.state_dict().items()}
+    with torch.no_grad():
+        a, b = trunk(x), src_trunk(x)
+        assert (a - b).abs().max() <= 1e-5 * b.abs().max()  # equal up to float rounding
+        bb(x)
+    moved = {k for k, v in bb.state_dict().items() if not torch.equal(v, before[k])}
+    assert moved and all(k.startswith("layers.2.4.") for k in moved)  # the last block's BN statistics
+    # one SGD step moves the last block's weights only
+    opt = torch.optim.SGD([p for p in bb.parameters() if p.requires_grad], lr=0.1)
+    before = {n: p.detach().clone() for n, p in bb.named_parameters()}
+    bb(x).pow(2).sum().backward()
+    opt.step()
+    assert {n for n, p in bb.named_parameters() if not torch.equal(p, before[n])} == \
+        {n for n in before if n.startswith("layers.2.4.")}
+
+
+def test_a_fresh_last_block_leaves_the_loaded_trunk_and_starts_with_torch_defaults(tmp_path):
+    src, path = _pretrained_file(tmp_path, width=16)
+    bb = build_backbone(_cfg(name="resnet32", pretrained=str(path), fresh_last_block=True), 3)
+    theirs = src.state_dict()
+    for k, v in bb.state_dict().items():
+        if not k.startswith("layers.2.4."):
+            assert torch.equal(v, theirs[k]), k
+    last = bb.stages()[-1][-1]
+    for m in last.modules():
+        if isinstance(m, nn.Conv2d):
+            # PyTorch's own init, uniform within 1/sqrt(fan_in), where the backbone's Kaiming-normal
+            # init reaches beyond it (a 3x3x64 convolution: sqrt(2/576) * 3 sigma vs 1/24)
+            bound = 1 / math.sqrt(m.weight[0].numel())
+            assert m.weight.abs().max() <= bound and m.weight.abs().max() > 0.9 * bound
+        if isinstance(m, nn.BatchNorm2d):
+            assert torch.equal(m.running_mean, torch.zeros_like(m.running_mean))
+            assert torch.equal(m.running_var, torch.ones_like(m.running_var))
+            assert torch.equal(m.weight, torch.ones_like(m.weight)) and torch.equal(m.bias, torch.zeros_like(m.bias))
+
+
 # --------------------------------------------------------------------------- heads
 @pytest.mark.parametrize("K,d", [(10, 64), (10, 9), (100, 128), (2, 1)])
 def test_etf_is_a_simplex_etf(K, d):

@@ -62,8 +62,9 @@ class DataConfig:
     # split choices are made on (list files are long-tailed as given: no split can be drawn)
     val_list: Optional[str] = None
     # training augmentation: standard (crop + flip), strong (AutoAugment CIFAR policy + Cutout),
-    # none, sim (SimAugment: the contrastive views of SimCLR-style methods) or randaug (RandAugment:
-    # the ImageNet-LT classification view of BCL and PaCo; conventional data path only)
+    # none, sim (SimAugment: the contrastive views of SimCLR-style methods), randaug (RandAugment:
+    # the ImageNet-LT classification view of BCL and PaCo; conventional data path only) or
+    # jitter (standard + colour jitter 0.4/0.4/0.4/0: MiSLAS's and cRT's large-image recipes)
     augment: str = "standard"
     # Cutout square size in pixels (strong augmentation); 0 = off
     cutout: int = 16
@@ -108,10 +109,16 @@ class ModelConfig:
     etf_seed: int = 0
     # torchvision weights are never downloaded; a local state_dict path may be given
     pretrained: Optional[str] = None
-    # none | convs_but_last_block: every convolution's weights frozen except those of the last
-    # residual block (batch norm and the heads learn): PaCo's Places-LT fine-tuning of an
-    # ImageNet-pretrained ResNet-152
+    # what of the backbone learns (the heads always do). none | convs_but_last_block: every
+    # convolution's weights frozen except those of the last residual block, batch norm learning
+    # (PaCo's Places-LT fine-tuning of an ImageNet-pretrained ResNet-152) | all_but_last_block:
+    # everything before the last residual block fixed, its batch norms too (fixed statistics
+    # whatever the mode): MiSLAS's Places-LT model
     frozen: str = "none"
+    # start the last residual block afresh (PyTorch's own layer initialisation) after
+    # model.pretrained is loaded: MiSLAS's Places-LT model trains a new last block on the frozen
+    # ImageNet-pretrained ResNet-152
+    fresh_last_block: bool = False
 
 
 # --------------------------------------------------------------------------- method

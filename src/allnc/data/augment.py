@@ -7,12 +7,16 @@ Small images (CIFAR, Fashion-MNIST, small image folders), training:
   (``data.cutout`` px, one square) *after* Normalize, as in the original Cutout code, so
   the cut square holds 0 = the dataset mean colour;
 * ``none``: ToTensor + Normalize;
-* ``randaug``: standard + RandAugment (``allnc.data.randaugment``) before ToTensor.
+* ``randaug``: standard + RandAugment (``allnc.data.randaugment``) before ToTensor;
+* ``jitter``: standard + colour jitter (brightness, contrast, saturation 0.4; hue 0) before
+  ToTensor.
 
 Large images, training: RandomResizedCrop(image_size) + RandomHorizontalFlip (``strong``
 adds AutoAugment, ImageNet policy; ``none`` is the test transform). ``randaug`` is the
 classification view of BCL's and PaCo's released ImageNet-LT code: RandomResizedCrop (scale
-0.08-1) + flip + colour jitter (0.4, 0.4, 0.4, 0; always) + RandAugment.
+0.08-1) + flip + colour jitter (0.4, 0.4, 0.4, 0; always) + RandAugment. ``jitter``:
+RandomResizedCrop + flip + that colour jitter, the training transform of MiSLAS's and cRT's
+released ImageNet-LT and Places-LT code (and MiSLAS's iNaturalist code).
 
 ``sim`` (both sizes): SimAugment, ``sim_ops``. RandAugment's settings are ``data.randaug_n``,
 ``data.randaug_m`` and ``data.randaug_mstd``; its fill colour is the normalisation mean.
@@ -41,7 +45,7 @@ IMAGENET_GREY_STD = (0.226,)
 
 # The one list of augmentation presets (data.augment, BCL's and PaCo's view presets). The fast
 # path implements a subset of them: allnc.data.fast.FAST_PRESETS.
-PRESETS = ("standard", "strong", "none", "sim", "randaug")
+PRESETS = ("standard", "strong", "none", "sim", "randaug", "jitter")
 
 
 class Cutout(torch.nn.Module):
@@ -169,6 +173,8 @@ def build_transform(data_cfg: Any, bundle: Any, train: bool) -> Callable:
             ops.append(T.AutoAugment(T.AutoAugmentPolicy.CIFAR10))
         if preset == "randaug":
             ops.append(randaugment(data_cfg, mean))
+        if preset == "jitter":
+            ops.append(colour_jitter(int(bundle.in_channels)))
         ops += finish
         cut = int(_get(data_cfg, "cutout", 16))
         if preset == "strong" and cut > 0:
@@ -180,10 +186,17 @@ def build_transform(data_cfg: Any, bundle: Any, train: bool) -> Callable:
     if preset == "sim":
         return T.Compose(sim_ops((size, size), int(bundle.in_channels)) + finish)
     if preset == "randaug":
-        jitter = T.ColorJitter(0.4, 0.4, 0.4, 0.0) if int(bundle.in_channels) == 3 else T.ColorJitter(0.4, 0.4)
-        return T.Compose([T.RandomResizedCrop(size, scale=(0.08, 1.0)), T.RandomHorizontalFlip(), jitter,
-                          randaugment(data_cfg, mean)] + finish)
+        return T.Compose([T.RandomResizedCrop(size, scale=(0.08, 1.0)), T.RandomHorizontalFlip(),
+                          colour_jitter(int(bundle.in_channels)), randaugment(data_cfg, mean)] + finish)
     ops = [T.RandomResizedCrop(size), T.RandomHorizontalFlip()]
     if preset == "strong":
         ops.append(T.AutoAugment(T.AutoAugmentPolicy.IMAGENET))
+    if preset == "jitter":
+        ops.append(colour_jitter(int(bundle.in_channels)))
     return T.Compose(ops + finish)
+
+
+def colour_jitter(channels: int) -> T.ColorJitter:
+    """Brightness, contrast and saturation 0.4, hue 0, applied always (grey images: the
+    first two)."""
+    return T.ColorJitter(0.4, 0.4, 0.4, 0.0) if channels == 3 else T.ColorJitter(0.4, 0.4)

@@ -39,9 +39,11 @@ class RunContext:
     ckpt_epoch: Optional[int] = None
 
     @classmethod
-    def build(cls, cfg: DictConfig, init_from: Optional[str] = None) -> "RunContext":
+    def build(cls, cfg: DictConfig, init_from: Optional[str] = None, restored: bool = False) -> "RunContext":
         """Device, precision, data, method (on the device) and data path of a config; the
-        method starts from ``init_from``'s backbone when given (cRT)."""
+        method starts from ``init_from``'s backbone when given (cRT). ``restored``: a checkpoint
+        will fill every weight (a resumed or re-evaluated run). Then, as with ``init_from``,
+        ``model.pretrained`` is not read: its file need not be on this machine."""
         device = resolve_device(cfg.device)
         dist.init_from_env(device.type)
         amp, channels_last = precision(cfg, device)
@@ -49,7 +51,7 @@ class RunContext:
         seed_everything(int(cfg.seed))
         bundle = build_data(cfg)
         info = DataInfo(np.asarray(bundle.class_counts), bundle.in_channels, tuple(bundle.image_hw))
-        method = build_method(cfg, info)
+        method = build_method(weights_follow(cfg) if init_from or restored else cfg, info)
         if init_from:
             src = Path(init_from) / CHECKPOINT
             if not src.is_file():
@@ -71,6 +73,16 @@ class RunContext:
     def prep(self, x: torch.Tensor) -> torch.Tensor:
         """An input batch in the model's memory format."""
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x
+
+
+def weights_follow(cfg: DictConfig) -> DictConfig:
+    """``cfg`` to build a model whose weights a checkpoint fills next: without
+    ``model.pretrained`` (the same construction otherwise, random draws included)."""
+    if not cfg.model.pretrained:
+        return cfg
+    out = cfg.copy()
+    set_key(out, "model.pretrained", None)
+    return out
 
 
 def data_facts(bundle: DataBundle) -> dict:
@@ -123,6 +135,8 @@ def load_state(load, what: str) -> None:
 
 # the model keys a backbone's state_dict cannot tell apart when they differ (a stride has no weights)
 BACKBONE_KEYS = ("name", "width", "stem_stride")
+# the model.frozen rule whose backbone's state has another layout (its trunk's batch norms fixed)
+FIXED_TRUNK = "all_but_last_block"
 
 
 def check_same_backbone(cfg: DictConfig, source: Any, init_from: str) -> None:
@@ -137,6 +151,11 @@ def check_same_backbone(cfg: DictConfig, source: Any, init_from: str) -> None:
         if theirs != ours:
             raise ConfigError(f"init_from={init_from} trained model.{key}={theirs} but this config has "
                               f"model.{key}={ours}: add model.{key}={theirs}")
+    # a fixed trunk holds its batch norms as fixed maps, which another rule's state cannot fill
+    theirs, ours = model.get("frozen", defaults.frozen), cfg.model.frozen
+    if (theirs == FIXED_TRUNK) != (ours == FIXED_TRUNK):
+        raise ConfigError(f"init_from={init_from} trained model.frozen={theirs} but this config has "
+                          f"model.frozen={ours}: add model.frozen={theirs}")
 
 
 # runtime settings that may differ when a run is resumed or re-evaluated elsewhere; compilation
@@ -198,7 +217,7 @@ def load_run(run_dir: str | Path, device: str = "auto", overrides=()) -> RunCont
         raise RunDirError(f"{run_dir} holds no {CHECKPOINT}: is it a run directory made by `allnc train`?")
     ckpt: dict[str, Any] = load_checkpoint(run_dir / CHECKPOINT)
     cfg = saved_with_runtime(from_dict(ckpt["config"]), None, [f"device={device}", *overrides])
-    ctx = RunContext.build(cfg)
+    ctx = RunContext.build(cfg, restored=True)
     check_same_data(ckpt, run_dir, ctx.bundle, cfg, f"the run in {run_dir}")
     load_state(lambda: ctx.method.load_state_dict(ckpt["method"]), f"the checkpoint of {run_dir}")
     ctx.run_dir, ctx.ckpt_epoch = run_dir, int(ckpt["epoch"])

@@ -35,7 +35,7 @@ from ..methods import DataInfo, Method, build_method
 from ..metrics import AccuracyAccumulator
 from ..rundir import CHECKPOINT, METRICS, atomic_write_bytes, atomic_write_json, holds_run, read_json
 from .checkpoint import load_checkpoint
-from .context import load_run, saved_with_runtime
+from .context import load_run, saved_with_runtime, weights_follow
 from .evaluate import autocast_ctx
 from .runtime import git_commit, precision, resolve_device, seed_everything, versions
 
@@ -98,7 +98,7 @@ def _finish(cfg, method, classes, counts, prep, device, provenance) -> Model:
 
 def _build(cfg, counts, prep) -> Method:
     seed_everything(int(cfg.seed))  # the same construction as RunContext.build
-    return build_method(cfg, DataInfo(np.asarray(counts, dtype=np.int64), int(prep["in_channels"]),
+    return build_method(weights_follow(cfg), DataInfo(np.asarray(counts, dtype=np.int64), int(prep["in_channels"]),
                                       tuple(int(v) for v in prep["image_hw"])))
 
 

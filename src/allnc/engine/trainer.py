@@ -116,7 +116,8 @@ class Trainer:
     def _setup(self, cfg: DictConfig, ckpt: dict | None) -> None:
         # train.logger (a missing wandb is a one-line error here, before any data is read)
         self.run_logger = make_logger(cfg) if dist.is_main() else NullLogger()
-        self.ctx = ctx = RunContext.build(cfg, init_from=cfg.init_from if ckpt is None else None)
+        self.ctx = ctx = RunContext.build(cfg, init_from=cfg.init_from if ckpt is None else None,
+                                            restored=ckpt is not None)
         self.cfg, self.device, self.amp, self.channels_last = ctx.cfg, ctx.device, ctx.amp, ctx.channels_last
         self.bundle, self.info, self.method, self.choice, self.n_params = (ctx.bundle, ctx.info, ctx.method, ctx.choice,
                                                                            ctx.n_params)

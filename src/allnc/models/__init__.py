@@ -7,14 +7,17 @@
 - ``BranchedNet(backbone, mode, share_branch)``: trunk + branches c and r.
 - ``BACKBONES`` / ``CLASSIFIERS``: the registries (resnet32, resnet_small, resnet50,
   resnet152, resnext50; linear, normed, etf).
-- ``freeze_convs(backbone, rule)``: ``model.frozen`` (``FROZEN``), which convolutions learn.
+- ``freeze(backbone, rule)``: ``model.frozen`` (``FROZEN``), which parts of the backbone learn;
+  ``refresh_last_block(backbone)``: ``model.fresh_last_block``, the last block started afresh.
 """
 from __future__ import annotations
 
 import logging
 from typing import Any
 
+import torch
 from torch import nn
+from torchvision.ops import FrozenBatchNorm2d
 
 from ..errors import ConfigError
 from .branched import BranchedNet
@@ -25,8 +28,8 @@ from .torchvision_nets import TorchvisionResNet, load_backbone_state, resnet50, 
 
 log = logging.getLogger(__name__)
 
-#: model.frozen: which convolutions learn
-FROZEN = ("none", "convs_but_last_block")
+#: model.frozen: which parts of the backbone learn
+FROZEN = ("none", "convs_but_last_block", "all_but_last_block")
 
 # Backbones whose size is set by model.width (and whose stem stride by model.stem_stride).
 _WIDTH_BACKBONES = ("resnet32", "resnet_small")
@@ -47,8 +50,9 @@ __all__ = [
     "build_backbone",
     "build_classifier",
     "count_parameters",
-    "freeze_convs",
+    "freeze",
     "load_backbone_state",
+    "refresh_last_block",
     "resnet32",
     "resnet50",
     "resnet152",
@@ -67,7 +71,9 @@ def build_backbone(model_cfg: Any, in_channels: int) -> Backbone:
     """The backbone named by ``model_cfg.name``; ``model_cfg.width`` sizes the CIFAR/small
     ResNets and ``model_cfg.stem_stride`` sets their stem's stride (the torchvision nets ignore
     the width and refuse a stride other than 1); ``model_cfg.pretrained`` is an optional local
-    state_dict file (never a download), loaded with a strict key check."""
+    state_dict file (never a download), loaded with a strict key check; then
+    ``model_cfg.fresh_last_block`` starts the last block afresh and ``model_cfg.frozen`` fixes
+    what should not learn."""
     name = str(cfg_get(model_cfg, "name", "resnet32"))
     factory = BACKBONES.get(name)
     kwargs: dict[str, Any] = {"in_channels": int(in_channels)}
@@ -82,23 +88,63 @@ def build_backbone(model_cfg: Any, in_channels: int) -> Backbone:
     pretrained = cfg_get(model_cfg, "pretrained", None)
     if pretrained:
         load_backbone_state(backbone, str(pretrained))
-    freeze_convs(backbone, str(cfg_get(model_cfg, "frozen", "none")))
+    if bool(cfg_get(model_cfg, "fresh_last_block", False)):
+        refresh_last_block(backbone)
+    freeze(backbone, str(cfg_get(model_cfg, "frozen", "none")))
     n = count_parameters(backbone)
     log.info("backbone %s: %d-d features, %d parameters (%.3fM)", name, backbone.out_dim, n, n / 1e6)
     return backbone
 
 
-def freeze_convs(backbone: Backbone, rule: str) -> None:
-    """``convs_but_last_block``: every convolution's parameters stop learning except those of
-    the last residual block (the last stage's last block); batch norm keeps learning, and so
-    does everything outside the backbone. ``none``: nothing changes."""
+def refresh_last_block(backbone: Backbone) -> None:
+    """Start the last residual block (the last stage's last block) afresh, each of its layers
+    with PyTorch's own initialisation (``reset_parameters``; BN running statistics reset): a
+    block built apart from the network, as MiSLAS's released Places-LT model puts a new block
+    where the ImageNet-pretrained ResNet-152's last one was."""
+    for m in backbone.stages()[-1][-1].modules():
+        if hasattr(m, "reset_parameters"):
+            m.reset_parameters()
+
+
+def freeze(backbone: Backbone, rule: str) -> None:
+    """``model.frozen``; the layers outside the backbone (heads, classifier) always learn.
+
+    - ``none``: nothing changes.
+    - ``convs_but_last_block``: every convolution's parameters stop learning except those of
+      the last residual block (the last stage's last block); batch norm keeps learning (PaCo's
+      Places-LT fine-tuning).
+    - ``all_but_last_block``: the trunk before the last residual block is fixed: its
+      parameters stop learning and each of its batch norms becomes a fixed affine map with the
+      statistics it holds (torchvision's ``FrozenBatchNorm2d``), which no training mode moves;
+      the last block learns whole (MiSLAS's Places-LT model: a frozen ResNet-152 under one
+      trained block)."""
     if rule == "none":
         return
-    if rule != "convs_but_last_block":
+    if rule not in FROZEN:
         raise ConfigError(f"model.frozen={rule!r} is not one of {', '.join(FROZEN)}")
     keep = {id(p) for p in backbone.stages()[-1][-1].parameters()}
-    for m in backbone.modules():
-        if isinstance(m, nn.Conv2d):
-            for p in m.parameters(recurse=False):
-                if id(p) not in keep:
-                    p.requires_grad_(False)
+    if rule == "convs_but_last_block":
+        for m in backbone.modules():
+            if isinstance(m, nn.Conv2d):
+                for p in m.parameters(recurse=False):
+                    if id(p) not in keep:
+                        p.requires_grad_(False)
+        return
+    last = backbone.stages()[-1][-1]
+    inside = {id(m) for m in last.modules()}
+    for p in backbone.parameters():
+        if id(p) not in keep:
+            p.requires_grad_(False)
+    for name, m in list(backbone.named_modules()):
+        if isinstance(m, nn.BatchNorm2d) and id(m) not in inside:
+            backbone.set_submodule(name, _fixed_norm(m))
+
+
+def _fixed_norm(bn: nn.BatchNorm2d) -> FrozenBatchNorm2d:
+    """``bn`` as a fixed affine map: its weight, bias and running statistics as buffers."""
+    fixed = FrozenBatchNorm2d(bn.num_features, eps=bn.eps)
+    fixed.weight.copy_(bn.weight.detach() if bn.affine else torch.ones(bn.num_features))
+    fixed.bias.copy_(bn.bias.detach() if bn.affine else torch.zeros(bn.num_features))
+    fixed.running_mean.copy_(bn.running_mean)
+    fixed.running_var.copy_(bn.running_var)
+    return fixed

@@ -14,8 +14,9 @@ from .ops import _stats, crop_flip, cutout
 from .sim import apply_sim, sample_sim
 
 # The presets of allnc.data.augment.PRESETS that the fast path implements: all but RandAugment
-# (the ImageNet-LT classification view of BCL and PaCo; PIL operations, conventional path only).
-FAST_PRESETS = tuple(p for p in PRESETS if p != "randaug")
+# (the ImageNet-LT classification view of BCL and PaCo; PIL operations) and the colour jitter of
+# MiSLAS's and cRT's large-image recipes, which take the conventional path.
+FAST_PRESETS = tuple(p for p in PRESETS if p not in ("randaug", "jitter"))
 
 
 class BatchAugment:
