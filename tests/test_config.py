@@ -93,6 +93,12 @@ def test_every_builtin_config_loads_and_follows_its_protocol():
     bbn = load_config("cifar10_lt_bbn")
     assert not bbn.method.hycon.enabled and not bbn.method.p2p.enabled
     assert (bbn.method.gbbn.sampler, bbn.method.gbbn.gamma, bbn.method.gbbn.cls_loss) == ("reversed", 2.0, "ce")
+    # BBN's released iNaturalist 2018 recipe: its schedule on BBN itself
+    inat = load_config("inat2018_bbn_protocol")
+    t = inat.train
+    assert (t.epochs, t.batch_size, t.lr, t.weight_decay, t.warmup_epochs, t.schedule, list(t.milestones),
+            t.lr_decay) == (180, 128, 0.05, 1e-4, 0, "step", [120, 160], 0.1)
+    assert inat.method.gbbn.sampler == "reversed" and inat.model.name == "resnet50"
     assert not load_config("cifar10_lt_allnc_no_hycon").method.hycon.enabled
     assert not load_config("cifar10_lt_allnc_no_p2p").method.p2p.enabled
 
