@@ -31,7 +31,8 @@ BCL_RELEASED = {"method.bcl.tau": 0.07, "method.bcl.lambda_ce": 1.0, "method.bcl
                 "method.bcl.proj_dim": 1024, "train.warmup_epochs": 0, "method.bcl.ce_augment": "randaug"}
 RELEASED = {
     "cifar10_lt_etf_dr": {"train.lr_decay": 0.1}, "cifar100_lt_etf_dr": {"train.lr_decay": 0.1},
-    "imagenet_lt_etf_dr": {"train.mixup": 0.2, "train.warmup_epochs": 0},
+    "imagenet_lt_etf_dr": {"train.mixup": 0.2, "train.warmup_epochs": 0, "train.batch_size": 1024,
+                           "data.augment": "jitter"},
     "imagenet_lt_bcl": BCL_RELEASED, "inat2018_bcl": {**BCL_RELEASED, "train.lr": 0.2, "train.epochs": 100},
     # cRT's released re-training: colour jitter on ImageNet-LT and Places-LT (there at lr 0.1),
     # iNaturalist's own statistics and 30 epochs
