@@ -74,7 +74,8 @@ PLANS = {
                   epochs=200),
     # AllNC's ablations (docs/method.md) beside AllNC, IF 100
     "ablations": dict(prefix="cifar10_lt", methods=["allnc", "gbbn_only", "allnc_no_hycon", "allnc_no_p2p",
-                                                    "ce_hycon", "ce_p2p"], imbalance=[100.0], seeds=[0], epochs=200),
+                                                    "allnc_no_centre", "ce_hycon", "ce_p2p"], imbalance=[100.0],
+                      seeds=[0], epochs=200),
     # the first plan's methods with the strong preset (AutoAugment + Cutout), IF 100
     "strong": dict(prefix="cifar10_lt", methods=[f"{m}_strong" for m in FIRST_METHODS], imbalance=[100.0], seeds=[0],
                    epochs=200),

@@ -154,7 +154,7 @@ GLMC_MAXNORM = [(f"glmc_maxnorm_{loss}_wd{wd:g}", "fmnist_lt_glmc_maxnorm",
 SECOND_STAGE = {"crt": "fmnist_lt_ce", "mislas": "fmnist_lt_ce_mixup", "glmc_maxnorm": "fmnist_lt_glmc"}
 SECOND_STAGE_CONFIGS = {f"fmnist_lt_{m}" for m in SECOND_STAGE}
 BACKBONE = "__backbone"  # a source's final run trained again for a second stage (``final``)
-ABLATION = ["ce_hycon", "ce_p2p", "gbbn_only", "allnc_no_hycon", "allnc_no_p2p"]
+ABLATION = ["ce_hycon", "ce_p2p", "gbbn_only", "allnc_no_hycon", "allnc_no_p2p", "allnc_no_centre"]
 
 # trial name -> what the docs' tables call it (``render``); every trial of TRIALS and CRT has one
 TRIAL_LABELS: dict[str, str] = {

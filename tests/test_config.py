@@ -1,7 +1,7 @@
 import pytest
 from omegaconf import OmegaConf
 
-from allnc.config import builtin_names, load_config, parse_override
+from allnc.config import builtin_names, flatten, load_config, parse_override, to_dict
 from allnc.errors import ConfigError
 
 
@@ -62,7 +62,7 @@ def test_every_builtin_config_loads_and_follows_its_protocol():
     names = builtin_names()
     datasets = ["fmnist_lt", "cifar10_lt", "cifar100_lt", "imagenet_lt", "inat2018", "places_lt"]
     methods = ["ce", "la", "bsce", "ldam_drw", "etf_dr", "etf_ce", "bcl", "bbn", "allnc", "ce_hycon", "ce_p2p",
-               "gbbn_only", "allnc_no_hycon", "allnc_no_p2p", "crt", "ce_mixup", "mislas", "glmc", "paco", "maxnorm",
+               "gbbn_only", "allnc_no_hycon", "allnc_no_p2p", "allnc_no_centre", "crt", "ce_mixup", "mislas", "glmc", "paco", "maxnorm",
                "glmc_maxnorm"]
     for ds in datasets:
         for m in methods:
@@ -101,6 +101,10 @@ def test_every_builtin_config_loads_and_follows_its_protocol():
     assert inat.method.gbbn.sampler == "reversed" and inat.model.name == "resnet50"
     assert not load_config("cifar10_lt_allnc_no_hycon").method.hycon.enabled
     assert not load_config("cifar10_lt_allnc_no_p2p").method.p2p.enabled
+    # the centring ablation differs from AllNC in that one key
+    a, b = flatten(to_dict(load_config("cifar10_lt_allnc"))), flatten(to_dict(load_config("cifar10_lt_allnc_no_centre")))
+    assert {k for k in a if a[k] != b[k]} - {"config_name", "display_name"} == {"method.hycon.centre"}
+    assert a["method.hycon.centre"]
 
 
 def test_on_off_stay_strings_and_true_false_are_booleans():
@@ -187,7 +191,7 @@ def test_every_baseline_fragment_has_its_section_in_the_baselines_page():
 
     root = Path(__file__).resolve().parents[1]
     page = (root / "docs" / "baselines.md").read_text()
-    ours = {"allnc", "allnc_no_hycon", "allnc_no_p2p", "ce_hycon", "ce_p2p", "gbbn_only"}  # docs/method.md
+    ours = {"allnc", "allnc_no_hycon", "allnc_no_p2p", "allnc_no_centre", "ce_hycon", "ce_p2p", "gbbn_only"}  # docs/method.md
     fragments = {p.stem for p in (root / "src" / "allnc" / "configs" / "methods").glob("*.yaml")}
     missing = sorted(m for m in fragments - ours if f"`_{m}`" not in page)
     assert not missing, f"no section for {missing} in docs/baselines.md"

@@ -41,6 +41,7 @@ METHOD_NAMES: dict[str, str] = {
     "ce_p2p": "CE + P2P",
     "allnc_no_hycon": "AllNC - HyCon",
     "allnc_no_p2p": "AllNC - P2P",
+    "allnc_no_centre": "AllNC, HyCon uncentred",
     "allnc": "AllNC",
 }
 _DATASETS = ("cifar100_lt", "cifar10_lt", "fmnist_lt", "imagenet_lt", "inat2018", "places_lt")

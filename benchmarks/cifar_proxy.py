@@ -1,0 +1,84 @@
+"""A CPU proxy of the CIFAR-10-LT question: AllNC, its ablations and BBN on a CIFAR-10 image
+folder (the JPEG copy in practice), IF 100, the ResNet-32 at half resolution (stem stride 2), 40
+epochs, lr 0.1 with 2 warm-up epochs, x0.01 at 32 and 36, one seed, a balanced validation
+split of 50 images per class; validation only, the test set is never read.
+
+    python benchmarks/cifar_proxy.py run NAME CONFIG --data-root DIR [key=value ...]
+    python benchmarks/cifar_proxy.py record NAME [--runs runs/cifar_proxy]
+
+``run`` trains ``runs/cifar_proxy/NAME`` (one thread) and records it; ``record`` (re)writes
+NAME's entry of ``benchmarks/results/cifar_proxy_cpu.json`` from its run directory: validation
+top-1 at the mix chosen on validation and at every mix, the per-epoch losses and validation
+top-1, wall time, commit and overrides. Two-branch runs choose their mix on validation
+(``method.gbbn.inference_mix: auto`` with the split)."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+RESULT = HERE / "results" / "cifar_proxy_cpu.json"
+PROXY = ["train.epochs=40", "train.warmup_epochs=2", "train.milestones=[32,36]", "model.stem_stride=2", "device=cpu",
+         "data.val_per_class=50", "train.eval_test=false", "train.eval_every=4", "seed=0", "train.progress=false"]
+
+
+def record(name: str, run_dir: Path, overrides: list[str] | None = None) -> dict:
+    m = json.loads((run_dir / "metrics.json").read_text())
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    cal = m.get("calibration") or {}
+    by_epoch = {str(r["epoch"]): round(r["val"]["top1"], 2) for r in rows if isinstance(r.get("val"), dict)}
+    entry = {
+        "config": m["config_name"], "overrides": overrides if overrides is not None else [],
+        "commit": m.get("git_commit"), "source_modified": m.get("source_modified"),
+        "val_top1": round(m["val"]["top1"], 2), "val_groups": m["val"]["groups"],
+        "inference_alpha": cal.get("inference_alpha"), "final_alpha": cal.get("final_alpha"),
+        "val_top1_by_alpha": cal.get("val_top1_by_alpha"),
+        "loss_cls_by_epoch": [r.get("loss_cls", r.get("loss")) for r in rows],
+        "loss_by_epoch": [r["loss"] for r in rows], "val_top1_by_epoch": by_epoch,
+        "wall_time_s": m.get("wall_time_s"),
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {m['versions'].get('torch')}",
+    }
+    data = json.loads(RESULT.read_text()) if RESULT.is_file() else {"runs": {}}
+    data.setdefault("runs", {})[name] = entry
+    RESULT.write_text(json.dumps(data, indent=1) + "\n")
+    return entry
+
+
+def jumps(losses: list[float], start: int = 2, stop: int = 32, factor: float = 1.3) -> int:
+    """Epochs (0-based ``start`` to ``stop``, the full rate) whose classification loss is more
+    than ``factor`` times the epoch before's."""
+    return sum(1 for i in range(max(start, 1), min(stop, len(losses))) if losses[i] > factor * losses[i - 1])
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("phase", choices=["run", "record"])
+    p.add_argument("name")
+    p.add_argument("config", nargs="?")
+    p.add_argument("overrides", nargs="*")
+    p.add_argument("--data-root")
+    p.add_argument("--runs", default=str(ROOT / "runs" / "cifar_proxy"))
+    a = p.parse_args(argv)
+    run_dir = Path(a.runs) / a.name
+    if a.phase == "run":
+        if not a.config or not a.data_root:
+            p.error("run needs CONFIG and --data-root")
+        cmd = [sys.executable, "-m", "allnc", "train", "--config", a.config, "--out", str(run_dir),
+               f"data.root={a.data_root}", *PROXY, *a.overrides]
+        subprocess.run(cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    elif a.config:
+        a.overrides = [a.config, *a.overrides]  # record NAME [overrides as run]
+    e = record(a.name, run_dir, a.overrides if a.phase == "run" else a.overrides or [])
+    print(f"{a.name}: val {e['val_top1']} at mix {e['inference_alpha']}, "
+          f"{(e['val_top1_by_alpha'] or {}).get('final')} at the final mix; "
+          f"loss jumps > 30% in epochs 3-32: {jumps(e['loss_cls_by_epoch'])}")
+
+
+if __name__ == "__main__":
+    main()
