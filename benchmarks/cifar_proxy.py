@@ -5,12 +5,18 @@ split of 50 images per class; validation only, the test set is never read.
 
     python benchmarks/cifar_proxy.py run NAME CONFIG --data-root DIR [key=value ...]
     python benchmarks/cifar_proxy.py record NAME [--runs runs/cifar_proxy]
+    python benchmarks/cifar_proxy.py steps NAME --data-root DIR [--epochs 8] [key=value ...]
 
 ``run`` trains ``runs/cifar_proxy/NAME`` (one thread) and records it; ``record`` (re)writes
 NAME's entry of ``benchmarks/results/cifar_proxy_cpu.json`` from its run directory: validation
 top-1 at the mix chosen on validation and at every mix, the per-epoch losses and validation
 top-1, wall time, commit and overrides. Two-branch runs choose their mix on validation
-(``method.gbbn.inference_mix: auto`` with the split)."""
+(``method.gbbn.inference_mix: auto`` with the split).
+
+``steps`` trains AllNC (``cifar10_lt_allnc`` and the overrides) for a few epochs at the proxy's
+full rate (no decay) and records, per block of 12 steps, the classification loss (mean and
+largest) and the norm of HyCon's centre, the class-balanced mean of the conventional branch's
+class-mean memory: ``benchmarks/results/cifar_proxy_steps_cpu.json``."""
 from __future__ import annotations
 
 import argparse
@@ -32,7 +38,7 @@ def record(name: str, run_dir: Path, overrides: list[str] | None = None) -> dict
     m = json.loads((run_dir / "metrics.json").read_text())
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     cal = m.get("calibration") or {}
-    by_epoch = {str(r["epoch"]): round(r["val"]["top1"], 2) for r in rows if isinstance(r.get("val"), dict)}
+    by_epoch = {str(r["epoch"]): round(r["val_top1"], 2) for r in rows if r.get("val_top1") is not None}
     entry = {
         "config": m["config_name"], "overrides": overrides if overrides is not None else [],
         "commit": m.get("git_commit"), "source_modified": m.get("source_modified"),
@@ -42,12 +48,73 @@ def record(name: str, run_dir: Path, overrides: list[str] | None = None) -> dict
         "loss_cls_by_epoch": [r.get("loss_cls", r.get("loss")) for r in rows],
         "loss_by_epoch": [r["loss"] for r in rows], "val_top1_by_epoch": by_epoch,
         "wall_time_s": m.get("wall_time_s"),
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {m['versions'].get('torch')}",
+        "machine": f"{cpu_name()}, {os.cpu_count()} cores, torch {m['versions'].get('torch')}",
     }
     data = json.loads(RESULT.read_text()) if RESULT.is_file() else {"runs": {}}
     data.setdefault("runs", {})[name] = entry
     RESULT.write_text(json.dumps(data, indent=1) + "\n")
     return entry
+
+
+STEPS_RESULT = HERE / "results" / "cifar_proxy_steps_cpu.json"
+BLOCK = 12
+
+
+def steps(name: str, data_root: str, epochs: int, overrides: list[str], runs: Path) -> dict:
+    """The per-step record of ``steps`` (module docstring), written under ``name``."""
+    import torch
+
+    from allnc.api import train
+    from allnc.config import parse_override
+    from allnc.losses import centred_mean
+    from allnc.methods.gbbn import GBBN
+
+    torch.set_num_threads(1)
+    seen: list[dict] = []
+    original = GBBN.training_loss
+
+    def recorded(self, batches, state):  # the method's own step, its logs kept per step
+        loss, logs = original(self, batches, state)
+        row = {"loss_cls": float(logs["loss_cls"])}
+        if hasattr(self, "mem_c"):
+            row["centre_norm"] = float(centred_mean(self.mem_c.means, self.mem_c.seen).norm())
+        seen.append(row)
+        return loss, logs
+
+    over = dict(parse_override(o) for o in PROXY)
+    over.update({"train.epochs": epochs, "train.milestones": [10 * epochs], "train.eval_every": 10 * epochs,
+                 "train.compile": "off", "data.root": data_root})
+    over.update(dict(parse_override(o) for o in overrides))
+    GBBN.training_loss = recorded
+    try:
+        train("cifar10_lt_allnc", runs / f"steps_{name}", over, overwrite=True)
+    finally:
+        GBBN.training_loss = original
+    blocks = [seen[i:i + BLOCK] for i in range(0, len(seen) - BLOCK + 1, BLOCK)]
+    entry = {"overrides": overrides, "epochs": epochs, "steps": len(seen), "block": BLOCK,
+             "loss_cls_mean": [round(sum(r["loss_cls"] for r in b) / len(b), 3) for b in blocks],
+             "loss_cls_max": [round(max(r["loss_cls"] for r in b), 3) for b in blocks],
+             "centre_norm_mean": [round(sum(r["centre_norm"] for r in b) / len(b), 3) for b in blocks]
+             if seen and "centre_norm" in seen[0] else None,
+             "machine": f"{cpu_name()}, {os.cpu_count()} cores"}
+    data = json.loads(STEPS_RESULT.read_text()) if STEPS_RESULT.is_file() else {
+        "what": "AllNC on the CIFAR proxy (module docstring of benchmarks/cifar_proxy.py) at the full rate, per 12 "
+                "steps: the classification loss (mean, largest) and the norm of HyCon's centre (the class-balanced "
+                "mean of the conventional branch's class-mean memory); training loss only, nothing evaluated",
+        "command": "python benchmarks/cifar_proxy.py steps NAME --data-root <cifar10-jpeg> [overrides]", "runs": {}}
+    data["runs"][name] = entry
+    STEPS_RESULT.write_text(json.dumps(data, indent=1) + "\n")
+    return entry
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def jumps(losses: list[float], start: int = 2, stop: int = 32, factor: float = 1.3) -> int:
@@ -58,14 +125,23 @@ def jumps(losses: list[float], start: int = 2, stop: int = 32, factor: float = 1
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("phase", choices=["run", "record"])
+    p.add_argument("phase", choices=["run", "record", "steps"])
     p.add_argument("name")
     p.add_argument("config", nargs="?")
     p.add_argument("overrides", nargs="*")
     p.add_argument("--data-root")
     p.add_argument("--runs", default=str(ROOT / "runs" / "cifar_proxy"))
+    p.add_argument("--epochs", type=int, default=8, help="steps: epochs at the full rate")
     a = p.parse_args(argv)
     run_dir = Path(a.runs) / a.name
+    if a.phase == "steps":
+        if not a.data_root:
+            p.error("steps needs --data-root")
+        e = steps(a.name, a.data_root, a.epochs, [o for o in [a.config, *a.overrides] if o], Path(a.runs))
+        print(f"{a.name}: {e['steps']} steps; loss max per block {max(e['loss_cls_max']):.2f}"
+              + (f"; centre norm {min(e['centre_norm_mean']):.2f}-{max(e['centre_norm_mean']):.2f}"
+                 if e["centre_norm_mean"] else ""))
+        return
     if a.phase == "run":
         if not a.config or not a.data_root:
             p.error("run needs CONFIG and --data-root")

@@ -170,7 +170,7 @@ def test_hycon_leaves_out_a_class_seen_for_the_first_time_in_the_batch():
     present = torch.ones(3, dtype=torch.bool)
     hy = HyConLoss(tau=0.1)
     for centre in (True, False):
-        cfg = OmegaConf.create({"method": {"hycon": {"centre": centre}}})
+        cfg = OmegaConf.create({"method": {"hycon": {"centre": centre, "centre_gradient": "none"}}})
         got = nc_terms.hycon_term(hy, cfg, mem, h, y, present)
         seen = mem.seen.clone()
         assert seen.tolist() == [True, True, False]

@@ -13,14 +13,16 @@ from allnc.engine.trainer import Trainer
 from allnc.methods.base import StepState, plain_config
 
 METHODS = ["ce", "la", "bsce", "focal", "ldam_drw", "ce_rs", "ce_mixup", "ce_hycon", "ce_p2p", "etf_ce", "etf_dr",
-           "bbn", "gbbn_only", "allnc", "allnc_no_hycon", "allnc_no_p2p", "bcl", "glmc", "paco"]
+           "bbn", "gbbn_only", "allnc", "allnc_no_hycon", "allnc_no_p2p", "bcl", "glmc", "paco",
+           "allnc:method.hycon.centre_gradient=batch"]  # a method's name, then its overrides
 
 
 @pytest.mark.parametrize("method", METHODS)
 def test_the_compiled_training_step_is_one_graph(method, tiny_learnable_fmnist, tmp_path):
+    method, *extra = method.split(":")
     cfg = load_config(f"fmnist_lt_{method}", [f"data.root={tiny_learnable_fmnist}", "device=cpu", "train.progress=false",
                                               "model.width=4", "train.batch_size=16", "data.num_workers=0",
-                                              "data.imbalance_factor=10", "train.epochs=2"])
+                                              "data.imbalance_factor=10", "train.epochs=2", *extra])
     t = Trainer(cfg, tmp_path / "r")
     batches = next(iter(t._first_batches(0)()))
     t.method.on_epoch_start(0, 2)

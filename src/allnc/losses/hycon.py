@@ -53,8 +53,8 @@ class HyConLoss(nn.Module):
             f = fp32_up(features)
             mu = class_means.detach().to(f.dtype)
             if centre is not None:  # contrast directions about a centre (see ``forward``)
-                c0 = centre.detach().to(f.dtype).reshape(1, -1)
-                f, mu = f - c0, mu - c0
+                c0 = centre.to(f.dtype).reshape(1, -1)
+                f, mu = f - c0, mu - c0.detach()
             z = F.normalize(f, dim=1)
             norm = mu.norm(dim=1)
             c = mu / norm.clamp_min(1e-12)[:, None]
@@ -83,10 +83,12 @@ class HyConLoss(nn.Module):
         reduction: str = "mean",
         centre: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
-        """``centre`` (d, detached): subtracted from the features and the class means before
-        they are normalised, so that the contrast acts on directions about that centre (the
+        """``centre`` (d): subtracted from the features and the class means before they are
+        normalised, so that the contrast acts on directions about that centre (the
         class-balanced global mean makes it the centred geometry that P2P and the NC metrics
-        measure) instead of about the origin (method.hycon.centre)."""
+        measure) instead of about the origin (method.hycon.centre). A gradient it carries
+        reaches the features through their side only (the class means stay detached):
+        method.hycon.centre_gradient."""
         loss, has_pos, _, _, _ = self._terms(features, y, class_means, valid, centre)
         if reduction == "none":
             return loss

@@ -20,7 +20,7 @@ from .base import SECTIONS
 @SECTIONS.register("hycon")
 @dataclass
 class HyConConfig:
-    choices: ClassVar[dict] = {"anchors": ("conventional", "both")}
+    choices: ClassVar[dict] = {"anchors": ("conventional", "both"), "centre_gradient": ("none", "batch")}
     # HyCon on (AllNC; the CE + HyCon ablation)
     enabled: bool = False
     # lambda_H, its weight in the loss
@@ -34,6 +34,12 @@ class HyConConfig:
     # contrast directions about the class-balanced global mean of the memory (the centred
     # geometry of P2P and the NC metrics) instead of about the origin
     centre: bool = False
+    # with centre: none = the centre is a constant of the step (the memory's mean, detached), so
+    # the contrast pushes every feature along one common direction as well; batch = its value
+    # is the memory's but its gradient is that of the batch's class-balanced mean of class
+    # means, so that shifting every feature by one vector changes nothing (the contrast is
+    # translation-invariant, as the centred geometry it measures)
+    centre_gradient: str = "none"
     # GBBN: anchors from the conventional branch only, or also from the re-balancing branch
     # (its features against its own class means, weighted 1 - alpha: tail classes anchored)
     anchors: str = "conventional"
@@ -91,4 +97,17 @@ def hycon_term(hycon: HyConLoss, cfg, mem: ClassMeanMemory, h32: torch.Tensor, y
     left out, as an unseen class (``present`` is not used: HyCon reads the detached memory only)."""
     valid = mem.seen
     centre: Optional[torch.Tensor] = centred_mean(mem.means, valid) if cfg.method.hycon.centre else None
+    if centre is not None and cfg.method.hycon.centre_gradient == "batch":
+        m = batch_centre(h32, y, mem.means.shape[0])
+        centre = centre + (m - m.detach())  # the memory's value, the batch's gradient
     return hycon(h32, y, mem.means.detach(), valid=valid, centre=centre)
+
+
+def batch_centre(h: torch.Tensor, y: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(d,) the class-balanced mean of the batch's class means (the classes present), with
+    gradient: a shift of every feature by v shifts it by v."""
+    onehot = torch.nn.functional.one_hot(y, num_classes).to(h.dtype)  # B x K
+    counts = onehot.sum(0)
+    present = counts > 0
+    means = (onehot.T @ h) / counts.clamp_min(1)[:, None]
+    return (means * present[:, None].to(h.dtype)).sum(0) / present.sum().clamp_min(1).to(h.dtype)
