@@ -22,10 +22,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 from pathlib import Path
+
+from allnc.engine.runtime import cpu_model
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -48,7 +49,7 @@ def record(name: str, run_dir: Path, overrides: list[str] | None = None) -> dict
         "loss_cls_by_epoch": [r.get("loss_cls", r.get("loss")) for r in rows],
         "loss_by_epoch": [r["loss"] for r in rows], "val_top1_by_epoch": by_epoch,
         "wall_time_s": m.get("wall_time_s"),
-        "machine": f"{cpu_name()}, {os.cpu_count()} cores, torch {m['versions'].get('torch')}",
+        "machine": f"{cpu_model()}, {os.cpu_count()} cores, torch {m['versions'].get('torch')}",
     }
     data = json.loads(RESULT.read_text()) if RESULT.is_file() else {"runs": {}}
     data.setdefault("runs", {})[name] = entry
@@ -96,7 +97,7 @@ def steps(name: str, data_root: str, epochs: int, overrides: list[str], runs: Pa
              "loss_cls_max": [round(max(r["loss_cls"] for r in b), 3) for b in blocks],
              "centre_norm_mean": [round(sum(r["centre_norm"] for r in b) / len(b), 3) for b in blocks]
              if seen and "centre_norm" in seen[0] else None,
-             "machine": f"{cpu_name()}, {os.cpu_count()} cores"}
+             "machine": f"{cpu_model()}, {os.cpu_count()} cores"}
     data = json.loads(STEPS_RESULT.read_text()) if STEPS_RESULT.is_file() else {
         "what": "AllNC on the CIFAR proxy (module docstring of benchmarks/cifar_proxy.py) at the full rate, per 12 "
                 "steps: the classification loss (mean, largest) and the norm of HyCon's centre (the class-balanced "
@@ -105,16 +106,6 @@ def steps(name: str, data_root: str, epochs: int, overrides: list[str], runs: Pa
     data["runs"][name] = entry
     STEPS_RESULT.write_text(json.dumps(data, indent=1) + "\n")
     return entry
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def jumps(losses: list[float], start: int = 2, stop: int = 32, factor: float = 1.3) -> int:

@@ -208,9 +208,8 @@ PLACES_MODEL = {"model.name": "resnet152", "model.pretrained": "resnet152-394f9c
                           "method.mislas.sampler": "class_aware", "method.mislas.reset_classifier": False}),
 ])
 def test_the_released_large_image_recipes_are_in_the_dataset_fragments(name, want):
+    from omegaconf import OmegaConf
+
     cfg = load_config(name)
-    for key, value in want.items():
-        node = cfg
-        for part in key.split("."):
-            node = node[part]
-        assert (list(node) if isinstance(value, list) else node) == value, key
+    got = {key: OmegaConf.select(cfg, key) for key in want}
+    assert {k: list(v) if isinstance(want[k], list) else v for k, v in got.items()} == want
