@@ -27,6 +27,7 @@ import sys
 from pathlib import Path
 
 from allnc.engine.runtime import cpu_model
+from allnc.rundir import atomic_write_json
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -35,13 +36,13 @@ PROXY = ["train.epochs=40", "train.warmup_epochs=2", "train.milestones=[32,36]",
          "data.val_per_class=50", "train.eval_test=false", "train.eval_every=4", "seed=0", "train.progress=false"]
 
 
-def record(name: str, run_dir: Path, overrides: list[str] | None = None) -> dict:
+def record(name: str, run_dir: Path, overrides: list[str]) -> dict:
     m = json.loads((run_dir / "metrics.json").read_text())
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     cal = m.get("calibration") or {}
     by_epoch = {str(r["epoch"]): round(r["val_top1"], 2) for r in rows if r.get("val_top1") is not None}
     entry = {
-        "config": m["config_name"], "overrides": overrides if overrides is not None else [],
+        "config": m["config_name"], "overrides": overrides,
         "commit": m.get("git_commit"), "source_modified": m.get("source_modified"),
         "val_top1": round(m["val"]["top1"], 2), "val_groups": m["val"]["groups"],
         "inference_alpha": cal.get("inference_alpha"), "final_alpha": cal.get("final_alpha"),
@@ -51,9 +52,15 @@ def record(name: str, run_dir: Path, overrides: list[str] | None = None) -> dict
         "wall_time_s": m.get("wall_time_s"),
         "machine": f"{cpu_model()}, {os.cpu_count()} cores, torch {m['versions'].get('torch')}",
     }
-    data = json.loads(RESULT.read_text()) if RESULT.is_file() else {"runs": {}}
+    return store(RESULT, name, entry, {})
+
+
+def store(path: Path, name: str, entry: dict, header: dict) -> dict:
+    """``entry`` as ``runs[name]`` of the results file ``path`` (begun with ``header`` when it
+    does not exist), written atomically; returns ``entry``."""
+    data = json.loads(path.read_text()) if path.is_file() else {**header, "runs": {}}
     data.setdefault("runs", {})[name] = entry
-    RESULT.write_text(json.dumps(data, indent=1) + "\n")
+    atomic_write_json(path, data, indent=1)
     return entry
 
 
@@ -98,14 +105,11 @@ def steps(name: str, data_root: str, epochs: int, overrides: list[str], runs: Pa
              "centre_norm_mean": [round(sum(r["centre_norm"] for r in b) / len(b), 3) for b in blocks]
              if seen and "centre_norm" in seen[0] else None,
              "machine": f"{cpu_model()}, {os.cpu_count()} cores"}
-    data = json.loads(STEPS_RESULT.read_text()) if STEPS_RESULT.is_file() else {
+    return store(STEPS_RESULT, name, entry, {
         "what": "AllNC on the CIFAR proxy (module docstring of benchmarks/cifar_proxy.py) at the full rate, per 12 "
                 "steps: the classification loss (mean, largest) and the norm of HyCon's centre (the class-balanced "
                 "mean of the conventional branch's class-mean memory); training loss only, nothing evaluated",
-        "command": "python benchmarks/cifar_proxy.py steps NAME --data-root <cifar10-jpeg> [overrides]", "runs": {}}
-    data["runs"][name] = entry
-    STEPS_RESULT.write_text(json.dumps(data, indent=1) + "\n")
-    return entry
+        "command": "python benchmarks/cifar_proxy.py steps NAME --data-root <cifar10-jpeg> [overrides]"})
 
 
 def jumps(losses: list[float], start: int = 2, stop: int = 32, factor: float = 1.3) -> int:
@@ -125,10 +129,11 @@ def main(argv=None) -> None:
     p.add_argument("--epochs", type=int, default=8, help="steps: epochs at the full rate")
     a = p.parse_args(argv)
     run_dir = Path(a.runs) / a.name
+    extra = [o for o in (a.config, *a.overrides) if o]  # record, steps: every argument after NAME is an override
     if a.phase == "steps":
         if not a.data_root:
             p.error("steps needs --data-root")
-        e = steps(a.name, a.data_root, a.epochs, [o for o in [a.config, *a.overrides] if o], Path(a.runs))
+        e = steps(a.name, a.data_root, a.epochs, extra, Path(a.runs))
         print(f"{a.name}: {e['steps']} steps; loss max per block {max(e['loss_cls_max']):.2f}"
               + (f"; centre norm {min(e['centre_norm_mean']):.2f}-{max(e['centre_norm_mean']):.2f}"
                  if e["centre_norm_mean"] else ""))
@@ -139,9 +144,8 @@ def main(argv=None) -> None:
         cmd = [sys.executable, "-m", "allnc", "train", "--config", a.config, "--out", str(run_dir),
                f"data.root={a.data_root}", *PROXY, *a.overrides]
         subprocess.run(cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    elif a.config:
-        a.overrides = [a.config, *a.overrides]  # record NAME [overrides as run]
-    e = record(a.name, run_dir, a.overrides if a.phase == "run" else a.overrides or [])
+        extra = list(a.overrides)
+    e = record(a.name, run_dir, extra)
     print(f"{a.name}: val {e['val_top1']} at mix {e['inference_alpha']}, "
           f"{(e['val_top1_by_alpha'] or {}).get('final')} at the final mix; "
           f"loss jumps > 30% in epochs 3-32: {jumps(e['loss_cls_by_epoch'])}")

@@ -171,7 +171,7 @@ def test_hycon_leaves_out_a_class_seen_for_the_first_time_in_the_batch():
     hy = HyConLoss(tau=0.1)
     for centre in (True, False):
         cfg = OmegaConf.create({"method": {"hycon": {"centre": centre, "centre_gradient": "none"}}})
-        got = nc_terms.hycon_term(hy, cfg, mem, h, y, present)
+        got = nc_terms.hycon_term(hy, cfg, mem, h, y, *mem.mix(*mem.batch_stats(h, y)))
         seen = mem.seen.clone()
         assert seen.tolist() == [True, True, False]
         want = hy(h, y, mem.means, valid=seen, centre=mem.means[seen].mean(0) if centre else None)

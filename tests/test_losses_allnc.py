@@ -397,7 +397,7 @@ def test_centred_hycon_pushes_features_along_a_common_direction_only_with_a_cons
     mem.seen.fill_(True)
     h = (torch.randn(B, d, generator=g) + 2.5).requires_grad_(True)
     y = torch.arange(B) % K
-    loss = hycon_term(make_hycon(cfg), cfg, mem, h, y, torch.ones(K, dtype=torch.bool))
+    loss = hycon_term(make_hycon(cfg), cfg, mem, h, y, *mem.mix(*mem.batch_stats(h, y)))
     (grad,) = torch.autograd.grad(loss, h)
     common = grad.sum(0).norm() / grad.norm()
     if mode == "batch":
@@ -406,5 +406,5 @@ def test_centred_hycon_pushes_features_along_a_common_direction_only_with_a_cons
         assert common > 0.05
     # the loss itself is the same either way: only its gradient differs
     none = load_config("cifar10_lt_allnc", ["method.hycon.centre_gradient=none"])
-    ref = hycon_term(make_hycon(none), none, mem, h.detach(), y, torch.ones(K, dtype=torch.bool))
+    ref = hycon_term(make_hycon(none), none, mem, h.detach(), y, *mem.mix(*mem.batch_stats(h.detach(), y)))
     assert torch.allclose(loss.detach(), ref)

@@ -17,7 +17,7 @@ from ..config import ModelConfig, flatten, from_dict, override, set_key, to_dict
 from ..data import DataBundle, build_data
 from ..errors import ConfigError, DataError, RunDirError
 from ..methods import DataInfo, Method, build_method
-from ..models import count_parameters
+from ..models import FIXED_TRUNK, count_parameters
 from ..rundir import CHECKPOINT, METRICS, read_json
 from .checkpoint import load_checkpoint
 from .loaders import PipelineChoice, choose_pipeline
@@ -135,8 +135,6 @@ def load_state(load, what: str) -> None:
 
 # the model keys a backbone's state_dict cannot tell apart when they differ (a stride has no weights)
 BACKBONE_KEYS = ("name", "width", "stem_stride")
-# the model.frozen rule whose backbone's state has another layout (its trunk's batch norms fixed)
-FIXED_TRUNK = "all_but_last_block"
 
 
 def check_same_backbone(cfg: DictConfig, source: Any, init_from: str) -> None:

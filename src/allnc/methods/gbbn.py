@@ -163,8 +163,8 @@ class GBBN(Method):
             return balanced_softmax_ce(logits, y, self.log_prior)
         return F.cross_entropy(logits, y)
 
-    def _hycon(self, mem: ClassMeanMemory, h32, y, present):
-        return nc_terms.hycon_term(self.hycon, self.cfg, mem, h32, y, present)
+    def _hycon(self, mem: ClassMeanMemory, h32, y, means, present):
+        return nc_terms.hycon_term(self.hycon, self.cfg, mem, h32, y, means, present)
 
     # ---------------------------------------------------------------- training
     def training_loss(self, batches, state: StepState):
@@ -189,11 +189,11 @@ class GBBN(Method):
             stats_r = self.mem_r.batch_stats(hr32, yr)
             means_r, present_r = self.mem_r.mix(*stats_r)
         if self.use_hycon:
-            l_h = self._hycon(self.mem_c, hc32, yu, present_c)
+            l_h = self._hycon(self.mem_c, hc32, yu, means_c, present_c)
             loss = loss + a * w_h * l_h
             logs["loss_hycon"] = l_h.detach()
         if self.hycon_both:
-            l_hr = self._hycon(self.mem_r, hr32, yr, present_r)
+            l_hr = self._hycon(self.mem_r, hr32, yr, means_r, present_r)
             loss = loss + (1 - a) * w_h * l_hr
             logs["loss_hycon_r"] = l_hr.detach()
         if self.use_p2p:

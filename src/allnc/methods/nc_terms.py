@@ -90,24 +90,16 @@ def make_p2p(cfg) -> P2PLoss:
 
 
 def hycon_term(hycon: HyConLoss, cfg, mem: ClassMeanMemory, h32: torch.Tensor, y: torch.Tensor,
-               present: torch.Tensor) -> torch.Tensor:
+               batch_means: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
     """HyCon of features ``h32`` against the memory's class means of the classes seen before this
     step, centred on their class-balanced mean when ``method.hycon.centre``. A class present for
     the first time has no memory yet (its row is zero until the update after the step): it is
-    left out, as an unseen class (``present`` is not used: HyCon reads the detached memory only)."""
+    left out, as an unseen class (HyCon reads the detached memory only). ``batch_means`` and
+    ``present`` are the step's ``mem.mix``: with ``centre_gradient=batch`` the centre takes the
+    gradient of the class-balanced mean of the present classes' batch means."""
     valid = mem.seen
     centre: Optional[torch.Tensor] = centred_mean(mem.means, valid) if cfg.method.hycon.centre else None
     if centre is not None and cfg.method.hycon.centre_gradient == "batch":
-        m = batch_centre(h32, y, mem.means.shape[0])
+        m = centred_mean(batch_means, present)
         centre = centre + (m - m.detach())  # the memory's value, the batch's gradient
     return hycon(h32, y, mem.means.detach(), valid=valid, centre=centre)
-
-
-def batch_centre(h: torch.Tensor, y: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """(d,) the class-balanced mean of the batch's class means (the classes present), with
-    gradient: a shift of every feature by v shifts it by v."""
-    onehot = torch.nn.functional.one_hot(y, num_classes).to(h.dtype)  # B x K
-    counts = onehot.sum(0)
-    present = counts > 0
-    means = (onehot.T @ h) / counts.clamp_min(1)[:, None]
-    return (means * present[:, None].to(h.dtype)).sum(0) / present.sum().clamp_min(1).to(h.dtype)

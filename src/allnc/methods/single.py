@@ -57,7 +57,7 @@ class SingleBranch(Method):
         valid = self.mem.seen | present
         extra = h.new_zeros(())
         if self.use_hycon:
-            l_h = nc_terms.hycon_term(self.hycon, self.cfg, self.mem, h, y, present)
+            l_h = nc_terms.hycon_term(self.hycon, self.cfg, self.mem, h, y, means, present)
             extra = extra + float(self.cfg.method.hycon.weight) * l_h
             logs["loss_hycon"] = l_h.detach()
         if self.use_p2p:

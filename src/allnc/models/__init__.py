@@ -28,8 +28,10 @@ from .torchvision_nets import TorchvisionResNet, load_backbone_state, resnet50, 
 
 log = logging.getLogger(__name__)
 
-#: model.frozen: which parts of the backbone learn
-FROZEN = ("none", "convs_but_last_block", "all_but_last_block")
+#: model.frozen: which parts of the backbone learn; FIXED_TRUNK is the rule whose state has
+#: another layout (its trunk's batch norms become fixed maps)
+FIXED_TRUNK = "all_but_last_block"
+FROZEN = ("none", "convs_but_last_block", FIXED_TRUNK)
 
 # Backbones whose size is set by model.width (and whose stem stride by model.stem_stride).
 _WIDTH_BACKBONES = ("resnet32", "resnet_small")
@@ -37,6 +39,7 @@ _WIDTH_BACKBONES = ("resnet32", "resnet_small")
 __all__ = [
     "BACKBONES",
     "CLASSIFIERS",
+    "FIXED_TRUNK",
     "FROZEN",
     "SPLIT_MODES",
     "Backbone",
@@ -122,19 +125,17 @@ def freeze(backbone: Backbone, rule: str) -> None:
         return
     if rule not in FROZEN:
         raise ConfigError(f"model.frozen={rule!r} is not one of {', '.join(FROZEN)}")
-    keep = {id(p) for p in backbone.stages()[-1][-1].parameters()}
-    if rule == "convs_but_last_block":
-        for m in backbone.modules():
-            if isinstance(m, nn.Conv2d):
-                for p in m.parameters(recurse=False):
-                    if id(p) not in keep:
-                        p.requires_grad_(False)
-        return
     last = backbone.stages()[-1][-1]
-    inside = {id(m) for m in last.modules()}
-    for p in backbone.parameters():
+    keep = {id(p) for p in last.parameters()}
+    fixed_trunk = rule == FIXED_TRUNK
+    params = backbone.parameters() if fixed_trunk else (
+        p for m in backbone.modules() if isinstance(m, nn.Conv2d) for p in m.parameters(recurse=False))
+    for p in params:
         if id(p) not in keep:
             p.requires_grad_(False)
+    if not fixed_trunk:
+        return
+    inside = {id(m) for m in last.modules()}
     for name, m in list(backbone.named_modules()):
         if isinstance(m, nn.BatchNorm2d) and id(m) not in inside:
             backbone.set_submodule(name, _fixed_norm(m))
